@@ -1,0 +1,158 @@
+"""The `dtrl` command line: one subcommand per workflow step, each a thin call into the library.
+
+    dtrl tasks                                   list known tasks
+    dtrl config [--doc] [--config C]             print the resolved config / every key's documentation
+    dtrl behaviour FAMILY --config C             train the SAC behaviour policies of an env family (D4RL recipe)
+    dtrl data TASK --config C                    make or check TASK's dataset, print its summary
+    dtrl pretrain --task T --seed S --config C   offline pretraining of the DT
+    dtrl finetune --method M --task T --seed S --config C
+    dtrl evaluate --checkpoint P --task T        evaluate a pretrained or finetuned DT
+    dtrl report --config C                       tables and rliable figures from finished runs
+
+Every subcommand takes ``--config`` (default: the built-in defaults) and ``--set key=value``
+overrides (``--set pretrain.updates=100``). Errors in input are reported as one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", type=Path, default=None, help="experiment YAML (default: built-in defaults)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set pretrain.updates=100 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dtrl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("tasks", help="list known tasks")
+    s.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("config", help="print the resolved config, or document every key")
+    _common(s)
+    s.add_argument("--doc", action="store_true", help="print every key with its default and documentation (markdown)")
+
+    s = sub.add_parser("behaviour", help="train SAC behaviour policies for an env family (D4RL recipe)")
+    _common(s)
+    s.add_argument("family", help="env family, e.g. hopper")
+
+    s = sub.add_parser("data", help="make (generate) or check a task's dataset and print its summary")
+    _common(s)
+    s.add_argument("task")
+    s.add_argument("--out", type=Path, default=None, help="summary JSON path (default: <results>/data/<task>.json)")
+
+    s = sub.add_parser("pretrain", help="offline pretraining of the Decision Transformer")
+    _common(s)
+    s.add_argument("--task", required=True)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", type=Path, default=None, help="run dir (default: <results>/pretrain/<task>/seed<seed>)")
+
+    s = sub.add_parser("finetune", help="online finetuning with a method entry of the config")
+    _common(s)
+    s.add_argument("--method", required=True, help="method entry name (e.g. grpo, odt, odt_td3, iql, none)")
+    s.add_argument("--task", required=True)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--pretrained", type=Path, default=None,
+                   help="pretrained model.pt (default: <results>/pretrain/<task>/seed<seed>/model.pt)")
+    s.add_argument("--out", type=Path, default=None, help="run dir (default: <results>/runs/<method>/<task>/seed<seed>)")
+
+    s = sub.add_parser("evaluate", help="evaluate a DT checkpoint with the mean action at the eval RTG")
+    _common(s)
+    s.add_argument("--checkpoint", type=Path, required=True, help="model.pt from pretrain, or a run's checkpoint.pt")
+    s.add_argument("--task", required=True)
+    s.add_argument("--episodes", type=int, default=None)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--rtg", type=float, default=None)
+
+    s = sub.add_parser("report", help="aggregate finished runs into tables and rliable figures")
+    _common(s)
+    s.add_argument("--out", type=Path, default=None, help="results root to write tables/ and figures/ under")
+    s.add_argument("--runs", type=Path, default=None, help="runs dir (default: <results>/runs)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from dtrl.config import ConfigError
+    from dtrl.data.trajectories import DataError
+    from dtrl.tasks import UnknownTaskError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except (ConfigError, DataError, UnknownTaskError, FileNotFoundError) as e:
+        print(f"dtrl {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _load(args):
+    from dtrl.experiment import load_config, parse_overrides
+
+    return load_config(args.config, parse_overrides(args.overrides))
+
+
+def _dispatch(args) -> int:
+    if args.command == "tasks":
+        from dtrl.tasks import get_task, known_tasks
+
+        rows = []
+        for name in known_tasks():
+            t = get_task(name)
+            rows.append({"task": name, "env_id": t.env_id, "ref_min": t.ref_min_score, "ref_max": t.ref_max_score,
+                         "eval_rtg": t.eval_rtg, "online_rtg": t.online_rtg, "resettable": t.resettable})
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            for r in rows:
+                print(f"{r['task']:<28} {r['env_id']:<22} ref [{r['ref_min']:g}, {r['ref_max']:g}] "
+                      f"rtg eval/online {r['eval_rtg']:g}/{r['online_rtg']:g}")
+        return 0
+    if args.command == "config":
+        from dtrl.config import to_dict
+        from dtrl.experiment import describe
+
+        if args.doc:
+            print("| key | default | meaning |\n|---|---|---|")
+            for key, default, text in describe():
+                print(f"| `{key}` | {'`' + default + '`' if default else ''} | {text} |")
+            return 0
+        import yaml
+
+        print(yaml.safe_dump(to_dict(_load(args)), sort_keys=False))
+        return 0
+
+    exp = _load(args)
+    if args.command == "behaviour":
+        from dtrl.data.cli import cmd_behaviour
+
+        return cmd_behaviour(exp, args.family)
+    if args.command == "data":
+        from dtrl.data.cli import cmd_data
+
+        return cmd_data(exp, args.task, args.out)
+    if args.command == "pretrain":
+        from dtrl.pretrain import cmd_pretrain
+
+        return cmd_pretrain(exp, args.task, args.seed, args.out)
+    if args.command == "finetune":
+        from dtrl.finetune import cmd_finetune
+
+        return cmd_finetune(exp, args.method, args.task, args.seed, args.pretrained, args.out)
+    if args.command == "evaluate":
+        from dtrl.evaluate import cmd_evaluate
+
+        return cmd_evaluate(exp, args.checkpoint, args.task, args.episodes, args.seed, args.rtg)
+    if args.command == "report":
+        from dtrl.report import cmd_report
+
+        return cmd_report(exp, args.out, args.runs)
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

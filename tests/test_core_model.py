@@ -1,0 +1,105 @@
+import math
+
+import pytest
+import torch
+
+from dtrl.model import DecisionTransformer, ModelConfig, SquashedGaussian
+
+
+def _batch(B=3, T=4, S=5, A=2, pad=1):
+    mask = torch.ones(B, T, dtype=torch.bool)
+    mask[:, :pad] = False
+    return (torch.randn(B, T, S), torch.rand(B, T, A) * 2 - 1, torch.rand(B, T) * 100,
+            torch.arange(T).repeat(B, 1), mask)
+
+
+def test_shapes_and_temperature_in_state_dict(tiny_model_cfg):
+    m = DecisionTransformer(5, 2, tiny_model_cfg)
+    dist = m(*_batch())
+    assert dist.mean.shape == (3, 4, 2) and dist.log_std.shape == (3, 4, 2)
+    assert dist.log_prob(torch.zeros(3, 4, 2)).shape == (3, 4)
+    sd = m.state_dict()
+    assert "log_temperature" in sd and "state_mean" in sd and "reward_scale" in sd
+    assert m.target_entropy == -2.0
+    assert math.isclose(m.temperature.item(), tiny_model_cfg.init_temperature, rel_tol=1e-6)
+    assert all(p is not m.log_temperature for p in m.policy_parameters())
+
+
+def test_log_std_within_bounds(tiny_model_cfg):
+    m = DecisionTransformer(5, 2, tiny_model_cfg)
+    with torch.no_grad():
+        m.log_std_head.bias.fill_(100.0)
+    d = m(*_batch())
+    assert d.log_std.max() <= tiny_model_cfg.log_std_max + 1e-6
+
+
+def test_log_prob_matches_torch_distributions():
+    torch.manual_seed(0)
+    mean, log_std = torch.randn(64, 3), torch.randn(64, 3) * 0.5
+    ours = SquashedGaussian(mean, log_std)
+    ref = torch.distributions.TransformedDistribution(
+        torch.distributions.Independent(torch.distributions.Normal(mean, log_std.exp()), 1),
+        [torch.distributions.TanhTransform(cache_size=1)])
+    a = ref.sample()
+    a = a.clamp(-0.999, 0.999)
+    assert torch.allclose(ours.log_prob(a), ref.log_prob(a), atol=1e-4)
+
+
+def test_log_prob_finite_at_bounds():
+    d = SquashedGaussian(torch.zeros(4, 2), torch.zeros(4, 2))
+    a = torch.tensor([[1.0, -1.0], [1.0, 1.0], [-1.0, -1.0], [0.0, 1.0]])
+    lp = d.log_prob(a)
+    assert torch.isfinite(lp).all()
+    # pre-tanh log prob is stable for large |y| where a naive log(1 - tanh^2) is -inf
+    y = torch.full((4, 2), 30.0)
+    assert torch.isfinite(d.log_prob_pre_tanh(y)).all()
+
+
+def test_causal_no_future_leak(tiny_model_cfg):
+    torch.manual_seed(0)
+    m = DecisionTransformer(5, 2, tiny_model_cfg).eval()
+    s, a, r, t, mask = _batch(pad=0)
+    d1 = m(s, a, r, t, mask)
+    s2, a2 = s.clone(), a.clone()
+    s2[:, -1] += 5.0  # change the future state
+    a2[:, -2:] += 0.5  # the action at step t must not affect the prediction of step t
+    d2 = m(s2, a2, r, t, mask)
+    assert torch.allclose(d1.mean[:, :-2], d2.mean[:, :-2], atol=1e-6)
+    a3 = a.clone()
+    a3[:, -1] = 0.3
+    d3 = m(s, a3, r, t, mask)
+    assert torch.allclose(d1.mean, d3.mean, atol=1e-6)
+
+
+def test_padding_does_not_change_real_positions(tiny_model_cfg):
+    torch.manual_seed(0)
+    cfg = tiny_model_cfg
+    cfg.slot_embedding = False  # slot embeddings are position-dependent by design
+    m = DecisionTransformer(5, 2, cfg).eval()
+    s, a, r, t, mask = _batch(pad=2)
+    d1 = m(s, a, r, t, mask)
+    s2 = s.clone()
+    s2[:, :2] = 123.0  # garbage in padded positions
+    d2 = m(s2, a, r, t, mask)
+    assert torch.allclose(d1.mean[:, 2:], d2.mean[:, 2:], atol=1e-5)
+
+
+def test_same_seed_same_numbers(tiny_model_cfg):
+    outs = []
+    for _ in range(2):
+        torch.manual_seed(7)
+        m = DecisionTransformer(5, 2, tiny_model_cfg)
+        torch.manual_seed(8)
+        outs.append(m(*_batch()).mean)
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_bad_config_rejected():
+    from dtrl.config import ConfigError, from_dict
+
+    with pytest.raises(ConfigError, match="divisible"):
+        from_dict(ModelConfig, {"embed_dim": 30, "n_heads": 4})
+    with pytest.raises(ConfigError, match="Did you mean 'n_layers'"):
+        from_dict(ModelConfig, {"n_layer": 2})
+    with pytest.raises(ConfigError, match="expected an integer"):
+        from_dict(ModelConfig, {"n_layers": "two"})
