@@ -127,6 +127,10 @@ def _dispatch(args) -> int:
         return 0
 
     exp = _load(args)
+    if getattr(args, "task", None):
+        from dtrl.tasks import get_task
+
+        get_task(args.task)  # an unknown task fails here, before any work
     if args.command == "behaviour":
         from dtrl.data.cli import cmd_behaviour
 

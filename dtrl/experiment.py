@@ -23,7 +23,7 @@ from dtrl.pretrain_config import PretrainConfig
 
 @dataclass
 class GridConfig:
-    methods: list[str] = doc(["none", "grpo", "odt", "odt_td3", "iql"], "Method entries (keys of `methods`) to run.")
+    methods: list[str] = doc(["none"], "Method entries (keys of `methods`) or algorithm names to run.")
     tasks: list[str] = doc(["hopper-medium"], "Tasks (see `dtrl tasks`).")
     seeds: list[int] = doc([0, 1, 2], "Seeds; each (task, seed) gets one pretraining run shared by all DT methods.")
     ablations: list[str] = doc([], "Extra method entries run only on `ablation_tasks`, reported in the ablation table.")

@@ -50,8 +50,9 @@ class RunLogger:
                 self.rows = [{k: _parse(v) for k, v in row.items()} for row in reader]
 
     def truncate_after(self, iteration: int) -> None:
-        """Drop rows newer than a resumed checkpoint's iteration."""
-        self.rows = [r for r in self.rows if r.get("iteration") is None or r["iteration"] <= iteration]
+        """Drop rows newer than a resumed checkpoint's iteration, and any final-evaluation row."""
+        self.rows = [r for r in self.rows
+                     if not r.get("final") and (r.get("iteration") is None or r["iteration"] <= iteration)]
 
     def log(self, row: dict[str, Any]) -> None:
         row = {k: _plain(v) for k, v in row.items()}

@@ -1,0 +1,53 @@
+"""Shared base of the online methods that finetune the pretrained Decision Transformer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from dtrl.checkpoint import dt_payload, load_pretrained_dt
+from dtrl.evaluate import evaluate_dt_episodes
+from dtrl.online import OnlineMethod, RunContext
+from dtrl.rollout import RolloutEngine
+
+
+class DTMethod(OnlineMethod):
+    """Loads the pretrained DT (``self.model``) and evaluates it with a reusable batched engine.
+
+    ``dropout`` (from the subclass's config, if it has that field) overrides the pretrained rate:
+    online RL methods switch it off so the acting and learning policies are the same function.
+    """
+
+    def __init__(self, cfg: Any, ctx: RunContext):
+        super().__init__(cfg, ctx)
+        if ctx.pretrained_path is None:
+            raise ValueError(f"{type(self).__name__} needs a pretrained DT (dtrl pretrain) but none was given")
+        self.model = load_pretrained_dt(ctx.pretrained_path, ctx.device, dropout=getattr(cfg, "dropout", None))
+        self._eval_engine: RolloutEngine | None = None
+
+    def evaluate(self, episodes: int, seed: int) -> np.ndarray:
+        n_envs = self.ctx.eval_cfg.n_envs or episodes
+        if self._eval_engine is None or self._eval_engine.n < min(n_envs, episodes):
+            self._eval_engine = RolloutEngine(self.ctx.task, n_envs, self.model.cfg.context_len, self.ctx.device,
+                                              seed=seed)
+        returns, lengths = evaluate_dt_episodes(self.model, self.ctx.task, episodes, seed=seed,
+                                                rtg=self.ctx.eval_cfg.rtg, engine=self._eval_engine)
+        self.ctx.counters.env_steps_eval += int(lengths.sum())
+        return returns
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"dt": dt_payload(self.model)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["dt"]["model"])
+
+
+def set_requires_grad(params, flag: bool) -> None:
+    for p in params:
+        p.requires_grad_(flag)
+
+
+def move_to(d: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: torch.as_tensor(v).to(device) for k, v in d.items()}

@@ -1,0 +1,60 @@
+"""Evaluation: N episodes at the evaluation RTG with the mean action, batched over envs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dtrl.model import DecisionTransformer
+from dtrl.rollout import RolloutEngine, collect_episodes
+from dtrl.tasks import Task, get_task
+
+
+def evaluate_dt(model: DecisionTransformer, task: Task, episodes: int, seed: int = 0, rtg: float | None = None,
+                context_len: int | None = None, n_envs: int = 0, device: torch.device | str | None = None,
+                engine: RolloutEngine | None = None) -> np.ndarray:
+    """Raw returns of ``episodes`` deterministic (mean-action) episodes; env seeds seed, seed+1, ...
+
+    ``context_len`` defaults to the model's eval context (ODT: 5). Pass an ``engine`` to reuse envs
+    across calls (online methods evaluate often).
+    """
+    return evaluate_dt_episodes(model, task, episodes, seed, rtg, context_len, n_envs, device, engine)[0]
+
+
+def evaluate_dt_episodes(model: DecisionTransformer, task: Task, episodes: int, seed: int = 0,
+                         rtg: float | None = None, context_len: int | None = None, n_envs: int = 0,
+                         device: torch.device | str | None = None,
+                         engine: RolloutEngine | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(returns, lengths) of the evaluation episodes; see :func:`evaluate_dt`."""
+    device = next(model.parameters()).device if device is None else torch.device(device)
+    if engine is None:
+        engine = RolloutEngine(task, n_envs or episodes, model.cfg.context_len, device, seed=seed)
+    trajs = collect_episodes(engine, model, episodes, task.eval_rtg if rtg is None else rtg,
+                             seeds=[seed + k for k in range(episodes)], sample=False,
+                             context_len=model.cfg.eval_context_len if context_len is None else context_len)
+    return (np.array([t.total_return for t in trajs], dtype=np.float64),
+            np.array([len(t) for t in trajs], dtype=np.int64))
+
+
+def cmd_evaluate(exp, checkpoint: Path, task_name: str, episodes: int | None, seed: int, rtg: float | None) -> int:
+    from dtrl.checkpoint import dt_from_payload
+    from dtrl.io import torch_load
+    from dtrl.online import resolve_device
+
+    task = get_task(task_name)
+    device = resolve_device(exp.device)
+    ckpt = torch_load(checkpoint)
+    payload = ckpt.get("dt") or ckpt.get("method", {}).get("dt")
+    if payload is None:
+        raise FileNotFoundError(f"{checkpoint} holds no Decision Transformer ('dt' entry); pass a pretrain model.pt "
+                                "or a DT method's run checkpoint.pt")
+    model = dt_from_payload(payload, device)
+    n = episodes or exp.eval.final_episodes
+    returns = evaluate_dt(model, task, n, seed=seed, rtg=rtg if rtg is not None else exp.eval.rtg,
+                          n_envs=exp.eval.n_envs, device=device)
+    norm = task.normalize(returns)
+    print(f"{task.name}: return {returns.mean():.1f} +- {returns.std():.1f}  normalised {norm.mean():.2f} "
+          f"+- {norm.std():.2f}  ({n} episodes)")
+    return 0

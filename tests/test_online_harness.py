@@ -1,0 +1,121 @@
+"""The harness every method runs under, exercised with the offline DT and a trivial method."""
+
+import csv
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from dtrl.config import ConfigError, doc
+from dtrl.experiment import load_config
+from dtrl.finetune import finetune
+from dtrl.logger import CORE_COLUMNS, SUMMARY_KEYS
+from dtrl.methods import ALGORITHMS, register
+from dtrl.online import OnlineMethod
+
+from helpers import tiny_dt, write_pretrained
+
+
+class RandomWalk(OnlineMethod):
+    """A trivial method: acts uniformly at random; 'updates' nothing but counts one update per iteration."""
+
+    needs_pretrained_dt = False
+    calls = 0
+
+    @dataclass
+    class Config:
+        steps_per_iteration: int = doc(50, "Env steps per iteration.")
+
+    def __init__(self, cfg, ctx):
+        super().__init__(cfg, ctx)
+        self.total = 0.0
+
+    def train_iteration(self):
+        RandomWalk.calls += 1
+        self.ctx.counters.env_steps += self.cfg.steps_per_iteration
+        self.ctx.counters.grad_updates += 1
+        self.total += 1.0
+        return {"my_diag": self.total}
+
+    def evaluate(self, episodes, seed):
+        self.ctx.counters.env_steps_eval += episodes
+        return np.random.default_rng(seed).uniform(0, 10, episodes)
+
+    def state_dict(self):
+        return {"total": self.total}
+
+    def load_state_dict(self, state):
+        self.total = state["total"]
+
+
+@pytest.fixture
+def with_random_walk():
+    register("random_walk", f"{__name__}:RandomWalk")
+    yield
+    ALGORITHMS.pop("random_walk", None)
+
+
+def _exp(tmp_path, **over):
+    base = {"results": str(tmp_path), "device": "cpu", "grid": {"methods": ["none"], "tasks": ["hopper-medium"]},
+            "eval": {"episodes": 2, "final_episodes": 3},
+            "online": {"env_steps": 200, "eval_every_env_steps": 100, "progress": False}}
+    base.update(over)
+    return load_config(None, base)
+
+
+def test_offline_dt_run_writes_documented_outputs(tmp_path):
+    exp = _exp(tmp_path)
+    write_pretrained(tmp_path / "pretrain/hopper-medium/seed0/model.pt", tiny_dt())
+    s = finetune(exp, "none", "hopper-medium", 0)
+    run = tmp_path / "runs/none/hopper-medium/seed0"
+    assert set(SUMMARY_KEYS) <= set(json.loads((run / "summary.json").read_text()))
+    assert s["env_steps"] == 0 and s["grad_updates"] == 0 and s["eval_episodes"] == 3
+    assert s["env_steps_eval"] > 0
+    with open(run / "progress.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0])[:len(CORE_COLUMNS)] == CORE_COLUMNS
+
+
+def test_new_method_path_budget_and_resume(tmp_path, with_random_walk):
+    exp = _exp(tmp_path, methods={"rw": {"algo": "random_walk", "steps_per_iteration": 30}},
+               grid={"methods": ["rw"], "tasks": ["hopper-medium"]})
+    s = finetune(exp, "rw", "hopper-medium", 0)
+    assert s["env_steps"] == 210 and s["iterations"] == 7 and s["grad_updates"] == 7
+    run = tmp_path / "runs/rw/hopper-medium/seed0"
+    rows = list(csv.DictReader(open(run / "progress.csv")))
+    assert [r["my_diag"] for r in rows[:-1]] == [f"{float(i)}" for i in range(1, 8)]
+    evals = [int(r["env_steps"]) for r in rows[:-1] if r["eval_return"]]
+    assert evals == [30, 120, 210]  # first iteration, then every 100 steps
+
+    # A completed run is not redone.
+    RandomWalk.calls = 0
+    finetune(exp, "rw", "hopper-medium", 0)
+    assert RandomWalk.calls == 0
+
+    # A killed run resumes from its checkpoint and ends where an uninterrupted run ends.
+    (run / "summary.json").unlink()
+    exp2 = _exp(tmp_path, methods={"rw": {"algo": "random_walk", "steps_per_iteration": 30,
+                                          "online": {"env_steps": 300}}},
+                grid={"methods": ["rw"], "tasks": ["hopper-medium"]})
+    s2 = finetune(exp2, "rw", "hopper-medium", 0)
+    assert RandomWalk.calls == 3 and s2["env_steps"] == 300 and s2["iterations"] == 10
+    rows = list(csv.DictReader(open(run / "progress.csv")))
+    its = [int(r["iteration"]) for r in rows if not r.get("final")]
+    assert its == list(range(1, 11))
+
+
+def test_unknown_method_and_bad_params_fail_before_running(tmp_path, with_random_walk):
+    with pytest.raises(ConfigError, match="unknown method 'nope'"):
+        _exp(tmp_path, grid={"methods": ["nope"], "tasks": ["hopper-medium"]})
+    with pytest.raises(ConfigError, match="unknown config key 'methods.rw.step_per_iteration'"):
+        _exp(tmp_path, methods={"rw": {"algo": "random_walk", "step_per_iteration": 3}},
+             grid={"methods": ["rw"], "tasks": ["hopper-medium"]})
+    with pytest.raises(ConfigError, match="grid.tasks: unknown task"):
+        _exp(tmp_path, grid={"methods": ["none"], "tasks": ["hopper-mediocre"]})
+
+
+def test_missing_pretrained_model_is_one_clear_error(tmp_path):
+    exp = _exp(tmp_path)
+    with pytest.raises(FileNotFoundError, match="dtrl pretrain --task hopper-medium --seed 0"):
+        finetune(exp, "none", "hopper-medium", 0)
