@@ -35,10 +35,25 @@ def make_env(task: Task, seed: int | None = None) -> Any:
     env = gym.make(task.env_id, disable_env_checker=True, **task.family.env_kwargs).unwrapped
     if hasattr(env, "_step_mujoco_simulation"):
         _install_state_hooks(env)
+    _normalize_actions(env)
     if seed is not None:
         env.reset(seed=seed)
         env.action_space.seed(seed)
     return env
+
+
+def _normalize_actions(env: Any) -> None:
+    """Make every env take actions in [-1, 1] (the DT's tanh range); D4RL's locomotion envs already do.
+
+    InvertedPendulum's force range is [-3, 3], for example: its actions are rescaled here, so
+    datasets and policies always live in [-1, 1].
+    """
+    low, high = env.action_space.low.astype(np.float64), env.action_space.high.astype(np.float64)
+    if np.all(low == -1.0) and np.all(high == 1.0):
+        return
+    step = env.step
+    env.step = lambda a: step(low + (np.clip(np.asarray(a, dtype=np.float64), -1.0, 1.0) + 1.0) * 0.5 * (high - low))
+    env.action_space = gym.spaces.Box(-1.0, 1.0, shape=low.shape, dtype=env.action_space.dtype)
 
 
 def env_dims(task: Task) -> tuple[int, int]:
