@@ -22,7 +22,8 @@ from pathlib import Path
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", "-c", type=Path, default=None, help="experiment YAML (default: built-in defaults)")
+    p.add_argument("--config", "-c", type=Path, action="append", default=None,
+                   help="experiment YAML (default: built-in defaults); repeat to merge several files in order")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set pretrain.updates=100 (repeatable)")
 

@@ -82,12 +82,21 @@ class MethodSpec:
     online: OnlineConfig
 
 
-def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
-    """Load and validate an experiment config; ``overrides`` is a nested mapping merged on top."""
-    data = load_yaml(path) if path is not None else {}
+def load_config(path: str | Path | list[str | Path] | tuple | None = None,
+                overrides: dict[str, Any] | None = None) -> ExperimentConfig:
+    """Load and validate an experiment config; ``overrides`` is a nested mapping merged on top.
+
+    ``path`` may be one file or a list of files merged in order (later files win key by key,
+    mappings merge recursively, other values are replaced), as Snakemake merges ``configfile:``
+    and ``--configfile``.
+    """
+    paths = [] if path is None else [path] if isinstance(path, (str, Path)) else list(path)
+    data: dict[str, Any] = {}
+    for p in paths:
+        data = deep_merge(data, load_yaml(p))
     if overrides:
         data = deep_merge(data, overrides)
-    where = str(path) if path else "<defaults>"
+    where = " + ".join(str(p) for p in paths) or "<defaults>"
     try:
         return from_dict(ExperimentConfig, data)
     except ConfigError as e:
