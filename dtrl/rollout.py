@@ -272,9 +272,11 @@ def context_at(traj: RolloutTrajectory, t: int, K: int) -> dict[str, np.ndarray]
         # A restored rollout's early steps also saw the history from before its reset point.
         need = K - n
         sc = traj.start_context
-        # start_context's last slot is step 0 of this trajectory itself (already written above).
+        # start_context's last slot is step 0 of this trajectory itself (already written above); it has
+        # the engine's context length, which may exceed K.
+        L = len(sc["mask"])
         for key in ("states", "actions", "rtg", "timesteps", "mask"):
-            out[key][:need] = sc[key][K - 1 - need:K - 1]
+            out[key][:need] = sc[key][L - 1 - need:L - 1]
     return out
 
 
