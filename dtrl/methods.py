@@ -13,8 +13,8 @@ import importlib
 ALGORITHMS: dict[str, str] = {
     "none": "dtrl.offline:OfflineDT",  # the pretrained DT, evaluated without finetuning
     "grpo": "dtrl.grpo:GRPO",  # the paper's method and its ablation switches
-    "qgrpo": "dtrl.grpo:QGRPO",  # critic advantages for envs that cannot be reset
-    "ppo_dt": "dtrl.grpo:PPODT",  # PPO for DTs with lambda-returns, the paper's comparison variant
+    "qgrpo": "dtrl.qgrpo:QGRPO",  # critic advantages for envs that cannot be reset
+    "ppo_dt": "dtrl.ppo_dt:PPODT",  # PPO for DTs with lambda-returns, the paper's comparison variant
     "odt": "baselines.odt:ODT",
     "odt_td3": "baselines.odt_td3:ODTTD3",
     "iql": "baselines.iql:IQL",

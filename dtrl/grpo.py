@@ -1,0 +1,431 @@
+"""GRPO-DT: online finetuning of a pretrained Decision Transformer with pure RL gradients.
+
+One iteration (PAPER.md, "One reading of a GRPO-DT iteration"; the defaults are ours):
+
+1. **Explore**: ``explore_episodes`` episodes from env resets at the online RTG, actions sampled,
+   simulator state and the RTG tokens as fed recorded at every step.
+2. **Reset points**: ``reset_points`` steps of those episodes, drawn with probability
+   ``softmax(log action_var / variance_temperature)`` (active sampling) or uniformly (ablation).
+3. **Groups**: from each reset point (simulator *and* DT context restored exactly) ``group_size``
+   continuations: ``traj_len`` sampled steps (their log-probs under the acting policy pi_old are
+   recorded) then up to ``eval_len`` mean-action steps. A member's score is its summed reward.
+4. **Advantages**: ``A_i = (R_i - mean R) / (std R + eps)`` within each group.
+5. **Updates**: ``epochs`` passes of minibatches of sub-trajectories; the ratio of a member is
+   ``exp(sum_t log pi_theta - log pi_old)`` over its sampled steps (``ratio: sequence``; ``token``
+   is the ablation), each step re-evaluated under exactly the context it was sampled in; loss
+   ``-mean min(rho A, clip(rho, 1-eps, 1+eps) A) - entropy_coef * entropy``. No supervised term.
+
+``relabel: true`` reproduces ODT's hindsight relabeling inside this objective: the learner's
+log-prob uses contexts whose RTG tokens are replaced by the return actually achieved from each
+position (to the end of the collected sub-trajectory), while pi_old's log-prob stays the one recorded
+at rollout time under the rollout RTG. That is the mismatch the paper blames for the instability.
+
+The shared machinery (exploration, learner batches, the clipped update and its diagnostics) lives
+in :class:`PolicyGradientDT`; :mod:`dtrl.qgrpo` (critic advantages, no resets) and
+:mod:`dtrl.ppo_dt` (GAE advantages) reuse it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from dtrl.config import doc, require
+from dtrl.critic import final_rtg
+from dtrl.dt_method import DTMethod
+from dtrl.model import DecisionTransformer, SquashedGaussian
+from dtrl.online import RunContext
+from dtrl.rollout import RolloutEngine, RolloutTrajectory, Start
+
+CTX_KEYS = ("states", "actions", "rtg", "timesteps", "mask")
+
+
+# -- small pieces, public so tests can pin them down -----------------------------------------------
+
+def group_advantages(returns: np.ndarray, eps: float = 1e-8, zero_spread_tol: float = 1e-6
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Group-normalised advantages of ``returns`` (M groups, G members): (advantages (M, G), zero_spread (M,)).
+
+    Within a group the advantages have mean 0 and (population) std 1. A group whose spread is at or
+    below ``zero_spread_tol * max(1, |mean|)`` teaches nothing and gets advantages exactly 0.
+    """
+    r = np.asarray(returns, dtype=np.float64)
+    mean = r.mean(axis=1, keepdims=True)
+    std = r.std(axis=1, keepdims=True)
+    flat = std[:, 0] <= zero_spread_tol * np.maximum(1.0, np.abs(mean[:, 0]))
+    adv = (r - mean) / (std + eps)
+    adv[flat] = 0.0
+    return adv, flat
+
+
+def selection_probs(action_var: np.ndarray, mode: str, temperature: float) -> np.ndarray:
+    """Probability of drawing each candidate state: softmax(log var / temperature), or uniform."""
+    v = np.asarray(action_var, dtype=np.float64)
+    if mode == "uniform" or len(v) == 0:
+        return np.full(len(v), 1.0 / max(1, len(v)))
+    logits = np.log(np.maximum(v, 1e-30)) / temperature
+    logits -= logits.max()
+    p = np.exp(logits)
+    return p / p.sum()
+
+
+def approx_kl(log_ratio: torch.Tensor) -> torch.Tensor:
+    """The low-variance KL(pi_old || pi) estimator mean((r - 1) - log r) over samples from pi_old."""
+    return ((log_ratio.exp() - 1.0) - log_ratio).mean()
+
+
+def relabel_contexts(contexts: dict[str, np.ndarray], offset: np.ndarray | float) -> dict[str, np.ndarray]:
+    """Contexts with hindsight RTG tokens: every real token ``g`` becomes ``g - offset``.
+
+    A rollout's RTG tokens are ``g_0 - (rewards so far)`` along its whole path, so with ``offset`` the
+    token after its last step, ``g - offset`` is exactly the return achieved from that position on.
+    """
+    out = dict(contexts)
+    off = np.asarray(offset, dtype=np.float32).reshape(-1, *([1] * (contexts["rtg"].ndim - 1)))
+    out["rtg"] = np.where(contexts["mask"], contexts["rtg"] - off, 0.0).astype(np.float32)
+    return out
+
+
+def last_slot_dist(model: DecisionTransformer, contexts: dict[str, torch.Tensor],
+                   rows: torch.Tensor | None = None) -> SquashedGaussian:
+    """The action distribution at the last slot of the given contexts, as the rollout engine acts."""
+    c = contexts if rows is None else {k: v[rows] for k, v in contexts.items()}
+    dist = model(c["states"], c["actions"], c["rtg"], c["timesteps"], c["mask"])
+    return SquashedGaussian(dist.mean[:, -1], dist.log_std[:, -1])
+
+
+@dataclass
+class LearnBatch:
+    """Sampled actions to re-evaluate, each under the exact context it was taken in.
+
+    Tokens are grouped into ratio *units* (a GRPO sub-trajectory; or the token itself), sorted by unit.
+    """
+
+    contexts: dict[str, torch.Tensor]  # (C, k, .) what the learner feeds (RTG relabeled iff relabel)
+    ctx_index: torch.Tensor  # (N,) long: the context row of each token
+    actions: torch.Tensor  # (N, A)
+    logp_old: torch.Tensor  # (N,) log pi_old(a | context as fed at rollout time), never recomputed
+    unit: torch.Tensor  # (N,) long, ascending
+    advantages: torch.Tensor  # (U,) one per unit
+
+    @property
+    def n_units(self) -> int:
+        return int(self.advantages.shape[0])
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.actions.shape[0])
+
+
+def minibatch_log_ratios(model: DecisionTransformer, batch: "LearnBatch", units: torch.Tensor, ratio: str):
+    """Log-ratios of the ratio units ``units`` (sorted): (log_rho, advantages, per-token log-ratios, distribution).
+
+    Each token is re-evaluated under its own recorded context (contexts shared by several tokens are
+    run once). ``sequence``: one log-ratio per unit, the sum over its tokens (joint likelihood, no
+    length normalisation); ``token``: one per token, paired with its unit's advantage.
+    """
+    tok = torch.isin(batch.unit, units).nonzero().squeeze(1)
+    rows, inv = torch.unique(batch.ctx_index[tok], return_inverse=True)
+    d = last_slot_dist(model, batch.contexts, rows)
+    logp = SquashedGaussian(d.mean[inv], d.log_std[inv]).log_prob(batch.actions[tok])
+    log_ratio_tok = logp - batch.logp_old[tok]
+    if ratio == "sequence":
+        local = torch.searchsorted(units, batch.unit[tok])
+        log_rho = torch.zeros(len(units), device=log_ratio_tok.device).index_add(0, local, log_ratio_tok)
+        return log_rho, batch.advantages[units], log_ratio_tok, d
+    return log_ratio_tok, batch.advantages[batch.unit[tok]], log_ratio_tok, d
+
+
+def stack_contexts(parts: list[dict[str, np.ndarray]], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: torch.as_tensor(np.concatenate([p[k] for p in parts]), device=device) for k in CTX_KEYS}
+
+
+# -- the shared method machinery -------------------------------------------------------------------
+
+@dataclass
+class PGConfig:
+    """Fields every pure-RL-gradient DT method shares (each method re-declares those whose default differs)."""
+
+    relabel: bool = doc(False, "Hindsight RTG relabeling in the learner's contexts (ODT's practice). false is the "
+                               "paper's method (ratio under the RTG tokens fed at rollout time); true reproduces the "
+                               "ratio mismatch the paper identifies.")
+    dropout: float | None = doc(0.0, "Dropout during finetuning, overriding the pretrained rate (null keeps it). Off, "
+                                     "so the acting policy (eval mode) and the learner are the same function and the "
+                                     "first minibatch's ratios are exactly 1.")
+    rollout_context_len: int | None = doc(None, "Context (timesteps) the policy acts with during online rollouts; "
+                                                "null = model.eval_context_len, as ODT acts. The learner re-evaluates "
+                                                "every action under the same recorded context.")
+    explore_episodes: int = doc(4, "Exploration episodes from env resets per iteration (ODT: 1). 4 gives reset "
+                                   "points from several starts at a small step cost next to the groups.")
+    explore_rtg: float | None = doc(None, "RTG target of exploration rollouts; null = the task's online_rtg (ODT).")
+    explore_max_steps: int = doc(0, "Cut exploration episodes after this many steps (a timeout, not a terminal); "
+                                    "0 = whole episodes.")
+    n_envs: int = doc(0, "Envs the rollout engine steps together; 0 = as many as one iteration needs at once.")
+    epochs: int = doc(4, "Passes over the iteration's batch (PPO-style; PAPER.md suggests 4).")
+    minibatch_size: int = doc(32, "Ratio units per minibatch.")
+    clip_eps: float = doc(0.2, "PPO clip range of the ratio (the common PPO/GRPO value).")
+    entropy_coef: float = doc(1e-3, "Weight of the entropy bonus (Monte-Carlo entropy of the squashed Gaussian); "
+                                    "small, as a pure RL objective only needs it to keep exploration alive.")
+    lr: float = doc(3e-5, "Adam learning rate of the DT (PAPER.md: 1e-5 to 1e-4; the middle of that range in log "
+                          "scale, small because the pretrained policy is already good).")
+    weight_decay: float = doc(0.0, "Adam weight decay (none: no supervised anchor is wanted either).")
+    max_grad_norm: float = doc(1.0, "Clip the DT's gradient norm per update (0 = no clipping); guards against the "
+                                    "rare huge sequence ratio with a negative advantage.")
+    max_log_ratio: float = doc(20.0, "Clamp |log ratio| before exponentiating so a mismatched ratio (relabel: true) "
+                                     "is huge but finite; diagnostics report the unclamped value.")
+    target_kl: float | None = doc(None, "Stop the iteration's epochs once a minibatch's approx KL exceeds 1.5x this "
+                                        "(null = never; the paper mentions no early stopping).")
+
+    def validate(self) -> None:
+        require(self.explore_episodes >= 1, "explore_episodes must be >= 1")
+        require(self.epochs >= 1 and self.minibatch_size >= 1, "epochs and minibatch_size must be >= 1")
+        require(0.0 < self.clip_eps < 1.0, "clip_eps must be in (0, 1)")
+        require(self.lr > 0, "lr must be > 0")
+        require(self.dropout is None or 0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)")
+        require(self.rollout_context_len is None or self.rollout_context_len >= 1, "rollout_context_len must be >= 1")
+        require(self.max_log_ratio > 0, "max_log_ratio must be > 0")
+
+
+class PolicyGradientDT(DTMethod):
+    """Exploration, learner batches and the clipped policy update shared by GRPO, QGRPO and PPO-DT."""
+
+    uses_resets = False  # GRPO restores simulator states; the others never do
+
+    def __init__(self, cfg: Any, ctx: RunContext):
+        super().__init__(cfg, ctx)
+        m = self.model
+        self.k = min(cfg.rollout_context_len or m.cfg.eval_context_len, m.cfg.context_len)
+        self.device = ctx.device
+        self.engine = RolloutEngine(ctx.task, self._engine_envs(), m.cfg.context_len, ctx.device, seed=ctx.seed)
+        self.opt = torch.optim.Adam(m.policy_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.first_minibatch_ratios: np.ndarray | None = None  # ratios of the last iteration's first minibatch
+
+    def _engine_envs(self) -> int:
+        return self.cfg.n_envs or self.cfg.explore_episodes
+
+    # -- rollouts --------------------------------------------------------------------------------------
+    def explore(self, record_contexts: bool) -> tuple[list[RolloutTrajectory], np.ndarray]:
+        """This iteration's exploration episodes and the observation after each one's last step."""
+        cfg, c = self.cfg, self.ctx.counters
+        rtg = self.ctx.task.online_rtg if cfg.explore_rtg is None else cfg.explore_rtg
+        seeds = self.ctx.np_rng.integers(0, 2**31 - 1, size=cfg.explore_episodes)
+        trajs: list[RolloutTrajectory] = []
+        finals = []
+        for lo in range(0, len(seeds), self.engine.n):
+            starts = [Start(target_rtg=rtg, seed=int(s)) for s in seeds[lo:lo + self.engine.n]]
+            trajs += self.engine.run(self.model, starts, sample_steps=0, sample_all=True,
+                                     max_steps=cfg.explore_max_steps or None, record_sim_states=self.uses_resets,
+                                     record_contexts=record_contexts, context_len=self.k)
+            finals.append(self.engine.obs[:len(starts)].astype(np.float32))
+        n = sum(len(t) for t in trajs)
+        c.add("explore", n)
+        c.env_steps += n
+        return trajs, np.concatenate(finals)
+
+    def draw_states(self, action_var: np.ndarray, n: int, mode: str, temperature: float) -> np.ndarray:
+        """Indices of ``n`` candidate states (without replacement while there are enough)."""
+        p = selection_probs(action_var, mode, temperature)
+        return self.ctx.np_rng.choice(len(p), size=n, replace=n > len(p), p=p)
+
+    def to_device(self, x: np.ndarray, dtype=None) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(x), dtype=dtype, device=self.device)
+
+    # -- the clipped update ----------------------------------------------------------------------------
+    def policy_update(self, batch: LearnBatch, ratio: str) -> dict[str, float]:
+        """``epochs`` passes of clipped-ratio minibatch updates over ``batch``; returns diagnostics."""
+        cfg, model = self.cfg, self.model
+        params = model.policy_parameters()
+        model.train()  # dropout as configured (0 by default: identical to the acting eval mode)
+        U = batch.n_units
+        mb = max(1, min(cfg.minibatch_size, U))
+        acc: dict[str, list] = {k: [] for k in ("ratio", "log_ratio", "clip", "kl", "ent", "gent", "loss", "gn")}
+        self.first_minibatch_ratios = None
+        updates = 0
+        stop = False
+        for _ in range(cfg.epochs):
+            perm = self.ctx.np_rng.permutation(U)
+            for lo in range(0, U, mb):
+                us = self.to_device(np.sort(perm[lo:lo + mb]), torch.long)
+                log_rho, adv, log_ratio_tok, d = minibatch_log_ratios(model, batch, us, ratio)
+                rho = log_rho.clamp(-cfg.max_log_ratio, cfg.max_log_ratio).exp()
+                surr = torch.minimum(rho * adv, rho.clamp(1.0 - cfg.clip_eps, 1.0 + cfg.clip_eps) * adv)
+                policy_loss = -surr.mean()
+                entropy = d.entropy().mean()
+                loss = policy_loss - cfg.entropy_coef * entropy
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                gn = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
+                self.opt.step()
+                updates += 1
+                with torch.no_grad():
+                    r_np = rho.detach().cpu().numpy()
+                    if self.first_minibatch_ratios is None:
+                        self.first_minibatch_ratios = r_np
+                    kl = approx_kl(log_ratio_tok.detach().clamp(-cfg.max_log_ratio, cfg.max_log_ratio)).item()
+                    acc["ratio"].append(r_np)
+                    acc["log_ratio"].append(log_rho.detach().abs().max().item())
+                    acc["clip"].append(((rho - 1.0).abs() > cfg.clip_eps).float().mean().item())
+                    acc["kl"].append(kl)
+                    acc["ent"].append(entropy.item())
+                    acc["gent"].append(d.gaussian_entropy().mean().item())
+                    acc["loss"].append(policy_loss.item())
+                    acc["gn"].append(float(gn))
+                if cfg.target_kl is not None and kl > 1.5 * cfg.target_kl:
+                    stop = True
+                    break
+            if stop:
+                break
+        self.ctx.counters.grad_updates += updates
+        r_all = np.concatenate(acc["ratio"])
+        first = self.first_minibatch_ratios
+        return {
+            "policy_updates": updates,
+            "ratio_mean": float(r_all.mean()),
+            "ratio_max": float(r_all.max()),
+            "ratio_min": float(r_all.min()),
+            "ratio_first_absdev": float(np.abs(first - 1.0).max()),  # 0 up to float error unless relabel/dropout
+            "log_ratio_absmax": float(max(acc["log_ratio"])),  # unclamped
+            "clip_frac": float(np.mean(acc["clip"])),
+            "approx_kl": float(np.mean(acc["kl"])),
+            "entropy": float(np.mean(acc["ent"])),
+            "gaussian_entropy": float(np.mean(acc["gent"])),
+            "policy_loss": float(np.mean(acc["loss"])),
+            "grad_norm": float(np.mean(acc["gn"])),
+            "grad_norm_max": float(np.max(acc["gn"])),
+            "early_stop": float(stop),
+        }
+
+    @staticmethod
+    def empty_update_diag() -> dict[str, float]:
+        nan = float("nan")
+        return {k: nan for k in ("ratio_mean", "ratio_max", "ratio_min", "ratio_first_absdev", "log_ratio_absmax",
+                                 "clip_frac", "approx_kl", "entropy", "gaussian_entropy", "policy_loss", "grad_norm",
+                                 "grad_norm_max", "early_stop")} | {"policy_updates": 0}
+
+    # -- state -----------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "opt": self.opt.state_dict(), "engine_rng": self.engine.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.opt.load_state_dict(state["opt"])
+        self.engine.generator.set_state(state["engine_rng"])
+
+
+def advantage_stats(adv: np.ndarray) -> dict[str, float]:
+    a = np.asarray(adv, dtype=np.float64)
+    return {"adv_mean": float(a.mean()), "adv_std": float(a.std()), "adv_absmax": float(np.abs(a).max())}
+
+
+# -- GRPO-DT -----------------------------------------------------------------------------------------
+
+class GRPO(PolicyGradientDT):
+    """GRPO for Decision Transformers: group-relative advantages from exact simulator resets."""
+
+    uses_resets = True
+
+    @dataclass
+    class Config(PGConfig):
+        ratio: Literal["sequence", "token"] = doc("sequence", "Likelihood ratio of a sub-trajectory: the joint "
+                                                              "likelihood of its sampled actions with no length "
+                                                              "normalisation (the method), or per step (ablation).")
+        reset_sampling: Literal["variance", "uniform"] = doc("variance", "How reset points are drawn: weighted by "
+                                                                         "the policy's action variance there (active "
+                                                                         "sampling, the method) or uniformly (ablation).")
+        variance_temperature: float = doc(1.0, "Temperature of the softmax over log action-variance (1: probability "
+                                               "proportional to the variance itself; larger is closer to uniform).")
+        group_size: int = doc(8, "G: continuations per reset point (PAPER.md suggests 8).")
+        reset_points: int = doc(16, "M: reset points per iteration (PAPER.md suggests 16), so M*G = 128 rollouts "
+                                    "stepped together.")
+        traj_len: int = doc(20, "L_traj: sampled steps per continuation (PAPER.md: 20, the training context K).")
+        eval_len: int = doc(400, "L_eval: mean-action steps scoring each continuation (400 on MuJoCo per the "
+                                 "reviews); the score is the reward over all L_traj + L_eval steps.")
+        minibatch_size: int = doc(32, "Sub-trajectories per minibatch: 4 minibatches of the default 128, so 4 epochs "
+                                      "make 16 updates per iteration.")
+        adv_eps: float = doc(1e-8, "Added to the group std in the advantage denominator.")
+        zero_spread_tol: float = doc(1e-6, "A group whose return std is at most this times max(1, |mean|) has zero "
+                                           "spread: its advantages are 0 (it teaches nothing).")
+
+        def validate(self) -> None:
+            super().validate()
+            require(self.group_size >= 2, "group_size must be >= 2 (advantages are relative within a group)")
+            require(self.reset_points >= 1 and self.traj_len >= 1 and self.eval_len >= 0,
+                    "reset_points and traj_len must be >= 1, eval_len >= 0")
+            require(self.variance_temperature > 0, "variance_temperature must be > 0")
+
+    def __init__(self, cfg: "GRPO.Config", ctx: RunContext):
+        if not ctx.task.resettable:
+            raise ValueError(f"task {ctx.task.name} cannot be reset to a saved simulator state (task.resettable is "
+                             "false), which GRPO needs; use qgrpo")
+        super().__init__(cfg, ctx)
+
+    def _engine_envs(self) -> int:
+        c = self.cfg
+        return c.n_envs or max(c.explore_episodes, c.reset_points * c.group_size)
+
+    def collect(self) -> tuple[LearnBatch, dict[str, float]]:
+        """Explore, draw reset points, roll out the groups; the learner batch and rollout diagnostics."""
+        cfg, c = self.cfg, self.ctx.counters
+        explore, _ = self.explore(record_contexts=False)
+        cand = [(j, t) for j, tr in enumerate(explore) for t in range(len(tr))]
+        var = np.concatenate([tr.action_var for tr in explore]).astype(np.float64)
+        chosen = self.draw_states(var, cfg.reset_points, cfg.reset_sampling, cfg.variance_temperature)
+        starts = [Start(traj=explore[cand[i][0]], t=cand[i][1]) for i in chosen for _ in range(cfg.group_size)]
+        members: list[RolloutTrajectory] = []
+        for lo in range(0, len(starts), self.engine.n):
+            members += self.engine.run(self.model, starts[lo:lo + self.engine.n], sample_steps=cfg.traj_len,
+                                       max_steps=cfg.traj_len + cfg.eval_len, record_contexts=True,
+                                       context_len=self.k)
+        n_sampled = int(sum(int(m.sampled.sum()) for m in members))
+        n_total = int(sum(len(m) for m in members))
+        c.add("sampled", n_sampled)
+        c.add("scoring", n_total - n_sampled)
+        c.env_steps += n_total
+
+        returns = np.array([m.total_return for m in members]).reshape(cfg.reset_points, cfg.group_size)
+        adv, flat = group_advantages(returns, cfg.adv_eps, cfg.zero_spread_tol)
+        batch = self.learn_batch(members, adv.reshape(-1))
+        diag = {
+            "explore_return": float(np.mean([t.total_return for t in explore])),
+            "explore_len": float(np.mean([len(t) for t in explore])),
+            "group_return_mean": float(returns.mean()),
+            "group_return_std": float(returns.std(axis=1).mean()),  # mean within-group spread
+            "zero_spread_frac": float(flat.mean()),
+            "member_len": float(n_total / len(members)),
+            **advantage_stats(adv),
+            "reset_var_mean": float(var[chosen].mean()),
+            "reset_var_max": float(var[chosen].max()),
+            "candidate_var_mean": float(var.mean()),
+            "reset_t_mean": float(np.mean([cand[i][1] for i in chosen])),
+        }
+        return batch, diag
+
+    def learn_batch(self, members: list[RolloutTrajectory], advantages: np.ndarray) -> LearnBatch:
+        """One unit per member: its sampled steps (the first ones), their recorded contexts and log-probs."""
+        parts, acts, logps, units = [], [], [], []
+        for u, m in enumerate(members):
+            n = int(m.sampled.sum())
+            ctx = {k: m.contexts[k][:n] for k in CTX_KEYS}
+            if self.cfg.relabel:
+                ctx = relabel_contexts(ctx, final_rtg(m))
+            parts.append(ctx)
+            acts.append(m.actions[:n])
+            logps.append(m.log_probs[:n])
+            units.append(np.full(n, u))
+        N = sum(len(a) for a in acts)
+        return LearnBatch(
+            contexts=stack_contexts(parts, self.device),
+            ctx_index=self.to_device(np.arange(N), torch.long),
+            actions=self.to_device(np.concatenate(acts), torch.float32),
+            logp_old=self.to_device(np.concatenate(logps), torch.float32),
+            unit=self.to_device(np.concatenate(units), torch.long),
+            advantages=self.to_device(advantages, torch.float32),
+        )
+
+    def train_iteration(self) -> dict[str, float]:
+        batch, diag = self.collect()
+        return {**diag, **self.policy_update(batch, self.cfg.ratio)}
