@@ -36,6 +36,10 @@ Choices for details the paper leaves open (each also a Config field where it is 
 - Transitions: a trajectory without ``next_observations`` takes s' from the next row; its last row is
   kept only if it is terminal (s' is then unused), since a time-limit cut has no s' to bootstrap from.
 - Seeds: exploration env episodes are seeded from 10**8 + 10**6 * seed on, apart from evaluation seeds.
+- Speed: on CUDA one whole update is recorded once as a CUDA graph and replayed (``cuda_graph``);
+  an H100 measured 0.9 ms/update against 7.8 ms eager with the default 256-256 nets, batch 256.
+- Resume: checkpoints hold the networks, optimisers, the online part of the buffer and the
+  exploration envs' exact simulator states, so a resumed run continues the same numbers.
 
 The generic pieces here -- :func:`mlp`, :class:`ReplayBuffer` -- are not IQL-specific and could move
 into the dtrl core once a second MLP method needs them.
@@ -102,6 +106,9 @@ class IQLConfig:
     buffer_capacity: int = doc(0, "Replay capacity in transitions; 0 keeps the offline data and every online "
                                   "transition (published finetuning keeps the offline data). Positive: FIFO, the "
                                   "oldest (offline) rows go first.")
+    cuda_graph: bool = doc(True, "On CUDA, record one whole update as a CUDA graph and replay it: the same "
+                                 "math, ~10x faster, since an update is ~150 tiny kernels whose launches "
+                                 "dominate. Ignored on CPU.")
 
     def validate(self) -> None:
         require(self.offline_updates >= 0, "iql.offline_updates must be >= 0")
@@ -271,10 +278,17 @@ class IQLLearner(nn.Module):
         self.value = mlp(obs_dim, h, 1)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.to(device)
-        # foreach: one fused kernel per op over all tensors (the default per-tensor loop is slow on CPU).
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr, foreach=True)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr, foreach=True)
-        self.value_opt = torch.optim.Adam(self.value.parameters(), lr=cfg.value_lr, foreach=True)
+        # foreach: one kernel per op over all tensors (the default per-tensor loop is slow on CPU).
+        # A CUDA graph needs capturable optimisers and the actor lr as a tensor it reads at replay.
+        self.use_graph = device.type == "cuda" and cfg.cuda_graph
+        kw: dict[str, Any] = {"foreach": True, "capturable": self.use_graph}
+        actor_lr = torch.tensor(cfg.actor_lr, device=device) if self.use_graph else cfg.actor_lr
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=actor_lr, **kw)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr, **kw)
+        self.value_opt = torch.optim.Adam(self.value.parameters(), lr=cfg.value_lr, **kw)
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._static_in: dict[str, torch.Tensor] = {}
+        self._static_out: dict[str, torch.Tensor] = {}
         self._target_params = list(self.target_critic.parameters())
         self._critic_params = list(self.critic.parameters())
 
@@ -320,9 +334,54 @@ class IQLLearner(nn.Module):
         opt.step()
 
     def update(self, b: dict[str, torch.Tensor], actor_lr: float) -> dict[str, torch.Tensor]:
-        """One IQL update in the reference order: V, then actor and critic with the new V, then the target."""
+        """One IQL update with this actor lr; returns its diagnostics (0-d tensors)."""
         for g in self.actor_opt.param_groups:
-            g["lr"] = actor_lr
+            if torch.is_tensor(g["lr"]):
+                g["lr"].fill_(actor_lr)
+            else:
+                g["lr"] = actor_lr
+        if not self.use_graph:
+            return self._update(b)
+        if self._graph is None:
+            self._capture(b)
+        for k, v in b.items():
+            self._static_in[k].copy_(v)
+        self._graph.replay()
+        return {k: v.clone() for k, v in self._static_out.items()}
+
+    def _capture(self, b: dict[str, torch.Tensor]) -> None:
+        """Record ``_update`` as a CUDA graph (PyTorch's whole-network recipe).
+
+        The recipe first runs a few warm-up updates on a side stream (they allocate the gradients and
+        the optimiser state); the parameters and optimiser state are put back afterwards, so the
+        warm-up leaves no trace and recording happens as if at the same point of training.
+        """
+        params = [p.detach().clone() for p in self.parameters()]
+        opts = (self.actor_opt, self.critic_opt, self.value_opt)
+        saved = [{p: {k: v.clone() for k, v in st.items()} for p, st in o.state.items()} for o in opts]
+        self._static_in = {k: v.clone() for k, v in b.items()}
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                self._update(self._static_in)
+        torch.cuda.current_stream().wait_stream(side)
+        with torch.no_grad():
+            for p, v in zip(self.parameters(), params):
+                p.copy_(v)
+            for o, before in zip(opts, saved):
+                for p, st in o.state.items():
+                    for k, v in st.items():
+                        if torch.is_tensor(v):
+                            v.copy_(before[p][k]) if p in before else v.zero_()
+        for o in opts:
+            o.zero_grad(set_to_none=True)
+        self._graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self._graph):
+            self._static_out = self._update(self._static_in)
+
+    def _update(self, b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One IQL update in the reference order: V, then actor and critic with the new V, then the target."""
         q_t = self.target_q(b)  # the target critic is fixed until the end of the update
         v_loss, info = self.value_loss(b, q_t)
         self._step(self.value_opt, v_loss)
@@ -350,8 +409,20 @@ class IQLLearner(nn.Module):
         return {k: getattr(self, k).state_dict() for k in ("actor_opt", "critic_opt", "value_opt")}
 
     def load_optim_state(self, state: dict[str, Any]) -> None:
+        """Load optimiser states, possibly saved on another device or with/without a CUDA graph."""
         for k, v in state.items():
-            getattr(self, k).load_state_dict(v)
+            opt = getattr(self, k)
+            opt.load_state_dict(v)
+            # Loading restores the saved run's group options; keep this learner's (graph or not).
+            for g in opt.param_groups:
+                g["capturable"] = self.use_graph
+                if opt is self.actor_opt:
+                    lr = float(g["lr"])
+                    g["lr"] = torch.tensor(lr, device=g["params"][0].device) if self.use_graph else lr
+            for p, st in opt.state.items():
+                if "step" in st:  # capturable Adam keeps its step count on the device, eager Adam on the CPU
+                    st["step"] = st["step"].to(device=p.device if self.use_graph else "cpu", dtype=torch.float32)
+        self._graph = None  # loading replaced the optimiser state tensors a recorded graph points at
 
 
 def cosine_lr(base: float, step: int, total: int) -> float:

@@ -1,6 +1,7 @@
 """IQL (baselines/iql.py): its losses, terminal vs time-limit handling, a harness run, resume, a learning check."""
 
 import csv
+import io
 import sys
 import types
 from collections import defaultdict
@@ -120,6 +121,46 @@ def test_update_moves_target_by_polyak_and_schedules_actor_lr():
     assert learner.actor_opt.param_groups[0]["lr"] == 1e-3
     assert cosine_lr(3e-4, 0, 100) == 3e-4 and cosine_lr(3e-4, 50, 100) == pytest.approx(1.5e-4)
     assert cosine_lr(3e-4, 100, 100) == pytest.approx(0.0) and cosine_lr(3e-4, 500, 100) == pytest.approx(0.0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_update_matches_eager_and_resumes():
+    dev = torch.device("cuda")
+
+    def learner(seed, device=dev, graph=True):
+        torch.manual_seed(seed)
+        return IQLLearner(4, 1, small_cfg(hidden_dims=[64, 64], cuda_graph=graph), device)
+
+    def batch(i, device=dev):
+        return {k: v.to(device) for k, v in _batch(64, seed=i).items()}
+
+    def train(m, steps, device=dev):
+        return [m.update(batch(i, device), cosine_lr(1e-3, i, 40)) for i in steps]
+
+    graph, eager = learner(0), learner(0, graph=False)
+    assert graph.use_graph and not eager.use_graph
+    infos_g, infos_e = train(graph, range(20)), train(eager, range(20))
+    for ig, ie in zip(infos_g, infos_e):
+        for k in ig:
+            assert torch.allclose(ig[k], ie[k], rtol=1e-4, atol=1e-5), k
+    for pg, pe in zip(graph.parameters(), eager.parameters()):
+        assert torch.allclose(pg, pe, rtol=1e-4, atol=1e-5)
+
+    # A checkpoint (saved to CPU) resumes in a fresh graph learner and in a CPU learner.
+    f = io.BytesIO()
+    torch.save({"nets": graph.state_dict(), "optim": graph.optim_state()}, f)
+    f.seek(0)
+    state = torch.load(f, map_location="cpu")  # as dtrl.io.torch_load reads checkpoints
+    resumed, cpu = learner(1), learner(1, torch.device("cpu"))
+    for m in (resumed, cpu):
+        m.load_state_dict(state["nets"])
+        m.load_optim_state(state["optim"])
+    train(graph, range(20, 40))
+    train(resumed, range(20, 40))
+    train(cpu, range(20, 40), torch.device("cpu"))
+    for pg, pr, pc in zip(graph.parameters(), resumed.parameters(), cpu.parameters()):
+        assert torch.allclose(pg, pr, rtol=1e-5, atol=1e-6)
+        assert torch.allclose(pg.cpu(), pc, rtol=1e-3, atol=1e-4)
 
 
 # --- terminals vs time limits ------------------------------------------------------------------------
