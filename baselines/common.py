@@ -1,0 +1,377 @@
+"""What ODT and ODT+TD3 share: the trajectory replay buffer, exploration, the online loop and its state.
+
+ODT's online phase (Zheng, Zhang & Grover 2022), one iteration:
+
+1. roll out ``rollouts_per_iteration`` whole episodes with *sampled* actions, conditioned on the
+   task's online RTG target (decremented by the rewards received, as at evaluation);
+2. store them in a replay buffer of whole trajectories (capacity counted in trajectories, FIFO),
+   which was seeded with the best offline trajectories;
+3. make ``updates_per_iteration`` updates on context minibatches from the buffer. The RTG tokens of
+   stored trajectories are their *achieved* returns-to-go (hindsight relabeling): the buffer keeps
+   rewards, never the RTG the policy was fed, and :class:`dtrl.batching.ContextSampler` computes
+   each trajectory's return-to-go once when it is added.
+
+:class:`ODTFamily` is that loop; a subclass supplies the update rule (``_update``), and may add
+networks to the checkpoint (``_extra_state``) and change the exploration policy (``_explorer``).
+
+Reconstruction choices (the ODT paper and code leave these open or do them differently):
+
+* Seeding order. ODT sorts the kept offline trajectories from worst to best and replaces from the
+  front, so the *worst* seeded trajectories are evicted first; the same order is used here.
+* One optimizer across phases. ODT trains offline and online with one LAMB optimizer and one
+  warmup schedule. ``continue_pretrain_optimizer`` loads the pretraining optimizer state stored in
+  ``model.pt`` and continues the warmup where pretraining left it (10k pretraining updates with a
+  10k warmup means online updates start at the full rate, as in ODT). The online config's
+  hyperparameters (lr, weight decay, ...) still apply.
+* Exploration and the buffer record each trajectory's final observation (the state after its
+  last step) as ``next_observations``, so a critic can bootstrap through time-limit cuts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Literal, Sequence
+
+import numpy as np
+import torch
+
+from dtrl.batching import ContextBatch, ContextSampler
+from dtrl.config import doc, require
+from dtrl.data.trajectories import Trajectory
+from dtrl.dt_method import DTMethod
+from dtrl.io import torch_load
+from dtrl.online import RunContext
+from dtrl.pretrain import SupervisedTrainer
+from dtrl.rollout import RolloutEngine, RolloutTrajectory, Start
+
+# Per-step arrays the buffer keeps for a critic (``transitions=True``), gathered with each context.
+TRANSITION_KEYS = ("reward", "terminal", "next_obs", "td_ok")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Replay buffer
+
+
+def transition_arrays(traj: Trajectory) -> dict[str, np.ndarray]:
+    """Per-step reward, terminal, next observation and ``td_ok`` (the TD target is defined) of ``traj``.
+
+    The next observation of step t < T-1 is observation t+1; of the last step it is
+    ``traj.next_observations[-1]`` when known. ``td_ok`` is False only for a last step whose episode
+    was not terminated (a time-limit cut or a dataset piece) and whose next observation is unknown:
+    such a step can neither bootstrap nor be treated as terminal, so a critic skips it.
+    """
+    T = len(traj)
+    nxt = np.zeros_like(traj.observations, dtype=np.float32)
+    nxt[:-1] = traj.observations[1:]
+    td_ok = np.ones(T, dtype=bool)
+    if traj.next_observations is not None:
+        nxt[-1] = traj.next_observations[-1]
+    elif not bool(traj.terminals[-1]):
+        td_ok[-1] = False
+    return {"reward": traj.rewards.astype(np.float32), "terminal": traj.terminals.astype(np.float32),
+            "next_obs": nxt, "td_ok": td_ok}
+
+
+def _lean(traj: Trajectory) -> Trajectory:
+    """The fields the buffer needs (simulator snapshots and rollout records dropped).
+
+    Stored trajectories are whole episodes from their first step, so their DT timesteps are the
+    step indices (ContextSampler's default); a piece starting mid-episode is refused.
+    """
+    ts = getattr(traj, "timesteps", None)
+    if ts is not None and len(ts) and int(ts[0]) != 0:
+        raise ValueError("the replay buffer stores whole episodes; this trajectory starts at timestep "
+                         f"{int(ts[0])}")
+    return Trajectory(np.asarray(traj.observations, np.float32), np.asarray(traj.actions, np.float32),
+                      np.asarray(traj.rewards, np.float32), np.asarray(traj.terminals, bool),
+                      np.asarray(traj.timeouts, bool),
+                      next_observations=None if traj.next_observations is None
+                      else np.asarray(traj.next_observations, np.float32))
+
+
+class TrajectoryReplay:
+    """ODT's replay buffer: whole trajectories, FIFO, capacity in trajectories.
+
+    ``seeds`` (the best offline trajectories, best first as ``TrajectoryDataset.top_k`` returns
+    them) are inserted worst first, so FIFO replacement evicts the worst of them first, as ODT
+    does. Sampling is :class:`ContextSampler`'s: trajectories in proportion to their length, RTG
+    tokens = each trajectory's achieved return-to-go (hindsight relabeling). With
+    ``transitions=True`` every context also carries the per-step arrays of
+    :func:`transition_arrays` in ``batch.extra`` (for ODT+TD3's critic).
+    """
+
+    def __init__(self, capacity: int, context_len: int, seeds: Sequence[Trajectory], *,
+                 device: torch.device | str = "cpu", rng: np.random.Generator | None = None,
+                 anchor: Literal["end", "start"] = "end", transitions: bool = False):
+        if capacity < 1:
+            raise ValueError(f"replay capacity must be >= 1, got {capacity}")
+        if not seeds:
+            raise ValueError("the replay buffer needs at least one offline trajectory to start from")
+        self.capacity = int(capacity)
+        self.transitions = bool(transitions)
+        seeds = [_lean(t) for t in list(seeds)[:self.capacity]][::-1]  # worst first: evicted first
+        self.n_seeds = len(seeds)  # seeds inserted at construction
+        self.trajectories: deque[Trajectory] = deque(seeds)
+        self.sampler = ContextSampler(seeds, context_len, extra=self._extra(seeds), device=device, rng=rng,
+                                      anchor=anchor)
+        self.evicted = 0  # trajectories dropped so far (seeds go first)
+
+    def _extra(self, trajs: Sequence[Trajectory]) -> dict[str, list[np.ndarray]] | None:
+        if not self.transitions:
+            return None
+        arrays = [transition_arrays(t) for t in trajs]
+        return {k: [a[k] for a in arrays] for k in TRANSITION_KEYS}
+
+    def __len__(self) -> int:
+        return len(self.trajectories)
+
+    @property
+    def num_transitions(self) -> int:
+        return self.sampler.num_transitions
+
+    @property
+    def seeds_left(self) -> int:
+        return max(0, self.n_seeds - self.evicted)
+
+    def add(self, traj: Trajectory) -> None:
+        """Append a trajectory (newest); evict the oldest once over capacity."""
+        t = _lean(traj)
+        extra = None if not self.transitions else transition_arrays(t)
+        self.sampler.add(t, extra=extra)
+        self.trajectories.append(t)
+        if len(self.trajectories) > self.capacity:
+            self.sampler.pop_oldest(1)
+            self.trajectories.popleft()
+            self.evicted += 1
+
+    def sample(self, batch_size: int, rng: np.random.Generator | None = None) -> ContextBatch:
+        return self.sampler.sample(batch_size, rng)
+
+    # The seeds are rebuilt from the dataset on resume; only what came online is saved.
+    def state_dict(self) -> dict[str, Any]:
+        online = list(self.trajectories)[self.seeds_left:]
+        keys = ("observations", "actions", "rewards", "terminals", "timeouts", "next_observations")
+        return {"evicted": self.evicted, "online": [{k: getattr(t, k) for k in keys} for t in online]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore into a freshly built buffer (same seeds): drop the evicted seeds, re-add what came online."""
+        if self.evicted or len(self.trajectories) != self.n_seeds:
+            raise ValueError("TrajectoryReplay.load_state_dict needs a freshly built buffer")
+        n = int(state["evicted"])
+        drop = min(n, self.n_seeds)
+        if drop:
+            self.sampler.pop_oldest(drop)
+            for _ in range(drop):
+                self.trajectories.popleft()
+        for d in state["online"]:
+            t = Trajectory(**d)
+            self.sampler.add(t, extra=None if not self.transitions else transition_arrays(t))
+            self.trajectories.append(t)
+        self.evicted = n
+
+
+# ---------------------------------------------------------------------------------------------------
+# Config shared by ODT and ODT+TD3 (ODT's published values)
+
+
+@dataclass
+class ODTConfig:
+    rollouts_per_iteration: int = doc(1, "Exploration episodes per online iteration, stepped together (ODT: 1).")
+    updates_per_iteration: int = doc(300, "Gradient updates (minibatches) per online iteration (ODT: 300).")
+    batch_size: int = doc(256, "Contexts per minibatch (ODT: 256); the context length K is the model's (ODT: 20).")
+    buffer_size: int = doc(1000, "Replay capacity in whole trajectories, FIFO, seeded with the best offline "
+                                 "trajectories (ODT: 1000).")
+    online_rtg: float | None = doc(None, "Exploration return-to-go target; null = the task's online_rtg (ODT: "
+                                         "hopper 7200, halfcheetah 12000, walker2d 10000, ant 12000).")
+    rollout_context_len: int = doc(0, "Context (steps) the exploring policy acts with; 0 = the model's "
+                                      "eval_context_len (ODT explores with its evaluation context, 5).")
+    optimizer: Literal["lamb", "adamw"] = doc("lamb", "Policy optimizer (ODT: LAMB).")
+    lr: float = doc(1e-4, "Peak learning rate of the DT (ODT: 1e-4).")
+    weight_decay: float = doc(5e-4, "Weight decay of the DT (ODT: 5e-4).")
+    eps: float = doc(1e-8, "Optimizer epsilon (ODT passes 1e-8 to LAMB).")
+    warmup_updates: int = doc(10_000, "Linear learning-rate warmup in updates (ODT: 10k, one schedule over "
+                                      "pretraining and the online phase; see continue_pretrain_optimizer).")
+    continue_pretrain_optimizer: bool = doc(True, "Continue the pretraining optimizer (LAMB moments, Adam state of "
+                                                  "the temperature, warmup position) stored in model.pt, as ODT "
+                                                  "uses one optimizer for both phases; false, or a model.pt "
+                                                  "without it, starts a fresh one with a fresh warmup.")
+    grad_clip: float = doc(0.25, "Global gradient-norm clip of the DT's parameters (ODT: 0.25; 0 = off).")
+    temperature_lr: float = doc(1e-4, "Adam learning rate of the log-temperature (ODT: 1e-4).")
+    entropy_samples: int = doc(1, "Monte-Carlo samples of the squashed Gaussian's entropy (ODT: 1).")
+    dropout: float = doc(0.1, "Dropout of the DT while training online (ODT: 0.1; acting never uses dropout).")
+    context_anchor: Literal["end", "start"] = doc(
+        "end", "How context windows are drawn from the buffer: 'end' = each transition equally likely to be a "
+               "context's last step (padding at episode starts, as when acting; dtrl's pretraining default); "
+               "'start' = ODT's uniform first step (padding at episode ends).")
+    amp: Literal["off", "bf16"] = doc("bf16", "Autocast dtype of the DT on CUDA (ignored on CPU).")
+
+    def validate(self) -> None:
+        require(self.rollouts_per_iteration >= 1, "rollouts_per_iteration must be >= 1")
+        require(self.updates_per_iteration >= 0, "updates_per_iteration must be >= 0")
+        require(self.batch_size >= 1, "batch_size must be >= 1")
+        require(self.buffer_size >= 1, "buffer_size must be >= 1")
+        require(self.rollout_context_len >= 0, "rollout_context_len must be >= 0 (0 = the model's eval context)")
+        require(self.lr > 0 and self.weight_decay >= 0 and self.eps >= 0, "need lr > 0, weight_decay >= 0, eps >= 0")
+        require(self.warmup_updates >= 0, "warmup_updates must be >= 0")
+        require(self.grad_clip >= 0, "grad_clip must be >= 0 (0 disables clipping)")
+        require(self.temperature_lr >= 0, "temperature_lr must be >= 0 (0 freezes the temperature)")
+        require(self.entropy_samples >= 1, "entropy_samples must be >= 1")
+        require(0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def continue_pretraining(trainer: SupervisedTrainer, path, optimizer: str) -> int:
+    """Load the pretraining optimizer state of ``model.pt`` into ``trainer``; return the updates it had made.
+
+    The optimizers' per-parameter state (LAMB moments, the temperature's Adam state) is taken from
+    pretraining, their hyperparameters stay ``trainer``'s (the online config's), and the warmup
+    schedule is moved to where pretraining left it. Returns 0 (and changes nothing) when the file
+    holds no trainer state or pretraining used another optimizer.
+    """
+    ckpt = torch_load(path)
+    state = ckpt.get("trainer")
+    pre_opt = ((ckpt.get("config") or {}).get("pretrain") or {}).get("optimizer", optimizer)
+    if not state or pre_opt != optimizer:
+        return 0
+    for opt, key in ((trainer.optimizer, "optimizer"), (trainer.temperature_optimizer, "temperature_optimizer")):
+        hyper = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+        opt.load_state_dict(state[key])
+        for g, h in zip(opt.param_groups, hyper):
+            g.update(h)
+    n = int(state.get("updates", ckpt.get("updates", 0)))
+    sched = trainer.scheduler
+    sched.last_epoch = n
+    for g, base in zip(trainer.optimizer.param_groups, sched.base_lrs):
+        g["lr"] = base * sched.lr_lambdas[0](n)
+    trainer.last_lr = trainer.optimizer.param_groups[0]["lr"]
+    return n
+
+
+class MeanTerms:
+    """Running sums of per-update diagnostic tensors; one host sync when read."""
+
+    def __init__(self):
+        self.sums: dict[str, torch.Tensor] = {}
+        self.n = 0
+
+    def add(self, terms: dict[str, torch.Tensor]) -> None:
+        for k, v in terms.items():
+            v = v.detach().float()
+            self.sums[k] = self.sums[k] + v if k in self.sums else v.clone()
+        self.n += 1
+
+    def means(self, prefix: str = "") -> dict[str, float]:
+        if not self.sums:
+            return {}
+        keys = list(self.sums)
+        vals = (torch.stack([self.sums[k] for k in keys]) / max(self.n, 1)).tolist()
+        return {prefix + k: float(v) for k, v in zip(keys, vals)}
+
+
+def amp_context(model: torch.nn.Module, amp: str):
+    """bf16 autocast for DT forwards on CUDA when asked; nothing on CPU."""
+    dev = next(model.parameters()).device
+    if amp == "bf16" and dev.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+# ---------------------------------------------------------------------------------------------------
+# The online loop
+
+
+class ODTFamily(DTMethod):
+    """ODT's online phase; subclasses implement ``_update_many`` (the gradient updates of one iteration)."""
+
+    Config = ODTConfig
+    needs_dataset = True
+    buffer_transitions = False  # keep the per-step arrays a critic needs in the buffer
+
+    def __init__(self, cfg: ODTConfig, ctx: RunContext):
+        super().__init__(cfg, ctx)
+        if ctx.dataset is None:
+            raise ValueError(f"{type(self).__name__} needs the task's offline dataset to seed its replay buffer "
+                             "(RunContext.dataset is None)")
+        ctx.dataset.validate(ctx.obs_dim, ctx.act_dim)
+        model = self.model
+        model.train()
+        self.K = model.cfg.context_len
+        self.trainer = SupervisedTrainer(
+            model, optimizer=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.eps,
+            warmup_updates=cfg.warmup_updates, grad_clip=cfg.grad_clip, temperature_lr=cfg.temperature_lr,
+            entropy_samples=cfg.entropy_samples, amp_dtype=torch.bfloat16 if cfg.amp == "bf16" else None)
+        self.pretrain_updates = (continue_pretraining(self.trainer, ctx.pretrained_path, cfg.optimizer)
+                                 if cfg.continue_pretrain_optimizer else 0)
+        self.buffer = TrajectoryReplay(cfg.buffer_size, self.K, ctx.dataset.top_k(cfg.buffer_size),
+                                       device=ctx.device, rng=ctx.np_rng, anchor=cfg.context_anchor,
+                                       transitions=self.buffer_transitions)
+        self.online_rtg = float(ctx.task.online_rtg if cfg.online_rtg is None else cfg.online_rtg)
+        self.rollout_context = min(cfg.rollout_context_len or model.cfg.eval_context_len, self.K)
+        self.engine = RolloutEngine(ctx.task, cfg.rollouts_per_iteration, self.K, ctx.device,
+                                    seed=10**8 + 10**4 * ctx.seed)
+
+    # -- exploration --------------------------------------------------------------------------------
+    def _explorer(self) -> tuple[torch.nn.Module, bool]:
+        """(policy module, sample actions?) the exploration rollouts use. ODT: the DT, sampled."""
+        return self.model, True
+
+    def explore(self) -> list[RolloutTrajectory]:
+        """One batch of whole exploration episodes at the online RTG; ``next_observations`` filled in."""
+        n = self.cfg.rollouts_per_iteration
+        rng = self.ctx.np_rng  # checkpointed by the harness, so a resumed run explores the same episodes
+        seeds = rng.integers(0, 2**31 - 1, size=n)
+        self.engine.generator.manual_seed(int(rng.integers(0, 2**62)))
+        policy, sample = self._explorer()
+        trajs = self.engine.run(policy, [Start(target_rtg=self.online_rtg, seed=int(s)) for s in seeds],
+                                sample_steps=0, sample_all=sample, context_len=self.rollout_context)
+        for i, t in enumerate(trajs):
+            # The engine still holds each env's observation after its last step.
+            t.next_observations = np.concatenate([t.observations[1:], self.engine.obs[i][None]]).astype(np.float32)
+        return trajs
+
+    # -- one iteration --------------------------------------------------------------------------------
+    def _update_many(self, n: int) -> dict[str, float]:
+        raise NotImplementedError
+
+    def _before_first_iteration(self) -> dict[str, float]:
+        return {}
+
+    def train_iteration(self) -> dict[str, float]:
+        c = self.ctx.counters
+        diag: dict[str, float] = {}
+        if c.iterations == 0:
+            diag.update(self._before_first_iteration())
+        trajs = self.explore()
+        for t in trajs:
+            self.buffer.add(t)
+        steps = int(sum(len(t) for t in trajs))
+        c.env_steps += steps
+        returns = np.array([t.total_return for t in trajs], dtype=np.float64)
+        diag.update(self._update_many(self.cfg.updates_per_iteration))
+        diag.update({
+            "explore_return": float(returns.mean()),
+            "explore_norm_return": float(np.mean(self.ctx.task.normalize(returns))),
+            "explore_length": steps / len(trajs),
+            # Hindsight relabeling replaces the RTG the policy was fed (online_rtg at step 0) with
+            # the return achieved; this is the size of that change at the first step.
+            "relabel_gap": float(self.online_rtg - returns.mean()),
+            "buffer_trajectories": len(self.buffer),
+            "buffer_transitions": self.buffer.num_transitions,
+            "buffer_offline_left": self.buffer.seeds_left,
+            "lr": float(self.trainer.last_lr),
+        })
+        return diag
+
+    # -- state --------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "trainer": self.trainer.state_dict(), "buffer": self.buffer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.trainer.load_state_dict(state["trainer"])
+        self.buffer.load_state_dict(state["buffer"])

@@ -1,0 +1,283 @@
+"""ODT+TD3 (Yan, Schwing & Wang, NeurIPS 2024, "RL gradients as vitamin"): `--method odt_td3`.
+
+ODT's online phase (``baselines.common.ODTFamily``: same buffer, relabeling, supervised loss,
+LAMB) with a TD3 critic whose gradient is added to the DT's loss:
+
+    DT loss     = ODT's loss - alpha * mean_{real context positions} Q1(s_t, pi(context_t))
+    critic loss = sum_i mean (Q_i(s_t, a_t) - y_t)^2
+    y_t         = r_t + gamma * (1 - terminal_t) * min_i Q_i'(s_{t+1}, a'_{t+1})
+    a'_{t+1}    = clip(pi'(context_{t+1}) + clip(N(0, 0.2), -0.5, 0.5), -1, 1)
+
+where pi(context) = tanh(mean) is the DT's deterministic (mean) action, Q' the target critic,
+pi' the target DT (Polyak-averaged copies, tau = 0.005), and the twin critic is an MLP 256-256
+(``dtrl.critic.TwinQ``) on the DT's normalised state. The critic is updated on every minibatch;
+the DT and both targets every ``policy_delay``-th (TD3's delayed policy updates). Exploration
+rollouts act with the mean action plus N(0, 0.1) noise instead of sampling the DT's distribution.
+
+Timeouts are not terminals: only ``terminal`` zeroes the bootstrap. A time-limit cut bootstraps
+from the observation after it (recorded for online episodes; ``next_observations`` of offline
+files); a last step with neither that nor a terminal has no target and is left out.
+
+Reconstruction choices (not published, or cheaper variants; each is a config field or noted):
+
+* Next contexts come from the same sampled window: the window shifted by one step, i.e. at slot j
+  the states are the next observations s_{j+1} (the stored next observation, so the window's last
+  slot bootstraps as well), the RTG tokens r-decremented (rtg_{j+1} = rtg_j - r_j, exactly the
+  relabeled RTG of the next step), timesteps + 1, actions shifted left. One target-DT forward gives
+  a'_{t+1} for every position. A next context is thereby one step shorter at the window's start
+  than a rollout's context would be, as every context position's prediction is in ODT's training.
+* The target action comes from a Polyak-averaged target copy of the DT (``target_dt: true``, as
+  TD3's target actor); ``false`` uses the current DT (in eval mode, no dropout).
+* ``updates_per_iteration`` counts minibatches (ODT: 300): each trains the critic, every
+  ``policy_delay``-th (TD3: 2) also the DT, so the DT gets 150 updates per iteration by default.
+* Exploration noise is added to the pre-tanh mean (a = tanh(mu + 0.1 eps)), the form the batched
+  rollout engine samples in; for |a| well inside the bounds this is TD3's additive N(0, 0.1), and
+  near the bounds the noise shrinks where a clipped additive noise would be cut anyway.
+* The critic is warmed up on the offline-seeded buffer for ``critic_warmup_updates`` critic-only
+  updates before the first online iteration (policy evaluation of the pretrained DT), so the
+  first actor gradients come from a critic that knows the data; 0 switches it off. These updates
+  are counted in ``grad_updates``.
+* Critic optimizer: Adam, lr 3e-4 (TD3's); no gradient clipping of the critic.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from baselines.common import MeanTerms, ODTConfig, ODTFamily, amp_context
+from dtrl.batching import ContextBatch
+from dtrl.config import doc, require
+from dtrl.critic import TwinQ, soft_update
+from dtrl.dt_method import set_requires_grad
+from dtrl.losses import dt_supervised_loss, masked_mean
+from dtrl.model import SquashedGaussian
+from dtrl.online import RunContext
+
+
+@dataclass
+class ODTTD3Config(ODTConfig):
+    alpha: float = doc(0.1, "Weight of the TD3 actor term alpha * -Q1(s, pi(context)) in the DT's loss "
+                            "(Yan et al. 2024: 0.1).")
+    gamma: float = doc(0.99, "Discount of the critic's TD target (TD3: 0.99).")
+    tau: float = doc(0.005, "Polyak rate of the target critic and the target DT (TD3: 0.005).")
+    policy_noise: float = doc(0.2, "Std of the target policy smoothing noise on a' (TD3: 0.2).")
+    noise_clip: float = doc(0.5, "Clip of the target policy smoothing noise (TD3: 0.5).")
+    policy_delay: int = doc(2, "Critic updates per DT (actor) and target update: TD3's delayed policy updates "
+                               "(TD3: 2). Every minibatch trains the critic.")
+    exploration_noise: float = doc(0.1, "Std of the Gaussian exploration noise added to the DT's mean action in "
+                                        "exploration rollouts (TD3 / Yan et al.: 0.1; 0 = the mean action).")
+    critic_hidden: list[int] = doc([256, 256], "Hidden widths of each Q MLP (Yan et al.: 256-256).")
+    critic_lr: float = doc(3e-4, "Adam learning rate of the critic (TD3's 3e-4; not stated by Yan et al.).")
+    critic_warmup_updates: int = doc(10_000, "Critic-only updates on the offline-seeded buffer before the first "
+                                             "online iteration (our reconstruction; 0 = off).")
+    target_dt: bool = doc(True, "Target actions a' from a Polyak-averaged target copy of the DT (TD3's target "
+                                "actor); false = from the current DT.")
+
+    def validate(self) -> None:
+        super().validate()
+        require(self.alpha >= 0, "alpha must be >= 0")
+        require(0 <= self.gamma < 1, "gamma must be in [0, 1)")
+        require(0 < self.tau <= 1, "tau must be in (0, 1]")
+        require(self.policy_noise >= 0 and self.noise_clip >= 0, "policy_noise and noise_clip must be >= 0")
+        require(self.policy_delay >= 1, "policy_delay must be >= 1")
+        require(self.exploration_noise >= 0, "exploration_noise must be >= 0")
+        require(len(self.critic_hidden) >= 1 and all(h >= 1 for h in self.critic_hidden),
+                "critic_hidden must list at least one positive width")
+        require(self.critic_lr > 0, "critic_lr must be > 0")
+        require(self.critic_warmup_updates >= 0, "critic_warmup_updates must be >= 0")
+
+
+class NoisyMean(nn.Module):
+    """The DT acting with its mean action plus N(0, std) noise (pre-tanh), in the form the rollout engine samples."""
+
+    def __init__(self, dt: nn.Module, std: float):
+        super().__init__()
+        self.dt = dt
+        self.log_std = math.log(std)
+        self.train(dt.training)  # the engine restores this mode on the DT after the rollout
+
+    def forward(self, *args, **kwargs) -> SquashedGaussian:
+        dist = self.dt(*args, **kwargs)
+        return SquashedGaussian(dist.mean, torch.full_like(dist.mean, self.log_std))
+
+
+@contextlib.contextmanager
+def eval_mode(module: nn.Module):
+    was = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was)
+
+
+def next_window(batch: ContextBatch) -> dict[str, torch.Tensor]:
+    """The sampled windows shifted one step ahead: slot j holds step j+1 (see the module docstring)."""
+    x = batch.extra
+    return {
+        "states": x["next_obs"],
+        "actions": torch.cat([batch.actions[:, 1:], torch.zeros_like(batch.actions[:, :1])], dim=1),
+        "rtg": batch.rtg - x["reward"],
+        "timesteps": batch.timesteps + 1,
+        "mask": batch.mask,
+    }
+
+
+class ODTTD3(ODTFamily):
+    Config = ODTTD3Config
+    needs_dataset = True
+    buffer_transitions = True
+
+    def __init__(self, cfg: ODTTD3Config, ctx: RunContext):
+        super().__init__(cfg, ctx)
+        m = self.model
+        self.critic = TwinQ(ctx.obs_dim, ctx.act_dim, cfg.critic_hidden, m.state_mean, m.state_std).to(ctx.device)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr)
+        self.target = copy.deepcopy(m).requires_grad_(False).eval() if cfg.target_dt else None
+        self.minibatches = 0  # critic updates made online (the policy delay counts these)
+        self.warmed_up = cfg.critic_warmup_updates == 0
+
+    # -- exploration: mean action + Gaussian noise -------------------------------------------------
+    def _explorer(self) -> tuple[nn.Module, bool]:
+        if self.cfg.exploration_noise == 0:
+            return self.model, False
+        return NoisyMean(self.model, self.cfg.exploration_noise), True
+
+    # -- the critic ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def target_actions(self, batch: ContextBatch) -> torch.Tensor:
+        """a'_{t+1} at every context position: the target DT's mean action on the next window, smoothed."""
+        cfg = self.cfg
+        actor = self.target if self.target is not None else self.model
+        nxt = next_window(batch)
+        with eval_mode(actor), amp_context(actor, cfg.amp):
+            dist = actor(nxt["states"], nxt["actions"], nxt["rtg"], nxt["timesteps"], nxt["mask"])
+        a = torch.tanh(dist.mean.float())
+        noise = (torch.randn_like(a) * cfg.policy_noise).clamp(-cfg.noise_clip, cfg.noise_clip)
+        return (a + noise).clamp(-1.0, 1.0)
+
+    @torch.no_grad()
+    def td_target(self, batch: ContextBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(y, w): TD targets at every context position and where they are defined (real step, td_ok).
+
+        Only ``terminal`` stops the bootstrap; a timeout bootstraps from its next observation.
+        """
+        x = batch.extra
+        q1_next, q2_next = self.critic_target(x["next_obs"], self.target_actions(batch))
+        y = x["reward"] + self.cfg.gamma * (1.0 - x["terminal"]) * torch.min(q1_next, q2_next)
+        return y, batch.mask & x["td_ok"]
+
+    def critic_loss(self, batch: ContextBatch) -> dict[str, torch.Tensor]:
+        """TD3's clipped double-Q loss over every real position whose TD target is defined."""
+        y, w = self.td_target(batch)
+        q1, q2 = self.critic(batch.states, batch.actions)
+        loss = masked_mean((q1 - y).pow(2), w) + masked_mean((q2 - y).pow(2), w)
+        return {"critic_loss": loss, "q_mean": masked_mean(q1.detach(), w),
+                "td_error": masked_mean((q1.detach() - y).abs(), w), "target_q": masked_mean(y, w)}
+
+    def _critic_step(self, batch: ContextBatch) -> dict[str, torch.Tensor]:
+        terms = self.critic_loss(batch)
+        self.critic_opt.zero_grad(set_to_none=True)
+        terms["critic_loss"].backward()
+        self.critic_opt.step()
+        terms["critic_loss"] = terms["critic_loss"].detach()
+        return terms
+
+    # -- the actor (the DT) ---------------------------------------------------------------------------
+    def actor_loss(self, batch: ContextBatch) -> dict[str, torch.Tensor]:
+        """ODT's terms plus the TD3 term; ``loss`` reaches the DT's policy parameters only."""
+        m = self.model
+        with amp_context(m, self.cfg.amp):
+            dist = m(batch.states, batch.actions, batch.rtg, batch.timesteps, batch.mask)
+        terms = dt_supervised_loss(dist, batch.actions, batch.mask, m.log_temperature, m.target_entropy,
+                                   self.cfg.entropy_samples)
+        pi = torch.tanh(dist.mean.float())
+        params = list(self.critic.parameters())
+        set_requires_grad(params, False)  # the actor term moves the DT, never the critic
+        try:
+            q_pi = self.critic(batch.states, pi)[0]
+        finally:
+            set_requires_grad(params, True)
+        actor_q = masked_mean(q_pi, batch.mask)
+        return {**terms, "loss_supervised": terms["loss"].detach(), "actor_q": actor_q,
+                "loss": terms["loss"] - self.cfg.alpha * actor_q}
+
+    def _actor_step(self, batch: ContextBatch) -> dict[str, torch.Tensor]:
+        tr = self.trainer
+        terms = self.actor_loss(batch)
+        tr.optimizer.zero_grad(set_to_none=True)
+        tr.temperature_optimizer.zero_grad(set_to_none=True)
+        # One backward: the detaches in the losses keep each gradient on its own parameters.
+        (terms["loss"] + terms["loss_temperature"]).backward()
+        if tr.grad_clip > 0:
+            grad_norm = torch.nn.utils.clip_grad_norm_(tr.policy_params, tr.grad_clip, foreach=True)
+        else:
+            grads = [p.grad for p in tr.policy_params if p.grad is not None]
+            grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        tr.last_lr = tr.optimizer.param_groups[0]["lr"]
+        tr.optimizer.step()
+        tr.temperature_optimizer.step()
+        tr.scheduler.step()
+        tr.updates += 1
+        soft_update(self.critic_target, self.critic, self.cfg.tau)
+        if self.target is not None:
+            soft_update(self.target, self.model, self.cfg.tau)
+        return {"loss": terms["loss"].detach(), "loss_supervised": terms["loss_supervised"],
+                "loss_temperature": terms["loss_temperature"].detach(), "nll": terms["nll"],
+                "entropy": terms["entropy"], "temperature": terms["temperature"],
+                "actor_q": terms["actor_q"].detach(), "grad_norm": grad_norm.detach()}
+
+    # -- one iteration --------------------------------------------------------------------------------
+    def _before_first_iteration(self) -> dict[str, float]:
+        if self.warmed_up:
+            return {}
+        n = self.cfg.critic_warmup_updates
+        acc = MeanTerms()
+        for _ in range(n):
+            acc.add(self._critic_step(self.buffer.sample(self.cfg.batch_size)))
+        self.warmed_up = True
+        c = self.ctx.counters
+        c.grad_updates += n
+        c.add("critic_updates", n)
+        return acc.means(prefix="warmup_")
+
+    def _update_many(self, n: int) -> dict[str, float]:
+        critic_acc, actor_acc = MeanTerms(), MeanTerms()
+        n_actor = 0
+        for _ in range(n):
+            batch = self.buffer.sample(self.cfg.batch_size)
+            critic_acc.add(self._critic_step(batch))
+            self.minibatches += 1
+            if self.minibatches % self.cfg.policy_delay == 0:
+                actor_acc.add(self._actor_step(batch))
+                n_actor += 1
+        c = self.ctx.counters
+        c.grad_updates += n
+        c.add("critic_updates", n)
+        c.add("dt_updates", n_actor)
+        return {**critic_acc.means(), **actor_acc.means()}
+
+    # -- state --------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "critic": self.critic.state_dict(),
+                "critic_target": self.critic_target.state_dict(), "critic_opt": self.critic_opt.state_dict(),
+                "target_dt": None if self.target is None else self.target.state_dict(),
+                "minibatches": self.minibatches, "warmed_up": self.warmed_up}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.critic.load_state_dict(state["critic"])
+        self.critic_target.load_state_dict(state["critic_target"])
+        self.critic_opt.load_state_dict(state["critic_opt"])
+        if self.target is not None:
+            self.target.load_state_dict(state["target_dt"])
+        self.minibatches = int(state["minibatches"])
+        self.warmed_up = bool(state["warmed_up"])

@@ -1,0 +1,235 @@
+"""ODT (`--method odt`): replay buffer, hindsight relabeling, optimizer continuation, harness run, resume."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from baselines.common import ODTConfig, TrajectoryReplay, transition_arrays
+from baselines.odt import ODT
+from dtrl.config import from_dict
+from dtrl.data.d4rl_hdf5 import write_d4rl
+from dtrl.data.trajectories import Trajectory, TrajectoryDataset
+from dtrl.experiment import load_config
+from dtrl.finetune import finetune
+from dtrl.logger import CORE_COLUMNS, SUMMARY_KEYS
+from dtrl.losses import dt_supervised_loss
+from dtrl.online import build_context
+from dtrl.online_config import EvalConfig
+from dtrl.rollout import RolloutEngine, collect_episodes
+from dtrl.tasks import get_task
+
+from helpers import tiny_dt, write_pretrained
+
+TASK = "hopper-medium"
+# Small but complete: a handful of updates per iteration, a short fresh warmup.
+FAST = {"updates_per_iteration": 4, "batch_size": 16, "warmup_updates": 10}
+
+
+def offline_dataset(task_name: str = TASK, n: int = 12) -> TrajectoryDataset:
+    """Short episodes of a tiny random DT (hopper falls within a few dozen steps)."""
+    model = tiny_dt(task_name, seed=1)
+    eng = RolloutEngine(get_task(task_name), n, model.cfg.context_len, seed=0)
+    return TrajectoryDataset(collect_episodes(eng, model, n, 100.0, seeds=range(n)))
+
+
+def experiment(tmp_path, method: str, params: dict, env_steps: int = 120, task_name: str = TASK):
+    """An experiment whose dataset is a D4RL file in tmp_path and whose pretrained DT is tiny_dt."""
+    data = tmp_path / "data.hdf5"
+    if not data.exists():
+        write_d4rl(data, offline_dataset(task_name))
+    model_pt = tmp_path / f"pretrain/{task_name}/seed0/model.pt"
+    if not model_pt.exists():
+        write_pretrained(model_pt, tiny_dt(task_name))
+    return load_config(None, {
+        "results": str(tmp_path), "device": "cpu", "grid": {"methods": [method], "tasks": [task_name]},
+        "data": {"sources": {task_name: {"d4rl": str(data)}}},
+        "eval": {"episodes": 2, "final_episodes": 2},
+        "online": {"env_steps": env_steps, "eval_every_env_steps": 60, "progress": False},
+        "methods": {method: params}})
+
+
+def method_instance(cls, tmp_path, dataset=None, **params):
+    """A method built directly (no harness), with an in-memory dataset."""
+    path = write_pretrained(tmp_path / "model.pt", tiny_dt())
+    ctx = build_context(get_task(TASK), 0, torch.device("cpu"), dataset or offline_dataset(), path,
+                        tmp_path / "run", EvalConfig(episodes=1, final_episodes=1))
+    return cls(from_dict(cls.Config, {**FAST, **params}), ctx)
+
+
+def _traj(ret: float, n: int = 3, tag: float = 0.0) -> Trajectory:
+    r = np.full(n, ret / n, np.float32)
+    obs = np.full((n, 2), tag, np.float32)
+    return Trajectory(obs, np.zeros((n, 1), np.float32), r, np.zeros(n, bool), np.eye(1, n, n - 1, dtype=bool)[0])
+
+
+# -- the replay buffer ---------------------------------------------------------------------------------
+
+def test_buffer_keeps_top_trajectories_and_evicts_fifo_worst_seed_first():
+    ds = TrajectoryDataset([_traj(r, tag=r) for r in (5.0, 1.0, 9.0, 3.0, 7.0)])
+    buf = TrajectoryReplay(3, 4, ds.top_k(3), rng=np.random.default_rng(0))
+
+    def tags():
+        return [float(t.observations[0, 0]) for t in buf.trajectories]
+
+    def sampled_tags():  # what the sampler holds, in storage order
+        b = buf.sampler.contexts(np.arange(buf.num_transitions))
+        return sorted(set(b.states[:, -1, 0].tolist()))
+
+    assert tags() == [5.0, 7.0, 9.0]  # the best three, worst first
+    assert buf.seeds_left == 3 and buf.num_transitions == 9
+    buf.add(_traj(0.0, n=2, tag=100.0))
+    assert tags() == [7.0, 9.0, 100.0] and buf.seeds_left == 2
+    assert sampled_tags() == [7.0, 9.0, 100.0] and buf.num_transitions == 8
+    for tag in (101.0, 102.0, 103.0):
+        buf.add(_traj(0.0, n=2, tag=tag))
+    assert tags() == [101.0, 102.0, 103.0] and buf.seeds_left == 0
+    assert sampled_tags() == [101.0, 102.0, 103.0]
+
+    # state round trip: a fresh buffer from the same seeds + the saved state holds the same contents
+    again = TrajectoryReplay(3, 4, ds.top_k(3), rng=np.random.default_rng(0))
+    again.load_state_dict(buf.state_dict())
+    assert [float(t.observations[0, 0]) for t in again.trajectories] == tags()
+    assert again.evicted == buf.evicted == 4 and again.num_transitions == buf.num_transitions
+
+
+def test_buffer_with_fewer_offline_trajectories_than_capacity_grows():
+    ds = TrajectoryDataset([_traj(r, tag=r) for r in (1.0, 2.0)])
+    buf = TrajectoryReplay(4, 2, ds.top_k(4))
+    for tag in (10.0, 11.0, 12.0):
+        buf.add(_traj(0.0, tag=tag))
+    assert [float(t.observations[0, 0]) for t in buf.trajectories] == [2.0, 10.0, 11.0, 12.0]  # full at 4: 1.0 went
+
+
+def test_transition_arrays_mark_what_can_bootstrap():
+    t = _traj(3.0, n=3)  # ends with a timeout, no next observation: its last step has no TD target
+    a = transition_arrays(t)
+    assert a["td_ok"].tolist() == [True, True, False]
+    assert np.array_equal(a["next_obs"][:2], t.observations[1:])
+    t.next_observations = np.arange(6, dtype=np.float32).reshape(3, 2)
+    assert transition_arrays(t)["td_ok"].all() and np.array_equal(transition_arrays(t)["next_obs"][-1], [4, 5])
+    t.next_observations, t.terminals[-1], t.timeouts[-1] = None, True, False
+    a = transition_arrays(t)
+    assert a["td_ok"].all() and a["terminal"].tolist() == [0, 0, 1]
+
+
+# -- exploration and relabeling ------------------------------------------------------------------------
+
+def test_exploration_is_relabeled_with_the_achieved_return_to_go(tmp_path):
+    odt = method_instance(ODT, tmp_path, updates_per_iteration=0)
+    assert odt.online_rtg == get_task(TASK).online_rtg == 7200
+    assert odt.rollout_context == odt.model.cfg.eval_context_len
+    n_before = odt.buffer.num_transitions
+    diag = odt.train_iteration()
+    new = odt.buffer.trajectories[-1]
+    T = len(new)
+    assert diag["explore_length"] == T and odt.ctx.counters.env_steps == T
+    assert np.isclose(diag["explore_return"], new.total_return)
+    # The contexts ending at each step of the new trajectory carry its achieved returns-to-go ...
+    b = odt.buffer.sampler.contexts(np.arange(n_before, n_before + T))
+    achieved = np.cumsum(new.rewards[::-1].astype(np.float64))[::-1]
+    np.testing.assert_allclose(b.rtg[:, -1].numpy(), achieved, rtol=1e-5)
+    # ... not the tokens the policy was fed (7200 decremented by the rewards).
+    fed = 7200.0 - np.concatenate([[0.0], np.cumsum(new.rewards[:-1])])
+    assert np.all(np.abs(b.rtg[:, -1].numpy() - fed) > 1000)
+    assert np.isclose(diag["relabel_gap"], 7200.0 - new.total_return)
+    # the stored episode ends where the env ended it, with its final observation recorded
+    assert new.terminals[-1] or new.timeouts[-1]
+    assert new.next_observations is not None and np.array_equal(new.next_observations[:-1], new.observations[1:])
+
+
+def test_updates_are_counted_and_the_loss_reaches_only_its_parameters(tmp_path):
+    odt = method_instance(ODT, tmp_path, updates_per_iteration=3)
+    diag = odt.train_iteration()
+    c = odt.ctx.counters
+    assert c.grad_updates == 3 and c.extra == {"dt_updates": 3} and odt.trainer.updates == 3
+    for k in ("loss", "nll", "entropy", "temperature", "loss_temperature", "grad_norm"):
+        assert np.isfinite(diag[k]), k
+    # gradient isolation of ODT's two losses on a buffer batch
+    m = odt.model
+    b = odt.buffer.sample(8)
+    terms = dt_supervised_loss(m(b.states, b.actions, b.rtg, b.timesteps, b.mask), b.actions, b.mask,
+                               m.log_temperature, m.target_entropy)
+    policy = m.policy_parameters()
+    g = torch.autograd.grad(terms["loss"], policy + [m.log_temperature], allow_unused=True)
+    assert g[-1] is None or torch.all(g[-1] == 0)
+    assert any(x is not None and x.abs().sum() > 0 for x in g[:-1])
+    g = torch.autograd.grad(terms["loss_temperature"], policy + [m.log_temperature], allow_unused=True)
+    assert all(x is None for x in g[:-1]) and g[-1] is not None and g[-1] != 0
+
+
+def test_online_phase_continues_the_pretraining_optimizer(tmp_path):
+    from dtrl.pretrain import SupervisedTrainer
+
+    model = tiny_dt()
+    ds = offline_dataset()
+    pre = SupervisedTrainer(model, warmup_updates=10)
+    buf = TrajectoryReplay(100, model.cfg.context_len, ds.top_k(100))
+    for _ in range(4):
+        pre.update(buf.sample(8))
+    path = tmp_path / "model.pt"
+    from dtrl.checkpoint import dt_payload
+    from dtrl.io import atomic_torch_save
+
+    atomic_torch_save(path, {"dt": dt_payload(model), "trainer": pre.state_dict(), "updates": 4,
+                             "config": {"pretrain": {"optimizer": "lamb"}}})
+    ctx = build_context(get_task(TASK), 0, torch.device("cpu"), ds, path, tmp_path / "run", EvalConfig())
+    odt = ODT(from_dict(ODTConfig, {**FAST, "lr": 2e-4}), ctx)
+    assert odt.pretrain_updates == 4
+    # warmup continues at step 4 of 10, at the online config's peak rate
+    assert odt.trainer.optimizer.param_groups[0]["lr"] == pytest.approx(2e-4 * 5 / 10)
+    assert odt.trainer.optimizer.param_groups[0]["weight_decay"] == 5e-4
+    p = odt.trainer.policy_params[0]
+    assert torch.equal(odt.trainer.optimizer.state[p]["exp_avg"], pre.optimizer.state[pre.policy_params[0]]["exp_avg"])
+    fresh = ODT(from_dict(ODTConfig, {**FAST, "continue_pretrain_optimizer": False}),
+                build_context(get_task(TASK), 0, torch.device("cpu"), ds, path, tmp_path / "run2", EvalConfig()))
+    assert fresh.pretrain_updates == 0 and not fresh.trainer.optimizer.state
+
+
+def test_defaults_are_odts_published_values():
+    c = ODTConfig()
+    assert (c.batch_size, c.updates_per_iteration, c.rollouts_per_iteration, c.buffer_size) == (256, 300, 1, 1000)
+    assert (c.lr, c.weight_decay, c.warmup_updates, c.grad_clip, c.dropout) == (1e-4, 5e-4, 10_000, 0.25, 0.1)
+    assert c.optimizer == "lamb" and c.online_rtg is None and c.rollout_context_len == 0
+    import dataclasses
+
+    assert all(f.metadata.get("doc") for f in dataclasses.fields(ODTConfig))
+
+
+# -- under the harness -----------------------------------------------------------------------------------
+
+def test_odt_run_writes_documented_outputs(tmp_path):
+    exp = experiment(tmp_path, "odt", FAST)
+    s = finetune(exp, "odt", TASK, 0)
+    run = tmp_path / "runs/odt" / TASK / "seed0"
+    assert set(SUMMARY_KEYS) <= set(json.loads((run / "summary.json").read_text()))
+    assert s["env_steps"] >= 120 and s["grad_updates"] == 4 * s["iterations"]
+    rows = list(csv.DictReader(open(run / "progress.csv")))
+    assert list(rows[0])[:len(CORE_COLUMNS)] == CORE_COLUMNS
+    for col in ("nll", "entropy", "temperature", "loss_temperature", "grad_norm", "explore_return",
+                "buffer_trajectories", "buffer_transitions", "relabel_gap", "lr"):
+        assert rows[0][col] != "", col
+    assert int(rows[-2]["buffer_trajectories"]) == 12 + s["iterations"]  # 12 offline + one per iteration
+
+
+def assert_resumes_to_the_same_result(tmp_path, method: str, params: dict, capsys) -> None:
+    """A run stopped early and resumed with the full budget ends exactly where an uninterrupted run ends."""
+    full = finetune(experiment(tmp_path / "a", method, params, env_steps=90), method, TASK, 0)
+    part = finetune(experiment(tmp_path / "b", method, params, env_steps=40), method, TASK, 0)
+    assert 0 < part["iterations"] < full["iterations"]
+    (tmp_path / "b/runs" / method / TASK / "seed0/summary.json").unlink()  # as if killed after its checkpoint
+    capsys.readouterr()
+    resumed = finetune(experiment(tmp_path / "b", method, params, env_steps=90), method, TASK, 0)
+    assert f"at iteration {part['iterations']}" in capsys.readouterr().err
+    for k in ("iterations", "env_steps", "grad_updates", "step_counts", "final_returns"):
+        assert resumed[k] == full[k], k
+    a = list(csv.DictReader(open(tmp_path / "a/runs" / method / TASK / "seed0/progress.csv")))
+    b = list(csv.DictReader(open(tmp_path / "b/runs" / method / TASK / "seed0/progress.csv")))
+    for col in ("explore_return", "nll", "grad_norm"):
+        assert [r[col] for r in a] == [r[col] for r in b], col
+
+
+def test_odt_resumes_to_the_same_result(tmp_path, capsys):
+    assert_resumes_to_the_same_result(tmp_path, "odt", FAST, capsys)

@@ -1,0 +1,180 @@
+"""ODT+TD3 (`--method odt_td3`): TD targets, next contexts, gradient isolation, harness run, resume."""
+
+import csv
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from baselines.odt_td3 import NoisyMean, ODTTD3, ODTTD3Config, next_window
+from dtrl.data.trajectories import Trajectory, TrajectoryDataset
+from dtrl.finetune import finetune
+from dtrl.tasks import get_task
+
+from helpers import tiny_dt
+from test_odt import TASK, assert_resumes_to_the_same_result, experiment, method_instance
+
+# 3 minibatches per iteration with a policy delay of 2: the DT update falls on alternating iterations' ends.
+TD3_FAST = {"updates_per_iteration": 3, "batch_size": 16, "warmup_updates": 10, "critic_warmup_updates": 6}
+
+
+def _hopper_traj(rewards, end: str, next_obs: bool = False, seed: int = 0) -> Trajectory:
+    rng = np.random.default_rng(seed)
+    n = len(rewards)
+    term, tout = np.zeros(n, bool), np.zeros(n, bool)
+    (term if end == "terminal" else tout)[-1] = True
+    obs = rng.normal(size=(n, 11)).astype(np.float32)
+    return Trajectory(obs, rng.uniform(-1, 1, (n, 3)).astype(np.float32), np.asarray(rewards, np.float32), term,
+                      tout, next_observations=rng.normal(size=(n, 11)).astype(np.float32) if next_obs else None)
+
+
+@pytest.fixture
+def td3(tmp_path):
+    ds = TrajectoryDataset([
+        _hopper_traj([1.0, 2.0, 3.0], "terminal", seed=1),            # ends in a terminal
+        _hopper_traj([10.0, 20.0, 30.0], "timeout", next_obs=True, seed=2),  # time-limit cut, s' known
+        _hopper_traj([100.0, 200.0, 300.0], "timeout", seed=3),       # time-limit cut, s' unknown
+        _hopper_traj(list(np.linspace(0.5, 1.0, 9)), "terminal", seed=4),  # longer than the context
+    ])
+    return method_instance(ODTTD3, tmp_path, ds, **TD3_FAST)
+
+
+def _all_contexts(m):
+    return m.buffer.sampler.contexts(np.arange(m.buffer.num_transitions))
+
+
+def test_critic_target_ignores_timeouts_but_respects_terminals(td3):
+    # A target critic that answers 10 everywhere makes the bootstrap visible: y = r + 0.99 * 10 * (1 - terminal).
+    for q in (td3.critic_target.q1, td3.critic_target.q2):
+        torch.nn.init.zeros_(q[-1].weight)
+        torch.nn.init.constant_(q[-1].bias, 10.0)
+    b = _all_contexts(td3)
+    y, w = td3.td_target(b)
+    r, last = b.extra["reward"][:, -1], y[:, -1]
+    done = b.extra["terminal"][:, -1].bool()
+    assert done.sum() == 2  # the two terminals
+    torch.testing.assert_close(last[done], r[done])  # terminal: no bootstrap
+    torch.testing.assert_close(last[~done], r[~done] + 0.99 * 10.0)  # everything else bootstraps...
+    assert w[:, -1][done].all()
+    # ... including the timeout whose next observation is known; the one without has no target at all
+    assert w[r == 30.0, -1].all() and not w[r == 300.0, -1].any()
+    assert w[r == 200.0, -1].all() and w[r == 100.0, -1].all()
+    assert not w[~b.mask].any()
+
+
+def test_next_window_is_the_context_one_step_later(td3):
+    K = td3.K
+    n = td3.buffer.num_transitions
+    b = _all_contexts(td3)
+    # anchors whose trajectory continues and whose window is full: only the 9-step trajectory has them
+    full = b.mask.all(dim=1) & (b.extra["terminal"][:, -1] == 0) & (b.extra["reward"][:, -1] < 1.0)
+    anchors = torch.nonzero(full).flatten().tolist()
+    anchors = [a for a in anchors if a + 1 < n]
+    assert anchors
+    nxt = next_window(td3.buffer.sampler.contexts(anchors))
+    later = td3.buffer.sampler.contexts([a + 1 for a in anchors])
+    torch.testing.assert_close(nxt["states"], later.states)
+    torch.testing.assert_close(nxt["rtg"], later.rtg)
+    assert torch.equal(nxt["timesteps"], later.timesteps) and torch.equal(nxt["mask"], later.mask)
+    torch.testing.assert_close(nxt["actions"][:, :-1], later.actions[:, :-1])  # the last action is never seen
+    assert K == td3.model.cfg.context_len
+
+
+def test_each_loss_reaches_only_its_own_parameters(td3):
+    b = td3.buffer.sample(8)
+    m = td3.model
+    policy, critic = m.policy_parameters(), list(td3.critic.parameters())
+    temp = [m.log_temperature]
+    targets = list(td3.critic_target.parameters()) + list(td3.target.parameters())
+    assert not any(p.requires_grad for p in targets)
+
+    def grads(loss):
+        g = torch.autograd.grad(loss, policy + critic + temp, allow_unused=True, retain_graph=True)
+        nz = [x is not None and bool(x.abs().sum() > 0) for x in g]
+        return any(nz[:len(policy)]), any(nz[len(policy):len(policy) + len(critic)]), nz[-1]
+
+    c = td3.critic_loss(b)
+    assert grads(c["critic_loss"]) == (False, True, False)
+    a = td3.actor_loss(b)
+    assert grads(a["loss"]) == (True, False, False)
+    assert grads(-a["actor_q"]) == (True, False, False)  # the TD3 term alone reaches the DT
+    assert grads(a["loss_temperature"]) == (False, False, True)
+    assert all(p.requires_grad for p in critic)  # the critic is trainable again after the actor loss
+
+
+def test_actor_term_moves_the_dt_towards_higher_q(td3):
+    """A critic that prefers action +1 everywhere pulls the DT's mean action up."""
+    for q in (td3.critic.q1, td3.critic.q2):
+        torch.nn.init.zeros_(q[-1].weight)
+        torch.nn.init.zeros_(q[-1].bias)
+        for layer in q:
+            if isinstance(layer, torch.nn.Linear) and layer is not q[-1]:
+                torch.nn.init.zeros_(layer.weight)
+                torch.nn.init.constant_(layer.bias, 0.0)
+    # Q(s, a) = sum(a): first layer passes the actions through a ReLU of (a + 1) >= 0
+    q1 = td3.critic.q1
+    obs_dim = 11
+    with torch.no_grad():
+        q1[0].weight[:3, obs_dim:] = torch.eye(3)
+        q1[0].bias[:3] = 1.0
+        q1[2].weight[:3, :3] = torch.eye(3)
+        q1[-1].weight[0, :3] = 1.0
+    b = td3.buffer.sample(32)
+    m = td3.model
+    td3.cfg = dataclasses.replace(td3.cfg, alpha=1000.0, grad_clip=0.0)
+    for g in td3.trainer.optimizer.param_groups:
+        g["lr"] = 1e-2
+    m.eval()  # no dropout: compare the same function before and after
+    with torch.no_grad():
+        before = torch.tanh(m(b.states, b.actions, b.rtg, b.timesteps, b.mask).mean)[b.mask].mean()
+    for _ in range(3):
+        td3._actor_step(b)
+    with torch.no_grad():
+        after = torch.tanh(m(b.states, b.actions, b.rtg, b.timesteps, b.mask).mean)[b.mask].mean()
+    assert after > before + 0.05
+
+
+def test_exploration_acts_with_mean_plus_noise(tmp_path):
+    model = tiny_dt()
+    s, a = torch.randn(2, 4, 11), torch.zeros(2, 4, 3)
+    rtg, ts = torch.full((2, 4), 100.0), torch.arange(4).repeat(2, 1)
+    d, nd = model(s, a, rtg, ts), NoisyMean(model, 0.1)(s, a, rtg, ts)
+    assert torch.equal(d.mean, nd.mean) and torch.allclose(nd.std, torch.full_like(nd.std, 0.1))
+    # same episode seed with and without noise: identical first state, first actions 0.1 * eps apart (pre-tanh)
+    m = method_instance(ODTTD3, tmp_path, critic_warmup_updates=0)
+    state = m.ctx.np_rng.bit_generator.state
+    (noisy,) = m.explore()
+    m.ctx.np_rng.bit_generator.state = state
+    m.cfg = dataclasses.replace(m.cfg, exploration_noise=0.0)
+    assert m._explorer() == (m.model, False)
+    (mean,) = m.explore()
+    assert np.array_equal(noisy.observations[0], mean.observations[0])
+    pre = [np.arctanh(np.clip(t.actions[0], -1 + 1e-6, 1 - 1e-6)) for t in (noisy, mean)]
+    assert 0 < np.abs(pre[0] - pre[1]).max() < 0.5
+
+
+def test_defaults_are_the_published_values():
+    c = ODTTD3Config()
+    assert (c.alpha, c.gamma, c.tau, c.policy_noise, c.noise_clip, c.policy_delay) == (0.1, 0.99, 0.005, 0.2, 0.5, 2)
+    assert c.exploration_noise == 0.1 and c.critic_hidden == [256, 256]
+    assert (c.batch_size, c.updates_per_iteration, c.buffer_size, c.lr) == (256, 300, 1000, 1e-4)
+    assert all(f.metadata.get("doc") for f in dataclasses.fields(ODTTD3Config))
+    assert math.isclose(get_task(TASK).online_rtg, 7200)
+
+
+def test_odt_td3_run_writes_documented_outputs(tmp_path):
+    s = finetune(experiment(tmp_path, "odt_td3", TD3_FAST), "odt_td3", TASK, 0)
+    rows = list(csv.DictReader(open(tmp_path / "runs/odt_td3" / TASK / "seed0/progress.csv")))
+    its = s["iterations"]
+    assert s["grad_updates"] == 6 + 3 * its
+    assert s["step_counts"] == {"critic_updates": 6 + 3 * its, "dt_updates": 3 * its // 2}
+    assert rows[0]["warmup_critic_loss"] != ""
+    for col in ("critic_loss", "q_mean", "td_error", "target_q", "actor_q", "nll", "entropy", "temperature",
+                "loss_temperature", "grad_norm", "explore_return", "buffer_trajectories"):
+        assert rows[0][col] != "" and np.isfinite(float(rows[0][col])), col
+
+
+def test_odt_td3_resumes_to_the_same_result(tmp_path, capsys):
+    assert_resumes_to_the_same_result(tmp_path, "odt_td3", TD3_FAST, capsys)
