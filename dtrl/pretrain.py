@@ -1,0 +1,305 @@
+"""Offline supervised pretraining of the stochastic Decision Transformer (ODT's objective).
+
+One run per (task, seed), writing under ``<results>/pretrain/<task>/seed<seed>/``::
+
+    pretrain.csv     updates, loss, nll, entropy, temperature, lr, grad_norm, updates_per_s, wall_time
+    checkpoint.pt    resumable state every ``pretrain.checkpoint_every`` updates (removed when done)
+    summary.json     updates, wall time, throughput, final loss terms, evaluation returns
+    model.pt         written last, its presence marks the run complete:
+                     {"dt": dt_payload(model), "trainer": optimizer/scheduler state, "task", "seed",
+                      "updates", "config"}
+
+A killed run restarts from ``checkpoint.pt`` and ends with the same weights as an uninterrupted
+run (bit for bit when not compiled; within float rounding under ``pretrain.compile``): the
+checkpoint holds the model, both optimizers, the scheduler, every RNG (the numpy generator that
+draws minibatches included) and the logging accumulators.
+
+Speed: minibatches are gathered on the training device (:mod:`dtrl.batching`), diagnostics stay
+on the device until a log row, LAMB packs its state into flat buffers, and on CUDA the forward and
+loss run in bf16 autocast and under ``torch.compile`` with CUDA graphs, since a step of this small
+transformer is otherwise bound by kernel-launch overhead rather than by the GPU.
+
+:class:`SupervisedTrainer` is the update itself (policy step with LAMB/AdamW + warmup + gradient
+clipping, temperature step with Adam), kept apart from the loop so ODT's online phase can reuse it
+and continue from the pretraining optimizer state stored in ``model.pt``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dtrl.batching import ContextBatch, ContextSampler
+from dtrl.checkpoint import dt_payload
+from dtrl.config import ConfigError, to_dict
+from dtrl.data.trajectories import DataError, TrajectoryDataset
+from dtrl.io import atomic_torch_save, atomic_write_json, read_json, torch_load
+from dtrl.logger import RunLogger
+from dtrl.losses import dt_supervised_loss
+from dtrl.model import DecisionTransformer, ModelConfig, build_model
+from dtrl.online import _rng_state, _set_rng_state, eval_seed, resolve_device, seed_everything
+from dtrl.optim import make_optimizer, warmup_schedule
+from dtrl.pretrain_config import PretrainConfig
+from dtrl.tasks import Task
+
+PRETRAIN_COLUMNS = ["updates", "loss", "nll", "entropy", "temperature", "lr", "grad_norm", "updates_per_s",
+                    "wall_time"]
+# Per-update diagnostics summed on the device between log rows (one host sync per row, not per update).
+_ACC_TERMS = ("loss", "nll", "entropy", "temperature", "grad_norm")
+
+
+class SupervisedTrainer:
+    """ODT's update on one context minibatch: policy loss -> clipped LAMB/AdamW step with warmup;
+    temperature loss -> Adam step on ``log_temperature``. Returns detached tensors (no host sync)."""
+
+    TERMS = ("loss", "loss_temperature", "nll", "entropy", "temperature", "grad_norm")
+
+    def __init__(self, model: DecisionTransformer, *, optimizer: str = "lamb", lr: float = 1e-4,
+                 weight_decay: float = 5e-4, eps: float = 1e-8, warmup_updates: int = 10_000,
+                 grad_clip: float = 0.25, temperature_lr: float = 1e-4, entropy_samples: int = 1,
+                 amp_dtype: torch.dtype | None = None, compile: str = "off"):
+        self.model = model
+        self.policy_params = model.policy_parameters()
+        self.optimizer = make_optimizer(self.policy_params, optimizer, lr, weight_decay, eps)
+        self.scheduler = warmup_schedule(self.optimizer, warmup_updates)
+        on_cuda = model.log_temperature.is_cuda
+        # fused: one kernel instead of a dozen for a single scalar parameter.
+        self.temperature_optimizer = torch.optim.Adam([model.log_temperature], lr=temperature_lr, betas=(0.9, 0.999),
+                                                      fused=True if on_cuda else None)
+        self.grad_clip = float(grad_clip)
+        self.entropy_samples = int(entropy_samples)
+        self.device_type = model.log_temperature.device.type
+        # Autocast only where it pays: bf16 on CUDA. CPU bf16 matmuls are slower than fp32 on most hosts.
+        self.amp_dtype = amp_dtype if self.device_type == "cuda" else None
+        if compile not in ("off", "default", "reduce-overhead"):
+            raise ValueError(f"compile must be off, default or reduce-overhead, got {compile!r}")
+        self.compile = compile if self.device_type == "cuda" else "off"
+        # Only the loss computation is compiled (forward, loss and, through AOT autograd, their
+        # backward); it reads the same parameters, so state_dicts stay those of `model`.
+        self._loss_fn = self._losses if self.compile == "off" else torch.compile(self._losses, mode=self.compile)
+        self._compile_unproven = self.compile != "off"
+        self.updates = 0
+        self.last_lr = self.optimizer.param_groups[0]["lr"]
+
+    @classmethod
+    def from_config(cls, model: DecisionTransformer, cfg: PretrainConfig) -> "SupervisedTrainer":
+        return cls(model, optimizer=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.eps,
+                   warmup_updates=cfg.warmup_updates, grad_clip=cfg.grad_clip, temperature_lr=cfg.temperature_lr,
+                   entropy_samples=cfg.entropy_samples, amp_dtype=torch.bfloat16 if cfg.amp == "bf16" else None,
+                   compile=cfg.compile)
+
+    def _losses(self, states, actions, rtg, timesteps, mask) -> dict[str, torch.Tensor]:
+        model = self.model
+        amp = (torch.autocast(self.device_type, dtype=self.amp_dtype) if self.amp_dtype is not None
+               else contextlib.nullcontext())
+        with amp:
+            dist = model(states, actions, rtg, timesteps, mask)
+        terms = dt_supervised_loss(dist, actions, mask, model.log_temperature, model.target_entropy,
+                                   self.entropy_samples)
+        # One backward for both: the detaches inside the loss keep each gradient on its own parameters.
+        terms["total"] = terms["loss"] + terms["loss_temperature"]
+        return terms
+
+    def update(self, batch: ContextBatch) -> dict[str, torch.Tensor]:
+        if self._compile_unproven:
+            terms = self._first_compiled_pass(batch)
+        else:
+            terms = self._forward_backward(batch)
+        if self.grad_clip > 0:
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.policy_params, self.grad_clip, foreach=True)
+        else:
+            grads = [p.grad for p in self.policy_params if p.grad is not None]
+            grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        self.last_lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.temperature_optimizer.step()
+        self.scheduler.step()
+        self.updates += 1
+        # Copied out in one kernel: CUDA-graph outputs are overwritten by the next update, and
+        # callers may keep these across updates.
+        values = torch.stack([terms["loss"].detach(), terms["loss_temperature"].detach(), terms["nll"],
+                              terms["entropy"], terms["temperature"], grad_norm.detach().float()])
+        return dict(zip(self.TERMS, values.unbind()))
+
+    def _forward_backward(self, batch: ContextBatch) -> dict[str, torch.Tensor]:
+        if self.compile == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()
+        terms = self._loss_fn(batch.states, batch.actions, batch.rtg, batch.timesteps, batch.mask)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.temperature_optimizer.zero_grad(set_to_none=True)
+        terms["total"].backward()
+        return terms
+
+    def _first_compiled_pass(self, batch: ContextBatch) -> dict[str, torch.Tensor]:
+        """The first compiled forward/backward; if compilation fails, warn and go on eagerly (the
+        optimizers have not moved yet, so nothing is lost but the compile time)."""
+        self._compile_unproven = False
+        try:
+            return self._forward_backward(batch)
+        except Exception as e:  # noqa: BLE001 - any compiler failure; real input errors re-raise below
+            warnings.warn(f"torch.compile(mode={self.compile!r}) failed ({type(e).__name__}: {e}); "
+                          "training continues without compilation", RuntimeWarning, stacklevel=3)
+            self.compile, self._loss_fn = "off", self._losses
+            return self._forward_backward(batch)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "temperature_optimizer": self.temperature_optimizer.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.temperature_optimizer.load_state_dict(state["temperature_optimizer"])
+        self.updates = int(state["updates"])
+        self.last_lr = self.scheduler.get_last_lr()[0]
+
+
+def build_dt(model_cfg: ModelConfig, task: Task, dataset: TrajectoryDataset) -> DecisionTransformer:
+    """The DT for ``dataset``: its dims and state statistics, the task's reward scale, and a timestep
+    table covering the task's episode limit and the longest trajectory."""
+    longest = max(len(t) for t in dataset.trajectories)
+    cfg = dataclasses.replace(model_cfg, max_timestep=max(model_cfg.max_timestep, task.max_episode_steps, longest))
+    mean, std = dataset.state_stats()
+    return build_model(dataset.obs_dim, dataset.act_dim, cfg, task.reward_scale, mean, std)
+
+
+def default_out_dir(results: str | Path, task_name: str, seed: int) -> Path:
+    return Path(results) / "pretrain" / task_name / f"seed{seed}"
+
+
+def pretrain(exp, task: Task, seed: int, dataset: TrajectoryDataset, out_dir: str | Path | None = None) -> dict[str, Any]:
+    """Pretrain a DT on ``dataset`` as ``exp.model`` / ``exp.pretrain`` say; resumable; returns the summary.
+
+    A finished run (``model.pt`` present) is not redone: its summary is returned.
+    """
+    cfg: PretrainConfig = exp.pretrain
+    out = Path(out_dir) if out_dir is not None else default_out_dir(exp.results, task.name, seed)
+    model_path, summary_path, ckpt_path = out / "model.pt", out / "summary.json", out / "checkpoint.pt"
+    if model_path.exists():
+        return read_json(summary_path) if summary_path.exists() else {"task": task.name, "seed": seed}
+    if len(dataset) == 0:
+        raise DataError(f"{dataset.source}: the dataset holds no trajectories; nothing to pretrain on")
+    dataset.validate()
+    out.mkdir(parents=True, exist_ok=True)
+    if exp.threads > 0:
+        torch.set_num_threads(exp.threads)
+    device = resolve_device(exp.device)
+    if device.type == "cuda":
+        # TF32 matmuls for whatever autocast leaves in fp32 (and everything with amp: off).
+        torch.set_float32_matmul_precision("high")
+
+    np_rng = seed_everything(seed)
+    model = build_dt(exp.model, task, dataset).to(device)
+    trainer = SupervisedTrainer.from_config(model, cfg)
+    sampler = ContextSampler(dataset.trajectories, model.cfg.context_len, device=device, rng=np_rng,
+                             anchor=cfg.context_anchor)
+    logger = RunLogger(out / "pretrain.csv")
+    acc = torch.zeros(len(_ACC_TERMS), device=device)
+    n_acc, updates, wall_before = 0, 0, 0.0
+    if ckpt_path.exists():
+        state = torch_load(ckpt_path)
+        _check_resumable(state, model, task, seed, ckpt_path)
+        model.load_state_dict(state["model"])
+        trainer.load_state_dict(state["trainer"])
+        _set_rng_state(state["rng"], np_rng)
+        updates, wall_before = int(state["updates"]), float(state["wall_time"])
+        acc.copy_(state["log_acc"].to(device))
+        n_acc = int(state["log_n"])
+        logger.rows = [r for r in logger.rows if isinstance(r.get("updates"), int) and r["updates"] <= updates]
+        print(f"[dtrl] resumed pretraining {out} at update {updates}", file=sys.stderr)
+    else:
+        logger.rows = []
+    logger.columns = list(PRETRAIN_COLUMNS)
+
+    def save_checkpoint(wall: float) -> None:
+        atomic_torch_save(ckpt_path, {
+            "model": model.state_dict(), "model_cfg": to_dict(model.cfg), "trainer": trainer.state_dict(),
+            "rng": _rng_state(np_rng), "updates": updates, "wall_time": wall, "log_acc": acc.cpu(),
+            "log_n": n_acc, "task": task.name, "seed": seed, "config": to_dict(exp),
+        })
+
+    model.train()
+    t_start = time.perf_counter()
+    t_row, u_row = t_start, updates
+    while updates < cfg.updates:
+        out_terms = trainer.update(sampler.sample(cfg.batch_size))
+        acc += torch.stack([out_terms[k] for k in _ACC_TERMS])
+        n_acc += 1
+        updates += 1
+        if updates % cfg.log_every == 0 or updates == cfg.updates:
+            means = (acc / n_acc).tolist()  # the one host sync per log row
+            now = time.perf_counter()
+            logger.log({"updates": updates, **dict(zip(_ACC_TERMS, means)), "lr": trainer.last_lr,
+                        "updates_per_s": (updates - u_row) / max(now - t_row, 1e-9),
+                        "wall_time": round(wall_before + now - t_start, 3)})
+            t_row, u_row = now, updates
+            acc.zero_()
+            n_acc = 0
+        if updates % cfg.checkpoint_every == 0 or updates == cfg.updates:
+            save_checkpoint(wall_before + time.perf_counter() - t_start)
+    wall = wall_before + time.perf_counter() - t_start
+    last = logger.rows[-1] if logger.rows else {}
+
+    summary: dict[str, Any] = {
+        "task": task.name, "seed": seed, "updates": updates, "wall_time": wall,
+        "updates_per_s": updates / max(wall, 1e-9), "device": str(device),
+        "final_loss": last.get("loss"), "final_nll": last.get("nll"), "final_entropy": last.get("entropy"),
+        "final_temperature": last.get("temperature"),
+        "dataset_episodes": len(dataset), "dataset_transitions": dataset.num_transitions,
+        "eval_episodes": cfg.eval_episodes,
+    }
+    if cfg.eval_episodes > 0:
+        from dtrl.evaluate import evaluate_dt
+
+        model.eval()
+        returns = np.asarray(evaluate_dt(model, task, episodes=cfg.eval_episodes, seed=eval_seed(exp.eval, seed, 0),
+                                         rtg=exp.eval.rtg, n_envs=exp.eval.n_envs, device=device), dtype=np.float64)
+        norm = np.asarray(task.normalize(returns), dtype=np.float64)
+        summary.update(eval_returns=returns.tolist(), eval_return=float(returns.mean()),
+                       eval_norm_return=float(norm.mean()), eval_norm_return_std=float(norm.std()))
+    atomic_write_json(summary_path, summary)
+    atomic_torch_save(model_path, {"dt": dt_payload(model), "trainer": trainer.state_dict(), "task": task.name,
+                                   "seed": seed, "updates": updates, "config": to_dict(exp)})
+    ckpt_path.unlink(missing_ok=True)  # model.pt now holds everything worth keeping
+    return summary
+
+
+def _check_resumable(state: dict[str, Any], model: DecisionTransformer, task: Task, seed: int, path: Path) -> None:
+    problems = []
+    if state.get("task") != task.name or state.get("seed") != seed:
+        problems.append(f"it belongs to task {state.get('task')!r} seed {state.get('seed')!r}")
+    if state.get("model_cfg") != to_dict(model.cfg):
+        problems.append("its model config differs from the current one")
+    if problems:
+        raise ConfigError(f"cannot resume from {path}: {'; '.join(problems)}. Restore the original config or "
+                          "delete the checkpoint to start over")
+
+
+def cmd_pretrain(exp, task_name: str, seed: int, out: str | Path | None) -> int:
+    """``dtrl pretrain``: load the task's dataset and pretrain; a finished run is left alone."""
+    from dtrl.tasks import get_task
+
+    task = get_task(task_name)
+    out_dir = Path(out) if out is not None else default_out_dir(exp.results, task.name, seed)
+    if (out_dir / "model.pt").exists():
+        print(f"{out_dir / 'model.pt'} exists; pretraining of {task.name} seed {seed} is done, nothing to do")
+        return 0
+    from dtrl.data.sources import load_task_dataset
+
+    dataset = load_task_dataset(exp, task)
+    s = pretrain(exp, task, seed, dataset, out_dir)
+    line = (f"{task.name} seed {seed}: {s['updates']} updates in {s['wall_time']:.0f}s "
+            f"({s['updates_per_s']:.1f}/s), final loss {s['final_loss']:.4f}")
+    if "eval_return" in s:
+        line += f", eval return {s['eval_return']:.1f} (normalised {s['eval_norm_return']:.1f})"
+    print(line)
+    print(f"wrote {out_dir / 'model.pt'}")
+    return 0

@@ -1,0 +1,303 @@
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from dtrl.batching import ContextSampler
+from dtrl.data.trajectories import Trajectory
+from dtrl.losses import dt_supervised_loss, masked_mean
+from dtrl.model import DecisionTransformer, SquashedGaussian
+from dtrl.optim import Lamb, make_optimizer, warmup_schedule
+
+
+def _traj(states, actions, rewards):
+    n = len(rewards)
+    return Trajectory(np.asarray(states, np.float32), np.asarray(actions, np.float32),
+                      np.asarray(rewards, np.float32), np.zeros(n, bool), np.zeros(n, bool))
+
+
+@pytest.fixture
+def two_trajs():
+    # A: 3 steps, rewards 1,2,3 -> RTG 6,5,3.  B: 5 steps of reward 1 -> RTG 5,4,3,2,1.
+    # States encode (trajectory, step) so every gathered row can be checked by eye.
+    a = _traj([[10 + t, 1] for t in range(3)], [[0.1 * (t + 1)] for t in range(3)], [1, 2, 3])
+    b = _traj([[20 + t, 2] for t in range(5)], [[-0.1 * (t + 1)] for t in range(5)], [1] * 5)
+    return a, b
+
+
+# -- sampler ------------------------------------------------------------------------------------
+
+def test_end_anchored_windows_match_hand_computed(two_trajs):
+    s = ContextSampler(two_trajs, 4)
+    # flat order: A0 A1 A2 B0 B1 B2 B3 B4 -> anchors 1 (A1), 4 (B1), 7 (B4), 3 (B0)
+    b = s.contexts([1, 4, 7, 3])
+    assert b.states.shape == (4, 4, 2) and b.actions.shape == (4, 4, 1)
+    assert b.rtg.shape == b.timesteps.shape == b.mask.shape == (4, 4)
+    assert b.mask.dtype == torch.bool and b.timesteps.dtype == torch.int64
+    assert b.mask.tolist() == [[False, False, True, True], [False, False, True, True],
+                               [True, True, True, True], [False, False, False, True]]
+    assert b.states[..., 0].tolist() == [[0, 0, 10, 11], [0, 0, 20, 21], [21, 22, 23, 24], [0, 0, 0, 20]]
+    assert b.rtg.tolist() == [[0, 0, 6, 5], [0, 0, 5, 4], [4, 3, 2, 1], [0, 0, 0, 5]]
+    assert b.timesteps.tolist() == [[0, 0, 0, 1], [0, 0, 0, 1], [1, 2, 3, 4], [0, 0, 0, 0]]
+    # padding is zero everywhere, and B1's window never reaches back into A
+    assert torch.all(b.actions[~b.mask] == 0) and torch.all(b.states[~b.mask] == 0)
+    assert torch.allclose(b.actions[1, :, 0], torch.tensor([0.0, 0.0, -0.1, -0.2]))
+
+
+def test_start_anchored_windows_like_odt(two_trajs):
+    s = ContextSampler(two_trajs, 4, anchor="start")
+    b = s.contexts([1, 3, 6])  # A1.., B0.., B3..
+    assert b.mask.tolist() == [[False, False, True, True], [True] * 4, [False, False, True, True]]
+    assert b.states[..., 0].tolist() == [[0, 0, 11, 12], [20, 21, 22, 23], [0, 0, 23, 24]]
+    assert b.rtg.tolist() == [[0, 0, 5, 3], [5, 4, 3, 2], [0, 0, 2, 1]]
+    assert b.timesteps.tolist() == [[0, 0, 1, 2], [0, 1, 2, 3], [0, 0, 3, 4]]
+
+
+def test_context_longer_than_every_trajectory(two_trajs):
+    b = ContextSampler(two_trajs, 7).contexts([2, 7])
+    assert b.mask.sum(1).tolist() == [3, 5]
+    assert b.states[0, :, 0].tolist() == [0, 0, 0, 0, 10, 11, 12]
+
+
+def test_rtg_timestep_and_extra_overrides(two_trajs):
+    a, b = two_trajs
+    rtg = [np.array([100.0, 90.0, 80.0]), np.arange(5, dtype=np.float32) + 50]
+    ts = [np.arange(3) + 200, np.arange(5) + 300]
+    s = ContextSampler(two_trajs, 3, rtg_override=rtg, timesteps=ts,
+                       extra={"rewards": [a.rewards, b.rewards], "terminals": [a.terminals, b.terminals]})
+    out = s.contexts([1, 7])
+    assert out.rtg.tolist() == [[0, 100, 90], [52, 53, 54]]  # the stored tokens, not hindsight RTG
+    assert out.timesteps.tolist() == [[0, 200, 201], [302, 303, 304]]
+    assert out.extra["rewards"].tolist() == [[0, 1, 2], [1, 1, 1]]
+    assert out.extra["terminals"].dtype == torch.bool
+    with pytest.raises(ValueError, match="rtg_override has shape"):
+        ContextSampler(two_trajs, 3, rtg_override=[np.zeros(2), np.zeros(5)])
+    with pytest.raises(ValueError, match="2 arrays but there are"):
+        ContextSampler([a], 3, rtg_override=[np.zeros(3), np.zeros(5)])
+    with pytest.raises(ValueError, match="extra arrays"):
+        s.add(a, extra={"rewards": a.rewards})
+
+
+def test_sampling_is_uniform_over_transitions(two_trajs):
+    s = ContextSampler(two_trajs, 4, rng=np.random.default_rng(0))
+    b = s.sample(40_000)
+    last = b.states[:, -1, 0].numpy()  # identifies the anchor transition
+    ids, counts = np.unique(last, return_counts=True)
+    assert ids.tolist() == [10, 11, 12, 20, 21, 22, 23, 24]
+    np.testing.assert_allclose(counts / counts.sum(), 1 / 8, atol=0.01)  # B (5 steps) picked 5/8 of the time
+
+
+def test_sampling_reproducible_from_generator_state(two_trajs):
+    s = ContextSampler(two_trajs, 4, rng=np.random.default_rng(3))
+    state = s.rng.bit_generator.state
+    first = s.sample(16).states
+    s.rng.bit_generator.state = state
+    assert torch.equal(first, s.sample(16).states)
+
+
+def test_add_and_pop_match_a_rebuilt_sampler():
+    rng = np.random.default_rng(0)
+    trajs = [_traj(rng.normal(size=(n, 2)), rng.uniform(-1, 1, (n, 1)), rng.normal(size=n))
+             for n in rng.integers(1, 9, size=30)]
+    s = ContextSampler(trajs[:3], 5)
+    live = list(trajs[:3])
+    for t in trajs[3:]:  # a FIFO buffer of at most 6 trajectories, forcing several compactions
+        s.add(t)
+        live.append(t)
+        if len(live) > 6:
+            s.pop_oldest()
+            live.pop(0)
+        ref = ContextSampler(live, 5)
+        assert s.num_transitions == ref.num_transitions and s.lengths() == [len(x) for x in live]
+        every = np.arange(ref.num_transitions)
+        got, want = s.contexts(every), ref.contexts(every)
+        for k in ("states", "actions", "rtg", "timesteps", "mask"):
+            assert torch.equal(getattr(got, k), getattr(want, k)), k
+    s.pop_oldest(s.num_trajectories)
+    with pytest.raises(ValueError, match="empty"):
+        s.sample(4)
+    s.add(trajs[0])
+    assert s.contexts([0]).mask.sum() == 1
+
+
+def test_sampler_bad_input(two_trajs):
+    a, b = two_trajs
+    with pytest.raises(ValueError, match="at least one trajectory"):
+        ContextSampler([], 4)
+    with pytest.raises(ValueError, match="context_len"):
+        ContextSampler(two_trajs, 0)
+    with pytest.raises(ValueError, match="anchor"):
+        ContextSampler(two_trajs, 4, anchor="middle")
+    with pytest.raises(ValueError, match="observations have shape"):
+        ContextSampler([a, _traj(np.zeros((2, 5)), np.zeros((2, 1)), np.zeros(2))], 4)
+    with pytest.raises(ValueError, match="is empty"):
+        ContextSampler([a, _traj(np.zeros((0, 2)), np.zeros((0, 1)), np.zeros(0))], 4)
+    s = ContextSampler(two_trajs, 4)
+    with pytest.raises(IndexError, match="anchor indices"):
+        s.contexts([8])
+    with pytest.raises(ValueError, match="batch_size"):
+        s.sample(0)
+    with pytest.raises(ValueError, match="cannot drop 3"):
+        s.pop_oldest(3)
+
+
+# -- losses -------------------------------------------------------------------------------------
+
+def _model_batch(cfg, B=4):
+    torch.manual_seed(0)
+    model = DecisionTransformer(3, 2, cfg)
+    T = cfg.context_len
+    mask = torch.ones(B, T, dtype=torch.bool)
+    mask[0, :2] = False
+    batch = (torch.randn(B, T, 3), torch.rand(B, T, 2) * 2 - 1, torch.rand(B, T) * 10,
+             torch.arange(T).repeat(B, 1), mask)
+    return model, batch
+
+
+def test_each_loss_reaches_only_its_parameters(tiny_model_cfg):
+    model, (s, a, r, t, m) = _model_batch(tiny_model_cfg)
+    terms = dt_supervised_loss(model(s, a, r, t, m), a, m, model.log_temperature, model.target_entropy)
+    assert set(terms) == {"loss", "loss_temperature", "nll", "entropy", "temperature"}
+    terms["loss"].backward(retain_graph=True)
+    assert model.log_temperature.grad is None
+    grads = [p.grad for p in model.policy_parameters()]
+    assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
+    model.zero_grad(set_to_none=True)
+    terms["loss_temperature"].backward()
+    assert model.log_temperature.grad is not None and model.log_temperature.grad.abs() > 0
+    assert all(p.grad is None for p in model.policy_parameters())
+
+
+def test_loss_values_and_masking():
+    torch.manual_seed(0)
+    mean, log_std = torch.randn(2, 3, 2), torch.randn(2, 3, 2) * 0.3
+    actions = torch.rand(2, 3, 2) * 1.8 - 0.9
+    mask = torch.tensor([[False, True, True], [True, True, True]])
+    log_t = torch.tensor(math.log(0.3), requires_grad=True)
+    torch.manual_seed(1)
+    terms = dt_supervised_loss(SquashedGaussian(mean, log_std), actions, mask, log_t, -2.0, entropy_samples=4)
+    d = SquashedGaussian(mean, log_std)
+    lp = d.log_prob(actions)
+    assert torch.allclose(terms["nll"], -lp[mask].mean())
+    torch.manual_seed(1)
+    ent = d.entropy(4)
+    assert torch.allclose(terms["entropy"], ent[mask].mean())
+    assert torch.allclose(terms["temperature"], torch.tensor(0.3))
+    assert torch.allclose(terms["loss"], terms["nll"] - 0.3 * terms["entropy"])
+    assert torch.allclose(terms["loss_temperature"], 0.3 * (terms["entropy"] + 2.0))
+    # whatever the model says at padded positions does not count, for the NLL nor for the entropy
+    mean2, log_std2 = mean.clone(), log_std.clone()
+    mean2[0, 0] += 5.0
+    log_std2[0, 0] -= 3.0
+    torch.manual_seed(1)
+    terms2 = dt_supervised_loss(SquashedGaussian(mean2, log_std2), actions, mask, log_t, -2.0, entropy_samples=4)
+    assert torch.allclose(terms["nll"], terms2["nll"]) and torch.allclose(terms["entropy"], terms2["entropy"])
+
+
+def test_loss_bad_input_and_empty_mask():
+    d = SquashedGaussian(torch.zeros(2, 3, 2), torch.zeros(2, 3, 2))
+    lt = torch.tensor(0.0)
+    with pytest.raises(ValueError, match="actions have shape"):
+        dt_supervised_loss(d, torch.zeros(2, 3, 1), torch.ones(2, 3, dtype=torch.bool), lt, -2.0)
+    with pytest.raises(ValueError, match="mask has shape"):
+        dt_supervised_loss(d, torch.zeros(2, 3, 2), torch.ones(2, 4, dtype=torch.bool), lt, -2.0)
+    assert masked_mean(torch.ones(3), torch.zeros(3, dtype=torch.bool)) == 0
+
+
+def test_bf16_distribution_is_scored_in_fp32():
+    d = SquashedGaussian(torch.zeros(2, 3, 2, dtype=torch.bfloat16), torch.zeros(2, 3, 2, dtype=torch.bfloat16))
+    terms = dt_supervised_loss(d, torch.full((2, 3, 2), 0.999), torch.ones(2, 3, dtype=torch.bool),
+                               torch.tensor(0.0), -2.0)
+    assert terms["loss"].dtype == torch.float32 and torch.isfinite(terms["loss"])
+
+
+# -- optimizer ----------------------------------------------------------------------------------
+
+def _lamb_by_hand(w, g, lr, wd, eps=1e-8, b1=0.9, b2=0.999, clamp=10.0):
+    m = [(1 - b1) * x for x in g]
+    v = [(1 - b2) * x * x for x in g]
+    u = [mi / (math.sqrt(vi) + eps) + wd * wi for mi, vi, wi in zip(m, v, w)]
+    wn = min(math.sqrt(sum(x * x for x in w)), clamp)
+    un = math.sqrt(sum(x * x for x in u))
+    ratio = wn / un if wn > 0 and un > 0 else 1.0
+    return [wi - lr * ratio * ui for wi, ui in zip(w, u)]
+
+
+@pytest.mark.parametrize("impl", ["flat", "foreach", "loop"])
+@pytest.mark.parametrize("w0", [[3.0, 4.0], [30.0, -40.0], [0.0, 0.0]])  # plain, clamped weight norm, zero weights
+def test_lamb_single_step_matches_hand_computation(impl, w0):
+    g0, lr, wd = [1.0, -2.0], 0.1, 0.01
+    p = torch.tensor(w0, dtype=torch.float64, requires_grad=True)
+    q = torch.tensor([[0.5]], dtype=torch.float64, requires_grad=True)  # a second tensor in the same group
+    opt = Lamb([p, q], lr=lr, weight_decay=wd, eps=1e-8, impl=impl)
+    p.grad = torch.tensor(g0, dtype=torch.float64)
+    q.grad = torch.tensor([[0.25]], dtype=torch.float64)
+    opt.step()
+    assert p.detach().tolist() == pytest.approx(_lamb_by_hand(w0, g0, lr, wd), rel=1e-12, abs=1e-12)
+    assert q.detach().flatten().tolist() == pytest.approx(_lamb_by_hand([0.5], [0.25], lr, wd), rel=1e-12)
+
+
+def _run_lamb(opt, params, grad_seq):
+    for gs in grad_seq:
+        for x, g in zip(params, gs):
+            x.grad = None if g is None else g.clone()
+        opt.step()
+
+
+def test_lamb_implementations_agree_and_flat_state_resumes():
+    torch.manual_seed(0)
+    ps = [torch.randn(5, 3), torch.randn(7), torch.randn(())]
+    grads = [[torch.randn_like(x) for x in ps] for _ in range(6)]
+    kw = dict(lr=0.01, weight_decay=5e-4)
+    out = {}
+    for impl in ("flat", "foreach", "loop"):
+        params = [x.clone().requires_grad_() for x in ps]
+        _run_lamb(Lamb(params, impl=impl, **kw), params, grads)
+        out[impl] = params
+    for impl in ("flat", "foreach"):
+        for x, y in zip(out[impl], out["loop"]):
+            assert torch.allclose(x, y, atol=1e-6), impl
+    # 3 steps, save, load into a fresh optimizer, 3 more == 6 uninterrupted, bit for bit
+    p1 = [x.clone().requires_grad_() for x in ps]
+    o1 = Lamb(p1, impl="flat", **kw)
+    _run_lamb(o1, p1, grads[:3])
+    sd = copy.deepcopy(o1.state_dict())
+    p2 = [x.detach().clone().requires_grad_() for x in p1]
+    o2 = Lamb(p2, impl="flat", **kw)
+    o2.load_state_dict(sd)
+    _run_lamb(o2, p2, grads[3:])
+    assert all(torch.equal(x, y) for x, y in zip(p2, out["flat"]))
+    assert o2.state[p2[0]]["step"] == 6
+
+
+def test_lamb_parameters_without_gradients_are_left_alone():
+    torch.manual_seed(0)
+    a, b = torch.randn(4, requires_grad=True), torch.randn(3, requires_grad=True)
+    b0 = b.detach().clone()
+    opt = Lamb([a, b], lr=0.1)  # auto: a missing gradient rules out the flat layout for that step
+    _run_lamb(opt, [a, b], [[torch.randn(4), None]])
+    assert torch.equal(b.detach(), b0) and len(opt.state[b]) == 0 and opt.state[a]["step"] == 1
+    _run_lamb(opt, [a, b], [[torch.randn(4), torch.randn(3)]])  # now flat: a's moments are carried over
+    assert opt.state[a]["step"] == 2 and opt.state[b]["step"] == 1 and not torch.equal(b.detach(), b0)
+    with pytest.raises(RuntimeError, match="impl='flat'"):
+        _run_lamb(Lamb([a, b], impl="flat"), [a, b], [[torch.randn(4), None]])
+
+
+def test_warmup_schedule_and_optimizer_choice():
+    p = torch.zeros(2, requires_grad=True)
+    opt = make_optimizer([p], "lamb", lr=1.0, weight_decay=0.0)
+    sched = warmup_schedule(opt, 4)
+    lrs = []
+    for _ in range(6):
+        lrs.append(opt.param_groups[0]["lr"])
+        p.grad = torch.ones(2)
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0, 1.0])
+    assert isinstance(make_optimizer([p], "adamw", 1e-3, 1e-4), torch.optim.AdamW)
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        make_optimizer([p], "sgd", 1e-3, 0.0)
+    with pytest.raises(ValueError, match="learning rate"):
+        Lamb([p], lr=-1.0)
