@@ -11,8 +11,9 @@ ODT's online phase (Zheng, Zhang & Grover 2022), one iteration:
    rewards, never the RTG the policy was fed, and :class:`dtrl.batching.ContextSampler` computes
    each trajectory's return-to-go once when it is added.
 
-:class:`ODTFamily` is that loop; a subclass supplies the update rule (``_update``), and may add
-networks to the checkpoint (``_extra_state``) and change the exploration policy (``_explorer``).
+:class:`ODTFamily` is that loop; a subclass supplies the updates (``_update_many``) and may warm
+something up before the first iteration (``_before_first_iteration``), change the exploration
+policy (``_explorer``) and extend ``state_dict``/``load_state_dict``.
 
 Reconstruction choices (the ODT paper and code leave these open or do them differently):
 
@@ -191,8 +192,10 @@ class ODTConfig:
     lr: float = doc(1e-4, "Peak learning rate of the DT (ODT: 1e-4).")
     weight_decay: float = doc(5e-4, "Weight decay of the DT (ODT: 5e-4).")
     eps: float = doc(1e-8, "Optimizer epsilon (ODT passes 1e-8 to LAMB).")
-    warmup_updates: int = doc(10_000, "Linear learning-rate warmup in updates (ODT: 10k, one schedule over "
-                                      "pretraining and the online phase; see continue_pretrain_optimizer).")
+    warmup_updates: int = doc(10_000, "Linear learning-rate warmup in updates (ODT: 10k). ODT runs one schedule "
+                                      "over pretraining and the online phase: with continue_pretrain_optimizer "
+                                      "it is counted from the first pretraining update, so keep it equal to "
+                                      "pretrain.warmup_updates.")
     continue_pretrain_optimizer: bool = doc(True, "Continue the pretraining optimizer (LAMB moments, Adam state of "
                                                   "the temperature, warmup position) stored in model.pt, as ODT "
                                                   "uses one optimizer for both phases; false, or a model.pt "
@@ -206,6 +209,9 @@ class ODTConfig:
                "context's last step (padding at episode starts, as when acting; dtrl's pretraining default); "
                "'start' = ODT's uniform first step (padding at episode ends).")
     amp: Literal["off", "bf16"] = doc("bf16", "Autocast dtype of the DT on CUDA (ignored on CPU).")
+    compile: Literal["off", "default", "reduce-overhead"] = doc(
+        "off", "torch.compile mode of ODT's supervised forward+loss on CUDA (SupervisedTrainer's; ignored on CPU "
+               "and by ODT+TD3's actor step). Off by default: the online loop has not been timed compiled.")
 
     def validate(self) -> None:
         require(self.rollouts_per_iteration >= 1, "rollouts_per_iteration must be >= 1")
@@ -304,7 +310,8 @@ class ODTFamily(DTMethod):
         self.trainer = SupervisedTrainer(
             model, optimizer=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.eps,
             warmup_updates=cfg.warmup_updates, grad_clip=cfg.grad_clip, temperature_lr=cfg.temperature_lr,
-            entropy_samples=cfg.entropy_samples, amp_dtype=torch.bfloat16 if cfg.amp == "bf16" else None)
+            entropy_samples=cfg.entropy_samples, amp_dtype=torch.bfloat16 if cfg.amp == "bf16" else None,
+            compile=cfg.compile)
         self.pretrain_updates = (continue_pretraining(self.trainer, ctx.pretrained_path, cfg.optimizer)
                                  if cfg.continue_pretrain_optimizer else 0)
         self.buffer = TrajectoryReplay(cfg.buffer_size, self.K, ctx.dataset.top_k(cfg.buffer_size),
