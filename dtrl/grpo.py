@@ -349,6 +349,9 @@ class GRPO(PolicyGradientDT):
         adv_eps: float = doc(1e-8, "Added to the group std in the advantage denominator.")
         zero_spread_tol: float = doc(1e-6, "A group whose return std is at most this times max(1, |mean|) has zero "
                                            "spread: its advantages are 0 (it teaches nothing).")
+        drop_zero_spread: bool = doc(True, "Leave zero-spread groups out of the update (as DAPO's dynamic sampling "
+                                           "does): they carry no policy gradient, only the entropy bonus, which on "
+                                           "its own made the policy drift once every group was saturated.")
 
         def validate(self) -> None:
             super().validate()
@@ -388,7 +391,9 @@ class GRPO(PolicyGradientDT):
 
         returns = np.array([m.total_return for m in members]).reshape(cfg.reset_points, cfg.group_size)
         adv, flat = group_advantages(returns, cfg.adv_eps, cfg.zero_spread_tol)
-        batch = self.learn_batch(members, adv.reshape(-1))
+        keep = np.repeat(~flat if cfg.drop_zero_spread else np.ones_like(flat), cfg.group_size)
+        batch = (self.learn_batch([m for m, k in zip(members, keep) if k], adv.reshape(-1)[keep])
+                 if keep.any() else None)
         diag = {
             "explore_return": float(np.mean([t.total_return for t in explore])),
             "explore_len": float(np.mean([len(t) for t in explore])),
@@ -428,4 +433,6 @@ class GRPO(PolicyGradientDT):
 
     def train_iteration(self) -> dict[str, float]:
         batch, diag = self.collect()
+        if batch is None:  # every group had zero spread: nothing to learn from this iteration
+            return {**diag, **self.empty_update_diag()}
         return {**diag, **self.policy_update(batch, self.cfg.ratio)}

@@ -317,3 +317,26 @@ def test_context_at_with_a_shorter_context_than_the_engine():
         ctx = context_at(again, t, 3)
         for k in ctx:
             np.testing.assert_array_equal(ctx[k], again.contexts[k][t], err_msg=f"{k} {t}")
+
+
+def test_zero_spread_groups_are_left_out_of_the_update(tmp_path, monkeypatch):
+    import dtrl.grpo as grpo_mod
+
+    g = make_method(GRPO, tmp_path, **SMALL_GRPO)
+    real = grpo_mod.group_advantages
+
+    def one_flat_group(returns, *a):  # pretend the first group's members all scored the same
+        adv, flat = real(returns, *a)
+        adv[0], flat[0] = 0.0, True
+        return adv, flat
+
+    monkeypatch.setattr(grpo_mod, "group_advantages", one_flat_group)
+    batch, diag = g.collect()
+    G, M = g.cfg.group_size, g.cfg.reset_points
+    assert batch.n_units == (M - 1) * G and diag["zero_spread_frac"] == pytest.approx(1 / M)
+
+    monkeypatch.setattr(grpo_mod, "group_advantages", lambda r, *a: (np.zeros_like(r), np.ones(len(r), bool)))
+    steps, updates = g.ctx.counters.env_steps, g.ctx.counters.grad_updates
+    d = g.train_iteration()
+    assert d["policy_updates"] == 0 and g.ctx.counters.grad_updates == updates
+    assert g.ctx.counters.env_steps > steps
