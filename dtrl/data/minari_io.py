@@ -1,0 +1,101 @@
+"""Read Minari datasets (e.g. ``mujoco/hopper/medium-v0``) into a :class:`TrajectoryDataset`.
+
+Minari keeps each dataset under ``$MINARI_DATASETS_PATH/<id>/data`` (default ``~/.minari/datasets``)
+in its own format, read here through the ``minari`` package (``pip install 'dtrl[minari]'``), which
+knows both of its storage back ends (HDF5 and Arrow). A Minari episode of T steps stores T+1
+observations (the last one is the observation after the final step), so step t becomes
+(observation[t], action[t], reward[t], next_observation = observation[t+1]). ``terminations`` and
+``truncations`` map to dtrl's ``terminals`` and ``timeouts``. Info arrays ``qpos``/``qvel`` of length
+T+1, when a dataset records them, are the states before each step and keep their first T rows.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dtrl.data.trajectories import DataError, Trajectory, TrajectoryDataset
+
+
+def minari_root() -> Path:
+    """The folder Minari reads datasets from: ``$MINARI_DATASETS_PATH`` or ``~/.minari/datasets``."""
+    env = os.environ.get("MINARI_DATASETS_PATH")
+    return Path(env) if env else Path.home() / ".minari" / "datasets"
+
+
+def read_minari(dataset_id: str, download: bool = False, task: Any = None) -> TrajectoryDataset:
+    """Read Minari dataset ``dataset_id``; fetch it first only when ``download`` is true.
+
+    With ``task``, the observation/action sizes are checked against the task's environment.
+    """
+    root = minari_root()
+    data_path = root / dataset_id / "data"
+    src = f"minari:{dataset_id} ({root / dataset_id})"
+    if not data_path.is_dir() and not download:
+        raise DataError(f"{src}: the Minari dataset is not present under {root} (MINARI_DATASETS_PATH). Put it "
+                        f"there, or set data.sources.<task>.minari_download: true to download it (needs internet)")
+    try:
+        import minari
+    except ImportError:
+        raise DataError(f"{src}: reading Minari datasets needs the minari package: pip install 'dtrl[minari]'") from None
+
+    try:
+        ds = minari.load_dataset(dataset_id, download=download)
+    except (ValueError, FileNotFoundError, KeyError, OSError) as e:
+        raise DataError(f"{src}: Minari could not load the dataset ({e})") from None
+
+    trajs = [_episode_to_trajectory(ep, src) for ep in ds.iterate_episodes()]
+    env_id = None
+    spec = getattr(ds, "spec", None)
+    env_spec = getattr(spec, "env_spec", None)
+    if env_spec is not None:
+        env_id = env_spec.id
+    if task is not None and env_id is not None and env_id != task.env_id:
+        # The size check below catches other envs; a version mismatch (Hopper-v4 vs v5) has equal sizes
+        # but different dynamics, which is worth knowing about, not necessarily an error.
+        warnings.warn(f"{src}: collected on {env_id}, but task {task.name} runs {task.env_id}", stacklevel=2)
+    metadata = {"format": "minari", "dataset_id": dataset_id, "env_id": env_id,
+                "minari_total_steps": int(ds.total_steps), "minari_total_episodes": int(ds.total_episodes)}
+    dataset = TrajectoryDataset(trajs, metadata=metadata, source=src)
+    obs_dim = act_dim = None
+    if task is not None:
+        from dtrl.envs import env_dims
+
+        obs_dim, act_dim = env_dims(task)
+    return dataset.validate(obs_dim, act_dim)
+
+
+def _episode_to_trajectory(ep: Any, src: str) -> Trajectory:
+    where = f"{src}: episode {ep.id}"
+    obs, act = ep.observations, ep.actions
+    if not isinstance(obs, np.ndarray) or not isinstance(act, np.ndarray):
+        raise DataError(f"{where}: observations and actions must be flat arrays (Box spaces); dict or tuple "
+                        "spaces are not supported")
+    n = len(ep.rewards)
+    if obs.shape[0] != n + 1:
+        raise DataError(f"{where}: has {n} steps but {obs.shape[0]} observations; Minari stores steps + 1")
+    if act.shape[0] != n:
+        raise DataError(f"{where}: has {n} rewards but {act.shape[0]} actions")
+    obs = obs.reshape(n + 1, -1)
+    infos = ep.infos or {}
+
+    def state(key: str) -> np.ndarray | None:
+        arr = infos.get(key)
+        if isinstance(arr, np.ndarray) and arr.shape[0] == n + 1:
+            return arr[:n].reshape(n, -1).astype(np.float64)
+        return None
+
+    return Trajectory(
+        observations=obs[:n].astype(np.float32),
+        actions=act.reshape(n, -1).astype(np.float32),
+        rewards=np.asarray(ep.rewards, dtype=np.float32).reshape(n),
+        terminals=np.asarray(ep.terminations, dtype=bool).reshape(n),
+        timeouts=np.asarray(ep.truncations, dtype=bool).reshape(n),
+        qpos=state("qpos"),
+        qvel=state("qvel"),
+        next_observations=obs[1:].astype(np.float32),
+    )
