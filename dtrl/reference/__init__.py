@@ -1,0 +1,42 @@
+"""Published reference numbers, kept as data so reports can show them beside ours.
+
+``yan2024_d4rl_v2.csv``: Yan, Schwing & Wang (NeurIPS 2024, "Reinforcement Learning Gradients as
+Vitamin for Online Finetuning Decision Transformers"), final D4RL normalised score after online
+finetuning, one column per method (named by the dtrl algorithm that reimplements it: ``iql``,
+``odt``, ``odt_td3``), one row per task. The numbers were obtained on the D4RL **v2** datasets and
+the gym v2 environments; dtrl runs on Gymnasium v5 with locally generated D4RL-recipe datasets unless
+real D4RL files are configured, so they are a reference point, not a like-for-like comparison.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from importlib import resources
+
+PUBLISHED_FILE = "yan2024_d4rl_v2.csv"
+PUBLISHED_LABEL = "published (Yan et al. 2024, D4RL v2)"
+# Display names of the published methods, keyed by the dtrl algorithm that reimplements each.
+PUBLISHED_METHODS = {"iql": "IQL", "odt": "ODT", "odt_td3": "ODT+TD3"}
+
+
+@dataclass(frozen=True)
+class Published:
+    source: str
+    label: str
+    scores: dict[str, dict[str, float]]  # algo -> task -> final normalised score
+
+    def score(self, algo: str, task: str) -> float | None:
+        return self.scores.get(algo, {}).get(task)
+
+    def tasks(self) -> list[str]:
+        return sorted({t for by_task in self.scores.values() for t in by_task})
+
+
+def published_scores() -> Published:
+    """The published final normalised scores of Yan et al. 2024 (see the module docstring)."""
+    text = resources.files(__package__).joinpath(PUBLISHED_FILE).read_text()
+    rows = list(csv.DictReader(text.splitlines()))
+    algos = [c for c in rows[0] if c != "task"] if rows else []
+    scores = {a: {r["task"]: float(r[a]) for r in rows if r[a] not in ("", None)} for a in algos}
+    return Published(source=PUBLISHED_FILE, label=PUBLISHED_LABEL, scores=scores)

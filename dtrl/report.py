@@ -1,0 +1,655 @@
+"""`dtrl report`: tables and rliable figures from finished runs.
+
+Reads ``<runs>/<method>/<task>/seed<seed>/summary.json`` (final score, budgets) and ``progress.csv``
+(learning curves) for the experiment's grid and writes, under ``<out>`` (default: ``exp.results``)::
+
+    tables/main.csv, main.md         task rows x method columns: final normalised score, mean and
+                                     std over seeds, an average row, the budgets each method used,
+                                     and the published numbers beside ours where the tasks match
+    tables/aggregates.csv, .md       IQM / median / mean / optimality gap, stratified-bootstrap CIs
+    tables/probability_of_improvement.csv   P(GRPO-DT > baseline) with CIs (grid has a grpo entry)
+    tables/ablations.csv, .md        one row per GRPO-DT variant (grid.ablations), when present
+    figures/aggregate_metrics.png|pdf, performance_profile.png|pdf,
+    figures/probability_of_improvement.png|pdf, learning_curves_<task>.png|pdf
+
+Scores are D4RL normalised scores (0 = random, 100 = expert). The optimality gap is taken to the
+expert score, gamma = 100. Standard deviations over seeds are sample standard deviations (ddof=1;
+0 for a single seed). The rliable estimates use only the seeds a method finished on every task of
+the grid, so its score matrix is complete (rliable needs runs x tasks without holes).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import pandas as pd
+
+from dtrl.experiment import ExperimentConfig
+from dtrl.reference import PUBLISHED_METHODS, published_scores
+
+# Display names by algorithm.
+ALGO_LABELS = {"none": "DT (offline)", "grpo": "GRPO-DT", "qgrpo": "QGRPO", "ppo_dt": "PPO-DT", "odt": "ODT",
+               "odt_td3": "ODT+TD3", "iql": "IQL"}
+MAIN_ALGO = "grpo"  # the method the probability-of-improvement figure compares against each baseline
+AGGREGATE_METRICS = ("IQM", "Median", "Mean", "Optimality Gap")
+OPTIMALITY_GAMMA = 100.0  # D4RL normalised scores: the expert is 100
+BUDGET_ROWS = {"env_steps": "env steps / run", "env_steps_eval": "eval env steps / run",
+               "grad_updates": "gradient updates / run", "wall_time": "wall time / run (s)"}
+AVERAGE_ROW = "average"
+REPS = 2000  # bootstrap replications for the aggregate metrics
+PROFILE_REPS = 1000
+POI_REPS = 1000
+CURVE_REPS = 1000
+CI = 0.95
+
+
+@dataclass
+class Run:
+    method: str
+    task: str
+    seed: int
+    summary: dict[str, Any]
+    run_dir: Path
+    _progress: pd.DataFrame | None = field(default=None, repr=False)
+
+    @property
+    def score(self) -> float:
+        v = self.summary.get("final_norm_return")
+        return float("nan") if v is None else float(v)
+
+    def progress(self) -> pd.DataFrame | None:
+        if self._progress is None:
+            path = self.run_dir / "progress.csv"
+            if path.exists():
+                self._progress = pd.read_csv(path)
+        return self._progress
+
+
+# ----------------------------------------------------------------------------------------------
+# Collecting runs
+# ----------------------------------------------------------------------------------------------
+
+def algo_of(exp: ExperimentConfig, method: str) -> str:
+    entry = exp.methods.get(method) or {}
+    return str(entry.get("algo", method))
+
+
+def method_label(exp: ExperimentConfig, method: str) -> str:
+    algo = algo_of(exp, method)
+    label = ALGO_LABELS.get(algo, algo)
+    return label if method in (algo, label) else f"{label} [{method}]"
+
+
+def expected_runs(exp: ExperimentConfig) -> list[tuple[str, str, int]]:
+    """(method, task, seed) of every run the grid asks for: main grid, ablations and their bases."""
+    out: list[tuple[str, str, int]] = []
+    for m in exp.grid.methods:
+        out += [(m, t, s) for t in exp.grid.tasks for s in exp.grid.seeds]
+    for m in ablation_rows(exp):
+        out += [(m, t, s) for t in exp.grid.ablation_tasks for s in exp.grid.seeds]
+    seen: set = set()
+    return [r for r in out if not (r in seen or seen.add(r))]
+
+
+def ablation_rows(exp: ExperimentConfig) -> list[str]:
+    """Rows of the ablation table: for each algorithm ablated, its base entry (the first grid method
+    with that algorithm, if any) followed by its ablation entries."""
+    rows: list[str] = []
+    for a in exp.grid.ablations:
+        base = ablation_base(exp, a)
+        for m in ([base] if base else []) + [a]:
+            if m not in rows:
+                rows.append(m)
+    return rows
+
+
+def ablation_base(exp: ExperimentConfig, method: str) -> str | None:
+    algo = algo_of(exp, method)
+    return next((m for m in exp.grid.methods if algo_of(exp, m) == algo and m != method), None)
+
+
+def load_runs(runs_dir: Path, keys: list[tuple[str, str, int]]) -> tuple[dict[tuple[str, str, int], Run], list]:
+    runs, missing = {}, []
+    for key in keys:
+        method, task, seed = key
+        d = Path(runs_dir) / method / task / f"seed{seed}"
+        path = d / "summary.json"
+        if not path.exists():
+            missing.append(key)
+            continue
+        with open(path) as f:
+            runs[key] = Run(method, task, seed, json.load(f), d)
+    return runs, missing
+
+
+# ----------------------------------------------------------------------------------------------
+# Tables
+# ----------------------------------------------------------------------------------------------
+
+def _std(x: list[float]) -> float:
+    x = [v for v in x if not math.isnan(v)]
+    return float(np.std(x, ddof=1)) if len(x) > 1 else (0.0 if x else float("nan"))
+
+
+def _mean(x: list[float]) -> float:
+    x = [v for v in x if not math.isnan(v)]
+    return float(np.mean(x)) if x else float("nan")
+
+
+def score_cell(runs: dict, method: str, task: str, seeds: list[int]) -> tuple[float, float, int]:
+    scores = [runs[(method, task, s)].score for s in seeds if (method, task, s) in runs]
+    return _mean(scores), _std(scores), len(scores)
+
+
+def average_cell(runs: dict, method: str, tasks: list[str], seeds: list[int]) -> tuple[float, float, int]:
+    """Mean over tasks of the per-task means; std over seeds of each seed's task-average (seeds that
+    finished every task); the number of such complete seeds."""
+    task_means = [score_cell(runs, method, t, seeds)[0] for t in tasks]
+    mean = float(np.mean(task_means)) if tasks and not any(math.isnan(v) for v in task_means) else float("nan")
+    per_seed = [float(np.mean([runs[(method, t, s)].score for t in tasks])) for s in seeds
+                if all((method, t, s) in runs for t in tasks)]
+    return mean, _std(per_seed), len(per_seed)
+
+
+def budget_cell(runs: dict, method: str, tasks: list[str], seeds: list[int], key: str) -> tuple[float, float, int]:
+    vals = [float(r.summary[key]) for t in tasks for s in seeds
+            if (r := runs.get((method, t, s))) is not None and r.summary.get(key) is not None]
+    return _mean(vals), _std(vals), len(vals)
+
+
+def main_table(exp: ExperimentConfig, runs: dict) -> pd.DataFrame:
+    """The main table: one row per task, then ``average``, then one row per budget.
+
+    Columns: ``task``; per method ``<m>_mean``, ``<m>_std``, ``<m>_seeds`` (runs found; for budget
+    rows, runs averaged over); and ``<m>_published`` where the method's algorithm has published
+    numbers (Yan et al. 2024, D4RL v2). Budget rows hold per-run means in ``_mean`` and std over runs.
+    """
+    tasks, seeds, pub = list(exp.grid.tasks), list(exp.grid.seeds), published_scores()
+    rows: list[dict[str, Any]] = []
+    for task in tasks + [AVERAGE_ROW] + list(BUDGET_ROWS):
+        row: dict[str, Any] = {"task": task}
+        for m in exp.grid.methods:
+            if task == AVERAGE_ROW:
+                mean, std, n = average_cell(runs, m, tasks, seeds)
+            elif task in BUDGET_ROWS:
+                mean, std, n = budget_cell(runs, m, tasks, seeds, task)
+            else:
+                mean, std, n = score_cell(runs, m, task, seeds)
+            row.update({f"{m}_mean": mean, f"{m}_std": std, f"{m}_seeds": n})
+            algo = algo_of(exp, m)
+            if algo in PUBLISHED_METHODS:
+                row[f"{m}_published"] = _published_cell(pub, algo, task, tasks)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _published_cell(pub, algo: str, task: str, tasks: list[str]) -> float:
+    if task == AVERAGE_ROW:  # only where every task of ours has a published number
+        vals = [pub.score(algo, t) for t in tasks]
+        return float(np.mean(vals)) if tasks and None not in vals else float("nan")
+    v = pub.score(algo, task)
+    return float("nan") if v is None else float(v)
+
+
+def _fmt_score(mean: float, std: float, n: int) -> str:
+    if n == 0 or math.isnan(mean):
+        return "–"
+    return f"{mean:.1f} ± {std:.1f}" if n > 1 else f"{mean:.1f}"
+
+
+def _fmt_count(x: float) -> str:
+    if math.isnan(x):
+        return "–"
+    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= div:
+            return f"{x / div:.3g}{suffix}"
+    return f"{x:.0f}"
+
+
+def main_markdown(exp: ExperimentConfig, table: pd.DataFrame, n_missing: int) -> str:
+    methods = list(exp.grid.methods)
+    header, align = ["task"], ["---"]
+    for m in methods:
+        header.append(method_label(exp, m))
+        align.append("---:")
+        if f"{m}_published" in table:
+            header.append(f"{method_label(exp, m)} (published, D4RL v2)")
+            align.append("---:")
+    lines = ["# Main results", "",
+             f"Final D4RL normalised score (0 = random, 100 = expert), mean ± std over seeds "
+             f"{list(exp.grid.seeds)} (sample std). Budget rows: mean per run.", "",
+             "| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
+    for _, r in table.iterrows():
+        task = r["task"]
+        cells = [f"**{task}**" if task == AVERAGE_ROW else BUDGET_ROWS.get(task, task)]
+        for m in methods:
+            if task in BUDGET_ROWS:
+                v = r[f"{m}_mean"]
+                cells.append(f"{v:.0f}" if task == "wall_time" and not math.isnan(v) else _fmt_count(v))
+            else:
+                cells.append(_fmt_score(r[f"{m}_mean"], r[f"{m}_std"], int(r[f"{m}_seeds"])))
+            if f"{m}_published" in table:
+                v = r[f"{m}_published"]
+                cells.append("" if task in BUDGET_ROWS or math.isnan(v) else f"*{v:.2f}*")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Published columns (*italic*): Yan et al. 2024 (\"RL gradients as vitamin\"), final normalised "
+              "score after online finetuning, **published on the D4RL v2 datasets and gym v2 environments**; "
+              "ours run on Gymnasium v5 with the datasets configured in `data` (generated with the D4RL recipe "
+              "unless D4RL files are given), so they are a reference point, not a like-for-like comparison. "
+              "The published average is shown only when every task of the table has a published number."]
+    if n_missing:
+        lines += ["", f"**{n_missing} run(s) of the grid are missing**; cells average the seeds found."]
+    return "\n".join(lines) + "\n"
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: d}
+
+
+def method_settings(exp: ExperimentConfig, method: str) -> dict[str, Any]:
+    """Flat key -> value of a method entry's resolved parameters and online settings."""
+    from dtrl.config import to_dict
+
+    try:
+        spec = exp.method(method)
+        return {**_flat(to_dict(spec.params)), **_flat(to_dict(spec.online), "online.")}
+    except Exception:  # noqa: BLE001 - an entry whose algorithm cannot be imported: show its raw keys
+        entry = dict(exp.methods.get(method) or {})
+        entry.pop("algo", None)
+        return _flat(entry)
+
+
+def default_settings(exp: ExperimentConfig, algo: str) -> dict[str, Any]:
+    """Flat settings of an entry that sets nothing: the algorithm's defaults and the shared harness."""
+    from dtrl.config import to_dict
+    from dtrl.methods import get_algorithm
+
+    try:
+        params = to_dict(get_algorithm(algo).Config())
+    except Exception:  # noqa: BLE001 - algorithm not importable here: compare with nothing
+        return {}
+    return {**_flat(params), **_flat(to_dict(exp.online), "online.")}
+
+
+def ablation_table(exp: ExperimentConfig, runs: dict) -> pd.DataFrame:
+    """One row per variant (a base entry first, then its ablations); ``changes`` lists the settings
+    that differ from the base (or the algorithm's defaults when the grid has no base entry)."""
+    tasks, seeds = list(exp.grid.ablation_tasks), list(exp.grid.seeds)
+    rows = []
+    for m in ablation_rows(exp):
+        base = ablation_base(exp, m) if m in exp.grid.ablations else None
+        if m in exp.grid.ablations:
+            mine = method_settings(exp, m)
+            ref = method_settings(exp, base) if base else default_settings(exp, algo_of(exp, m))
+            changes = ", ".join(f"{k}={v}" for k, v in mine.items() if ref.get(k, object()) != v)
+        else:
+            changes = "(base)"
+        row: dict[str, Any] = {"method": m, "algo": algo_of(exp, m), "base": base or "", "changes": changes}
+        for t in tasks:
+            mean, std, n = score_cell(runs, m, t, seeds)
+            row.update({f"{t}_mean": mean, f"{t}_std": std, f"{t}_seeds": n})
+        mean, std, n = average_cell(runs, m, tasks, seeds)
+        row.update({"average_mean": mean, "average_std": std, "average_seeds": n})
+        for key in ("env_steps", "grad_updates"):
+            row[key] = budget_cell(runs, m, tasks, seeds, key)[0]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def ablation_markdown(exp: ExperimentConfig, table: pd.DataFrame) -> str:
+    tasks = list(exp.grid.ablation_tasks)
+    header = ["variant", "changes"] + tasks + ["average", "env steps / run", "gradient updates / run"]
+    lines = ["# Ablations", "",
+             "GRPO-DT switches (relabel, ratio level, reset sampling, L_eval, ...): each row changes the listed "
+             f"settings of its base entry. Final D4RL normalised score, mean ± std over seeds {list(exp.grid.seeds)}.",
+             "", "| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
+    for _, r in table.iterrows():
+        cells = [method_label(exp, r["method"]), r["changes"] or "–"]
+        cells += [_fmt_score(r[f"{t}_mean"], r[f"{t}_std"], int(r[f"{t}_seeds"])) for t in tasks]
+        cells.append(_fmt_score(r["average_mean"], r["average_std"], int(r["average_seeds"])))
+        cells += [_fmt_count(r["env_steps"]), _fmt_count(r["grad_updates"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------------------------
+# rliable estimates
+# ----------------------------------------------------------------------------------------------
+
+@contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """rliable's stratified bootstrap draws from numpy's global RNG: seed it, then restore it."""
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
+
+
+def score_matrices(exp: ExperimentConfig, runs: dict) -> dict[str, np.ndarray]:
+    """Method -> (seeds x tasks) final scores over the seeds the method finished on every task."""
+    out = {}
+    tasks = list(exp.grid.tasks)
+    for m in exp.grid.methods:
+        seeds = [s for s in exp.grid.seeds if all((m, t, s) in runs for t in tasks)]
+        if seeds and tasks:
+            out[m] = np.array([[runs[(m, t, s)].score for t in tasks] for s in seeds], dtype=np.float64)
+    return out
+
+
+def aggregate_funcs() -> dict[str, Callable[[np.ndarray], float]]:
+    from rliable import metrics
+
+    return {"IQM": metrics.aggregate_iqm, "Median": metrics.aggregate_median, "Mean": metrics.aggregate_mean,
+            "Optimality Gap": lambda s: metrics.aggregate_optimality_gap(s, gamma=OPTIMALITY_GAMMA)}
+
+
+def aggregate_estimates(scores: dict[str, np.ndarray], reps: int = REPS, seed: int = 0) -> pd.DataFrame:
+    """IQM, median, mean and optimality gap of each (runs x tasks) matrix with stratified-bootstrap CIs
+    (rliable.library.get_interval_estimates). Rows: method, metric, estimate, ci_low, ci_high, runs, tasks."""
+    funcs = aggregate_funcs()
+
+    def all_metrics(s: np.ndarray) -> np.ndarray:
+        return np.array([funcs[k](s) for k in AGGREGATE_METRICS])
+
+    rows = []
+    for m, s in scores.items():
+        if np.isnan(s).any():
+            continue
+        with _seeded(seed):
+            point, ci = _interval_estimates({m: s}, all_metrics, reps)
+        for i, k in enumerate(AGGREGATE_METRICS):
+            rows.append({"method": m, "metric": k, "estimate": float(point[m][i]), "ci_low": float(ci[m][0, i]),
+                         "ci_high": float(ci[m][1, i]), "runs": s.shape[0], "tasks": s.shape[1]})
+    return pd.DataFrame(rows, columns=["method", "metric", "estimate", "ci_low", "ci_high", "runs", "tasks"])
+
+
+def _interval_estimates(score_dict: dict, func: Callable, reps: int):
+    """rliable's interval estimates; with a single run there is nothing to resample: CI = point."""
+    from rliable import library as rly
+
+    single = {k: v for k, v in score_dict.items() if isinstance(v, np.ndarray) and v.shape[0] < 2}
+    point, ci = {}, {}
+    for k, v in single.items():
+        p = np.asarray(func(v))
+        point[k], ci[k] = p, np.stack([p, p])
+    rest = {k: v for k, v in score_dict.items() if k not in single}
+    if rest:
+        p2, c2 = rly.get_interval_estimates(rest, func, reps=reps, confidence_interval_size=CI)
+        point.update(p2)
+        ci.update(c2)
+    return point, ci
+
+
+def probability_of_improvement(scores: dict[str, np.ndarray], main: str, reps: int = POI_REPS,
+                               seed: int = 0) -> pd.DataFrame:
+    """P(main > baseline) for every other method, averaged over tasks, with stratified independent
+    bootstrap CIs (rliable)."""
+    from rliable import library as rly
+    from rliable import metrics
+
+    rows = []
+    for other, y in scores.items():
+        if other == main:
+            continue
+        x = scores[main]
+        with _seeded(seed):
+            if x.shape[0] < 2 or y.shape[0] < 2:
+                p = float(metrics.probability_of_improvement(x, y))
+                lo = hi = p
+            else:
+                point, ci = rly.get_interval_estimates({"p": (x, y)}, metrics.probability_of_improvement, reps=reps,
+                                                       confidence_interval_size=CI)
+                p = float(np.ravel(point["p"])[0])
+                lo, hi = (float(v) for v in np.ravel(ci["p"])[:2])
+        rows.append({"method": main, "baseline": other, "probability": p, "ci_low": lo, "ci_high": hi})
+    return pd.DataFrame(rows, columns=["method", "baseline", "probability", "ci_low", "ci_high"])
+
+
+def performance_profiles(scores: dict[str, np.ndarray], taus: np.ndarray, reps: int = PROFILE_REPS,
+                         seed: int = 0) -> tuple[dict, dict]:
+    def profile(s: np.ndarray) -> np.ndarray:  # rliable's score distribution, vectorised over taus
+        return np.mean(s.reshape(1, -1) > np.asarray(taus).reshape(-1, 1), axis=1)
+
+    with _seeded(seed):
+        return _interval_estimates(scores, profile, reps)
+
+
+# ----------------------------------------------------------------------------------------------
+# Learning curves
+# ----------------------------------------------------------------------------------------------
+
+def curve_points(run: Run, x_key: str) -> tuple[np.ndarray, np.ndarray] | None:
+    df = run.progress()
+    if df is None or "eval_norm_return" not in df or x_key not in df:
+        return None
+    df = df[df["eval_norm_return"].notna() & df[x_key].notna()]
+    if df.empty:
+        return None
+    df = df.groupby(x_key, as_index=False)["eval_norm_return"].last().sort_values(x_key)
+    return df[x_key].to_numpy(np.float64), df["eval_norm_return"].to_numpy(np.float64)
+
+
+def learning_curve(runs: list[Run], x_key: str, reps: int = CURVE_REPS, seed: int = 0):
+    """Seeds interpolated onto the union of their evaluation points (within the range every seed
+    covers); mean with a stratified-bootstrap CI over seeds. None if no run has a curve."""
+    pts = [p for r in runs if (p := curve_points(r, x_key)) is not None]
+    if not pts:
+        return None
+    lo, hi = max(x[0] for x, _ in pts), min(x[-1] for x, _ in pts)
+    grid = np.unique(np.concatenate([x for x, _ in pts]))
+    grid = grid[(grid >= lo) & (grid <= hi)]
+    if grid.size == 0:
+        grid = np.array([hi])
+    ys = np.stack([np.interp(grid, x, y) for x, y in pts])  # (seeds, points)
+    with _seeded(seed):
+        point, ci = _interval_estimates({"c": ys[:, None, :]}, lambda s: np.mean(s, axis=(0, 1)), reps)
+    return grid, point["c"], ci["c"][0], ci["c"][1]
+
+
+# ----------------------------------------------------------------------------------------------
+# Figures (matplotlib's object API: no pyplot, no display needed)
+# ----------------------------------------------------------------------------------------------
+
+def _save(fig, path_stem: Path) -> list[Path]:
+    path_stem.parent.mkdir(parents=True, exist_ok=True)
+    out = []
+    for ext in ("png", "pdf"):
+        p = path_stem.with_suffix(f".{ext}")
+        fig.savefig(p, dpi=150, bbox_inches="tight")
+        out.append(p)
+    return out
+
+
+def _colors(methods: list[str]) -> dict[str, Any]:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"]
+    return {m: cmap(i % 10) for i, m in enumerate(methods)}
+
+
+def plot_aggregates(exp: ExperimentConfig, agg: pd.DataFrame, stem: Path) -> list[Path]:
+    from matplotlib.figure import Figure
+
+    methods = [m for m in exp.grid.methods if m in set(agg["method"])]
+    colors = _colors(list(exp.grid.methods))
+    fig = Figure(figsize=(3.2 * len(AGGREGATE_METRICS), 0.45 * len(methods) + 1.4))
+    axes = fig.subplots(1, len(AGGREGATE_METRICS), sharey=True)
+    for ax, metric in zip(np.atleast_1d(axes), AGGREGATE_METRICS):
+        for i, m in enumerate(methods):
+            r = agg[(agg["method"] == m) & (agg["metric"] == metric)].iloc[0]
+            ax.barh(i, r["ci_high"] - r["ci_low"], left=r["ci_low"], height=0.6, color=colors[m], alpha=0.75)
+            ax.vlines(r["estimate"], i - 0.3, i + 0.3, color="k", lw=1.5)
+        ax.set_title(metric)
+        ax.set_xlabel("normalised score")
+        ax.grid(axis="x", alpha=0.3)
+        ax.set_yticks(range(len(methods)), [method_label(exp, m) for m in methods])
+    fig.suptitle(f"Aggregate final scores over {len(exp.grid.tasks)} task(s), {int(CI * 100)}% stratified-"
+                 f"bootstrap CIs (rliable; optimality gap to {OPTIMALITY_GAMMA:g})", fontsize=9)
+    return _save(fig, stem)
+
+
+def plot_profiles(exp: ExperimentConfig, taus: np.ndarray, prof: dict, ci: dict, stem: Path) -> list[Path]:
+    from matplotlib.figure import Figure
+
+    colors = _colors(list(exp.grid.methods))
+    fig = Figure(figsize=(5.5, 4))
+    ax = fig.subplots()
+    for m in prof:
+        ax.plot(taus, prof[m], color=colors[m], label=method_label(exp, m))
+        ax.fill_between(taus, ci[m][0], ci[m][1], color=colors[m], alpha=0.2)
+    ax.set_xlabel(r"normalised score $\tau$")
+    ax.set_ylabel(r"fraction of runs with score $> \tau$")
+    ax.set_title("Performance profiles (score distributions, rliable)", fontsize=10)
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, stem)
+
+
+def plot_poi(exp: ExperimentConfig, poi: pd.DataFrame, stem: Path) -> list[Path]:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.5, 0.5 * len(poi) + 1.4))
+    ax = fig.subplots()
+    for i, r in enumerate(poi.itertuples()):
+        ax.barh(i, r.ci_high - r.ci_low, left=r.ci_low, height=0.6, color="tab:blue", alpha=0.6)
+        ax.vlines(r.probability, i - 0.3, i + 0.3, color="k", lw=1.5)
+    ax.axvline(0.5, color="gray", ls="--", lw=1)
+    ax.set_yticks(range(len(poi)), [f"{method_label(exp, r.method)} > {method_label(exp, r.baseline)}"
+                                    for r in poi.itertuples()])
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("probability of improvement")
+    ax.set_title(f"P(X > Y), {int(CI * 100)}% stratified-bootstrap CIs (rliable)", fontsize=10)
+    return _save(fig, stem)
+
+
+def plot_learning_curves(exp: ExperimentConfig, task: str, runs: dict, stem: Path,
+                         reps: int = CURVE_REPS) -> list[Path] | None:
+    from matplotlib.figure import Figure
+
+    colors = _colors(list(exp.grid.methods))
+    axes_keys = (("env_steps", "training env steps"), ("grad_updates", "gradient updates"))
+    fig = Figure(figsize=(11, 4))
+    axes = fig.subplots(1, 2)
+    drawn = False
+    for ax, (key, xlabel) in zip(axes, axes_keys):
+        flat = []  # methods whose curve is a single point (the offline DT): drawn as a level line
+        for m in exp.grid.methods:
+            rs = [runs[(m, task, s)] for s in exp.grid.seeds if (m, task, s) in runs]
+            c = learning_curve(rs, key, reps=reps)
+            if c is None:
+                continue
+            x, y, lo, hi = c
+            drawn = True
+            if x.size == 1:
+                flat.append((m, y[0], lo[0], hi[0]))
+                continue
+            ax.plot(x, y, color=colors[m], label=f"{method_label(exp, m)} (n={len(rs)})")
+            ax.fill_between(x, lo, hi, color=colors[m], alpha=0.2)
+        for m, y, lo, hi in flat:
+            ax.axhline(y, color=colors[m], ls="--", label=f"{method_label(exp, m)} (no online steps)")
+            ax.axhspan(lo, hi, color=colors[m], alpha=0.1)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("normalised return")
+        ax.grid(alpha=0.3)
+    if not drawn:
+        return None
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{task}: evaluation return during finetuning, mean over seeds with {int(CI * 100)}% "
+                 "stratified-bootstrap CIs (rliable)", fontsize=10)
+    return _save(fig, stem)
+
+
+# ----------------------------------------------------------------------------------------------
+# Entry point
+# ----------------------------------------------------------------------------------------------
+
+def _md_table(df: pd.DataFrame, floatfmt: str = ".2f") -> str:
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for _, r in df.iterrows():
+        lines.append("| " + " | ".join(format(v, floatfmt) if isinstance(v, float) else str(v) for v in r) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _write_text(path: Path, text: str) -> None:
+    from dtrl.io import atomic_write_text
+
+    atomic_write_text(path, text)
+
+
+def _write_csv(path: Path, df: pd.DataFrame) -> None:
+    _write_text(path, df.to_csv(index=False))
+
+
+def report(exp: ExperimentConfig, out_root: Path | None = None, runs_dir: Path | None = None,
+           reps: int | None = None, figures: bool = True) -> dict[str, Any]:
+    """Write every table and (unless ``figures`` is false) every figure; ``reps`` bootstrap
+    replications (default ``REPS``). Returns {"tables": [...], "figures": [...], "missing": [...]}."""
+    reps = REPS if reps is None else int(reps)
+    out = Path(out_root) if out_root is not None else Path(exp.results)
+    runs_dir = Path(runs_dir) if runs_dir is not None else Path(exp.results) / "runs"
+    tables_dir, fig_dir = out / "tables", out / "figures"
+    runs, missing = load_runs(runs_dir, expected_runs(exp))
+    written: dict[str, list] = {"tables": [], "figures": [], "missing": missing}
+
+    def table(name: str, df: pd.DataFrame, md: str | None = None) -> None:
+        _write_csv(tables_dir / f"{name}.csv", df)
+        _write_text(tables_dir / f"{name}.md", md if md is not None else _md_table(df))
+        written["tables"] += [tables_dir / f"{name}.csv", tables_dir / f"{name}.md"]
+
+    main = main_table(exp, runs)
+    n_missing_main = sum(1 for k in missing if k[0] in exp.grid.methods and k[1] in exp.grid.tasks)
+    table("main", main, main_markdown(exp, main, n_missing_main))
+    if exp.grid.ablations:
+        abl = ablation_table(exp, runs)
+        table("ablations", abl, ablation_markdown(exp, abl))
+
+    scores = score_matrices(exp, runs)
+    if scores:
+        agg = aggregate_estimates(scores, reps=reps)
+        table("aggregates", agg)
+        if figures and not agg.empty:
+            written["figures"] += plot_aggregates(exp, agg, fig_dir / "aggregate_metrics")
+        complete = {m: s for m, s in scores.items() if not np.isnan(s).any()}
+        if figures and complete:
+            finite = np.concatenate([s.ravel() for s in complete.values()])
+            taus = np.linspace(min(0.0, float(finite.min())), max(100.0, float(finite.max()) * 1.05), 101)
+            prof, prof_ci = performance_profiles(complete, taus, reps=min(reps, PROFILE_REPS))
+            written["figures"] += plot_profiles(exp, taus, prof, prof_ci, fig_dir / "performance_profile")
+        main_m = next((m for m in exp.grid.methods if algo_of(exp, m) == MAIN_ALGO and m in scores), None)
+        if main_m is not None and len(scores) > 1:
+            poi = probability_of_improvement(scores, main_m, reps=min(reps, POI_REPS))
+            table("probability_of_improvement", poi)
+            if figures:
+                written["figures"] += plot_poi(exp, poi, fig_dir / "probability_of_improvement")
+    for task in exp.grid.tasks if figures else []:
+        figs = plot_learning_curves(exp, task, runs, fig_dir / f"learning_curves_{task}", reps=min(reps, CURVE_REPS))
+        written["figures"] += figs or []
+    return written
+
+
+def cmd_report(exp: ExperimentConfig, out_root: Path | None, runs_dir: Path | None) -> int:
+    res = report(exp, out_root, runs_dir)
+    if res["missing"]:
+        shown = ", ".join(f"{m}/{t}/seed{s}" for m, t, s in res["missing"][:5])
+        more = f" and {len(res['missing']) - 5} more" if len(res["missing"]) > 5 else ""
+        print(f"dtrl report: warning: {len(res['missing'])} run(s) of the grid have no summary.json: "
+              f"{shown}{more}", file=sys.stderr)
+    for p in res["tables"] + res["figures"]:
+        print(p)
+    return 0

@@ -1,0 +1,242 @@
+"""`dtrl report` on synthetic run directories: tables, rliable estimates, figures, published data."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dtrl.experiment import ExperimentConfig, GridConfig
+from dtrl.logger import CORE_COLUMNS, SUMMARY_KEYS
+
+METHODS = ["none", "grpo", "odt", "iql"]
+TASKS = ["hopper-medium", "walker2d-random", "pendulum-medium-replay"]
+SEEDS = [0, 1, 2]
+# A fixed score matrix per method: rows = seeds, columns = TASKS (final normalised scores).
+SCORES = {
+    "none": np.array([[40.0, 5.0, 10.0], [42.0, 6.0, 12.0], [38.0, 4.0, 8.0]]),
+    "grpo": np.array([[90.0, 60.0, 55.0], [70.0, 65.0, 80.0], [85.0, 20.0, 95.0]]),
+    "odt": np.array([[80.0, 15.0, 30.0], [95.0, 12.0, 35.0], [60.0, 18.0, 25.0]]),
+    "iql": np.array([[45.0, 11.0, 40.0], [50.0, 9.0, 45.0], [47.0, 10.0, 50.0]]),
+}
+ENV_STEPS = {"none": 0, "grpo": 5000, "odt": 2000, "iql": 2000}
+UPDATES = {"none": 0, "grpo": 40, "odt": 3000, "iql": 4000}
+
+
+def write_run(root, method, task, seed, score, env_steps, updates, n_points=4):
+    d = root / "runs" / method / task / f"seed{seed}"
+    d.mkdir(parents=True, exist_ok=True)
+    if env_steps:
+        steps = np.linspace(env_steps / n_points, env_steps, n_points).astype(int)
+        curve = np.linspace(score / 2, score, n_points)
+    else:
+        steps, curve = np.array([0]), np.array([score])
+    rows = [{"iteration": i + 1, "env_steps": int(s), "env_steps_eval": 100 * (i + 1),
+             "grad_updates": int(updates * (i + 1) / len(steps)), "eval_return": float(c) * 10,
+             "eval_norm_return": float(c), "wall_time": float(i), "env_steps_per_s": 1.0, "updates_per_s": 1.0}
+            for i, (s, c) in enumerate(zip(steps, curve))]
+    rows[-1]["final"] = 1
+    pd.DataFrame(rows, columns=CORE_COLUMNS + ["final"]).to_csv(d / "progress.csv", index=False)
+    summary = {"method": method, "algo": method, "task": task, "seed": seed, "final_return": score * 10,
+               "final_norm_return": float(score), "final_norm_return_std": 1.0, "eval_episodes": 10,
+               "env_steps": env_steps, "env_steps_eval": 100 * len(steps), "grad_updates": updates,
+               "wall_time": 2.0, "iterations": len(steps)}
+    assert set(SUMMARY_KEYS) <= set(summary)
+    (d / "summary.json").write_text(json.dumps(summary))
+
+
+def make_synthetic(root):
+    for m in METHODS:
+        for j, t in enumerate(TASKS):
+            for i, s in enumerate(SEEDS):
+                write_run(root, m, t, s, SCORES[m][i, j], ENV_STEPS[m], UPDATES[m])
+    return ExperimentConfig(results=str(root), grid=GridConfig(methods=METHODS, tasks=TASKS, seeds=SEEDS))
+
+
+def run_report(exp, root, reps=200, figures=True):
+    from dtrl.report import report
+
+    return report(exp, root, root / "runs", reps=reps, figures=figures)
+
+
+@pytest.fixture(scope="module")
+def reported(tmp_path_factory):
+    """The synthetic grid, reported once (with figures) for the tests that only read the outputs."""
+    root = tmp_path_factory.mktemp("report")
+    exp = make_synthetic(root)
+    return exp, root, run_report(exp, root)
+
+
+def test_aggregates_match_rliable(reported):
+    """The IQM (and median, mean, optimality gap) equal what rliable computes on the matrix directly."""
+    from rliable import metrics
+
+    exp, root, _ = reported
+    agg = pd.read_csv(root / "tables" / "aggregates.csv")
+    for m in METHODS:
+        got = agg[agg["method"] == m].set_index("metric")
+        assert got.loc["IQM", "estimate"] == pytest.approx(metrics.aggregate_iqm(SCORES[m]), rel=1e-12)
+        assert got.loc["Median", "estimate"] == pytest.approx(metrics.aggregate_median(SCORES[m]), rel=1e-12)
+        assert got.loc["Mean", "estimate"] == pytest.approx(metrics.aggregate_mean(SCORES[m]), rel=1e-12)
+        assert got.loc["Optimality Gap", "estimate"] == pytest.approx(
+            metrics.aggregate_optimality_gap(SCORES[m], gamma=100), rel=1e-12)
+        assert (got["ci_low"] <= got["estimate"] + 1e-9).all() and (got["estimate"] <= got["ci_high"] + 1e-9).all()
+        assert (got["runs"] == 3).all() and (got["tasks"] == 3).all()
+
+
+def test_iqm_function_on_fixed_matrix():
+    """aggregate_estimates on a given matrix: IQM is scipy's 25% trimmed mean over all runs and tasks."""
+    from rliable import metrics
+
+    from dtrl.report import aggregate_estimates
+
+    scores = np.arange(24, dtype=float).reshape(4, 6) ** 1.5
+    out = aggregate_estimates({"m": scores}, reps=100).set_index("metric")
+    assert out.loc["IQM", "estimate"] == pytest.approx(metrics.aggregate_iqm(scores), rel=1e-12)
+    flat = np.sort(scores.ravel())
+    assert out.loc["IQM", "estimate"] == pytest.approx(flat[6:18].mean(), rel=1e-12)  # middle 50% of 24 values
+
+
+def test_probability_of_improvement_matches_rliable(reported):
+    from rliable import metrics
+
+    exp, root, _ = reported
+    poi = pd.read_csv(root / "tables" / "probability_of_improvement.csv").set_index("baseline")
+    assert list(poi.index) == ["none", "odt", "iql"]  # GRPO-DT against each other grid method
+    for other in ["none", "odt", "iql"]:
+        want = metrics.probability_of_improvement(SCORES["grpo"], SCORES[other])
+        assert poi.loc[other, "probability"] == pytest.approx(want)
+        assert poi.loc[other, "ci_low"] <= want + 1e-9 <= poi.loc[other, "ci_high"] + 2e-9
+
+
+def test_main_table(reported):
+    from dtrl.report import BUDGET_ROWS
+
+    exp, root, _ = reported
+    table = pd.read_csv(root / "tables" / "main.csv").set_index("task")
+    assert list(table.index) == TASKS + ["average"] + list(BUDGET_ROWS)
+    for m in METHODS:
+        for j, t in enumerate(TASKS):
+            assert table.loc[t, f"{m}_mean"] == pytest.approx(SCORES[m][:, j].mean())
+            assert table.loc[t, f"{m}_std"] == pytest.approx(SCORES[m][:, j].std(ddof=1))
+            assert table.loc[t, f"{m}_seeds"] == 3
+        assert table.loc["average", f"{m}_mean"] == pytest.approx(SCORES[m].mean())
+        assert table.loc["average", f"{m}_std"] == pytest.approx(SCORES[m].mean(axis=1).std(ddof=1))
+        assert table.loc["env_steps", f"{m}_mean"] == ENV_STEPS[m]
+        assert table.loc["grad_updates", f"{m}_mean"] == UPDATES[m]
+    # Published numbers beside ours where the task names match, for the algorithms that have them.
+    assert "grpo_published" not in table and "none_published" not in table
+    assert table.loc["hopper-medium", "odt_published"] == pytest.approx(97.84)
+    assert table.loc["walker2d-random", "iql_published"] == pytest.approx(10.67)
+    assert np.isnan(table.loc["pendulum-medium-replay", "odt_published"])
+    assert np.isnan(table.loc["average", "odt_published"])  # not every task has a published number
+    md = (root / "tables" / "main.md").read_text()
+    assert "published" in md and "D4RL v2" in md and "97.84" in md
+    assert "GRPO-DT" in md and "ODT" in md
+
+
+def test_published_average_when_all_tasks_match(tmp_path):
+    tasks = ["hopper-medium", "hopper-random"]
+    for t in tasks:
+        write_run(tmp_path, "odt", t, 0, 50.0, 1000, 10)
+    exp = ExperimentConfig(results=str(tmp_path), grid=GridConfig(methods=["odt"], tasks=tasks, seeds=[0]))
+    run_report(exp, tmp_path, figures=False)
+    table = pd.read_csv(tmp_path / "tables" / "main.csv").set_index("task")
+    assert table.loc["average", "odt_published"] == pytest.approx((97.84 + 29.08) / 2)
+    assert table.loc["average", "odt_seeds"] == 1 and table.loc["average", "odt_std"] == 0
+
+
+def test_figures(reported):
+    exp, root, written = reported
+    figs = root / "figures"
+    for stem in ["aggregate_metrics", "performance_profile", "probability_of_improvement"] + \
+            [f"learning_curves_{t}" for t in TASKS]:
+        for ext in ("png", "pdf"):
+            f = figs / f"{stem}.{ext}"
+            assert f.exists() and f.stat().st_size > 1000, f
+            assert f in written["figures"]
+
+
+def test_learning_curve_interpolates_over_seeds(tmp_path):
+    from dtrl.report import Run, learning_curve
+
+    runs = []
+    for seed, (xs, ys) in enumerate([([100, 200, 300], [1.0, 2.0, 3.0]), ([150, 250, 350], [2.0, 4.0, 6.0])]):
+        d = tmp_path / f"s{seed}"
+        d.mkdir()
+        pd.DataFrame({"env_steps": xs, "eval_norm_return": ys}).to_csv(d / "progress.csv", index=False)
+        runs.append(Run("m", "t", seed, {}, d))
+    x, y, lo, hi = learning_curve(runs, "env_steps", reps=50)
+    assert list(x) == [150, 200, 250, 300]  # the range both seeds cover
+    assert y[0] == pytest.approx((1.5 + 2.0) / 2) and y[-1] == pytest.approx((3.0 + 5.0) / 2)
+    assert np.all(lo <= y + 1e-9) and np.all(y <= hi + 1e-9)
+
+
+def test_missing_runs_are_reported_not_fatal(tmp_path, capsys, monkeypatch):
+    import shutil
+
+    import dtrl.report
+    from dtrl.report import cmd_report
+
+    monkeypatch.setattr(dtrl.report, "REPS", 100)
+    exp = make_synthetic(tmp_path)
+    root = tmp_path
+    shutil.rmtree(root / "runs" / "odt" / TASKS[0] / "seed1")
+    assert cmd_report(exp, root, root / "runs") == 0
+    err = capsys.readouterr().err
+    assert "1 run(s)" in err and "odt/hopper-medium/seed1" in err
+    table = pd.read_csv(root / "tables" / "main.csv").set_index("task")
+    assert table.loc[TASKS[0], "odt_seeds"] == 2
+    assert table.loc[TASKS[0], "odt_mean"] == pytest.approx(SCORES["odt"][[0, 2], 0].mean())
+    assert table.loc["average", "odt_seeds"] == 2  # seeds that finished every task
+    agg = pd.read_csv(root / "tables" / "aggregates.csv")
+    assert (agg[agg["method"] == "odt"]["runs"] == 2).all()  # rliable gets the complete seeds only
+
+
+def test_ablation_table(tmp_path):
+    tasks = ["hopper-random"]
+    methods = {"grpo": {"algo": "grpo"}, "grpo_token": {"algo": "grpo", "ratio": "token"},
+               "grpo_relabel": {"algo": "grpo", "relabel": True}}
+    for m, score in [("grpo", 60.0), ("grpo_token", 40.0), ("grpo_relabel", 10.0)]:
+        for s in (0, 1):
+            write_run(tmp_path, m, tasks[0], s, score + s, 1000, 10)
+    exp = ExperimentConfig(results=str(tmp_path), methods=methods,
+                           grid=GridConfig(methods=["grpo"], tasks=tasks, seeds=[0, 1],
+                                           ablations=["grpo_token", "grpo_relabel"], ablation_tasks=tasks))
+    run_report(exp, tmp_path, figures=False)
+    abl = pd.read_csv(tmp_path / "tables" / "ablations.csv").set_index("method")
+    assert list(abl.index) == ["grpo", "grpo_token", "grpo_relabel"]
+    assert abl.loc["grpo", "changes"] == "(base)"
+    assert abl.loc["grpo_token", "changes"] == "ratio=token"
+    assert abl.loc["grpo_relabel", "changes"] == "relabel=True"
+    assert abl.loc["grpo_token", "hopper-random_mean"] == pytest.approx(40.5)
+    assert abl.loc["grpo_relabel", "average_mean"] == pytest.approx(10.5)
+    assert "ratio=token" in (tmp_path / "tables" / "ablations.md").read_text()
+
+
+def test_expected_runs_cover_grid_and_ablation_bases():
+    from dtrl.report import expected_runs
+
+    exp = ExperimentConfig(methods={"grpo_u": {"algo": "grpo", "reset_sampling": "uniform"}},
+                           grid=GridConfig(methods=["none", "grpo"], tasks=["hopper-medium"], seeds=[0, 1],
+                                           ablations=["grpo_u"], ablation_tasks=["hopper-random"]))
+    runs = expected_runs(exp)
+    assert len(runs) == len(set(runs)) == 2 * 2 + 2 * 2  # main grid + (base grpo, grpo_u) on the ablation task
+    assert ("grpo", "hopper-random", 1) in runs and ("grpo_u", "hopper-random", 0) in runs
+    assert ("none", "hopper-random", 0) not in runs
+
+
+def test_published_reference_data():
+    """The published table of PAPER.md, kept as package data; its averages are the published ones."""
+    from dtrl.reference import PUBLISHED_METHODS, published_scores
+
+    pub = published_scores()
+    assert set(pub.scores) == set(PUBLISHED_METHODS) == {"iql", "odt", "odt_td3"}
+    assert len(pub.tasks()) == 12
+    for algo, average in [("iql", 55.9), ("odt", 55.14), ("odt_td3", 88.38)]:
+        assert np.mean(list(pub.scores[algo].values())) == pytest.approx(average, abs=0.01)
+    assert pub.score("odt_td3", "ant-medium") == 132.0
+    assert pub.score("odt", "pendulum-medium") is None
+    assert "D4RL v2" in pub.label

@@ -1,0 +1,221 @@
+"""The Snakemake workflow: lint, the paper grid's DAG, config validation, and a tiny grid end to end.
+
+Snakemake runs in a subprocess, in a copy of the workflow (Snakefile, workflow/, config/) under a
+temporary directory, so its `.snakemake/` state and outputs never touch the checkout.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PAPER_JOBS = {"behaviour": 4, "data": 12, "pretrain": 36, "finetune": 180, "report": 1, "all": 1}
+
+
+def snakemake(cwd: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """Job counts per rule from the 'Job stats' table of a (dry) run."""
+    table = output.split("Job stats:", 1)[1]
+    counts = {}
+    for line in table.splitlines()[3:]:
+        m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if not m:
+            break
+        counts[m.group(1)] = int(m.group(2))
+    counts.pop("total", None)
+    return counts
+
+
+def copy_workflow(dest: Path) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO / "Snakefile", dest / "Snakefile")
+    for d in ("workflow", "config"):
+        shutil.copytree(REPO / d, dest / d, ignore=shutil.ignore_patterns("__pycache__"))
+    return dest
+
+
+@pytest.fixture(scope="module")
+def wf(tmp_path_factory) -> Path:
+    return copy_workflow(tmp_path_factory.mktemp("wf"))
+
+
+def test_lint_is_clean():
+    out = snakemake(REPO, "--lint")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "Congratulations, your workflow is in a good condition!" in out.stdout + out.stderr, out.stdout
+
+
+def test_paper_grid_dry_run(wf):
+    """The paper grid: 4 behaviour runs (one per family), 12 datasets, 12 x 3 pretrainings shared by the
+    DT methods, 5 methods x 12 tasks x 3 seeds finetuning runs, one report."""
+    out = snakemake(wf, "-n", "--quiet", "rules")
+    assert out.returncode == 0, out.stderr
+    assert job_counts(out.stdout) == PAPER_JOBS
+    # With the ablation overlay: 5 GRPO-DT variants x 3 ablation tasks x 3 seeds more runs, nothing else.
+    out = snakemake(wf, "-n", "--quiet", "rules", "--configfile", "config/ablations.yaml")
+    assert out.returncode == 0, out.stderr
+    assert job_counts(out.stdout) == {**PAPER_JOBS, "finetune": 180 + 5 * 3 * 3}
+
+
+def test_jobs_get_the_users_config_files_and_resources(wf):
+    out = snakemake(wf, "-n", "-p", "--cores", "4", "--configfile", "config/quick.yaml", "--",
+                    "results/quick/runs/iql/pendulum-random/seed1/summary.json")
+    assert out.returncode == 0, out.stderr
+    cmds = [line for line in out.stdout.splitlines() if "python -m dtrl.cli" in line]
+    assert cmds and all("--config config/config.yaml --config config/quick.yaml" in c for c in cmds)
+    assert any("finetune --method iql --task pendulum-random --seed 1" in c for c in cmds)
+    assert not any(" pretrain " in c for c in cmds)  # IQL does not need the pretrained DT
+    assert "behaviour" not in out.stdout  # a random dataset needs no behaviour policy
+    assert re.search(r"resources: .*runtime=1440.*cpus_per_task=1", out.stdout)  # device: cpu -> no gpu
+    assert "gpu=0" in out.stdout.split("rule finetune:", 1)[1]
+
+
+BAD_CONFIGS = [
+    ("grid: {tasks: [hopper-medum]}", "unknown task 'hopper-medum'"),
+    ("grid: {methods: [none, grpoo]}", "unknown method 'grpoo'"),
+    ("onlin: {env_steps: 5}", "unknown config key 'onlin'"),
+    ("methods: {odt: {algo: odt, updates_per_iter: 3}}", "methods.odt.updates_per_iter"),
+]
+
+
+@pytest.mark.parametrize("bad, message", BAD_CONFIGS)
+def test_invalid_config_is_rejected(tmp_path, bad, message):
+    """What the workflow validates with before scheduling anything (in-process: fast)."""
+    from dtrl.config import ConfigError
+    from dtrl.experiment import load_config
+
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(bad + "\n")
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config([REPO / "config" / "config.yaml", cfg])
+
+
+@pytest.mark.parametrize("bad, message", [BAD_CONFIGS[0], BAD_CONFIGS[3]])
+def test_invalid_config_stops_the_workflow_before_any_job(wf, tmp_path, bad, message):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(f"results: {tmp_path / 'results'}\n{bad}\n")
+    out = snakemake(wf, "--cores", "1", "--configfile", str(cfg))
+    assert out.returncode != 0
+    assert "invalid experiment config" in out.stderr and message in out.stderr, out.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_configs_validate_and_quick_runs_every_paper_method():
+    from dtrl.experiment import load_config
+
+    paper = load_config(REPO / "config" / "config.yaml")
+    quick = load_config([REPO / "config" / "config.yaml", REPO / "config" / "quick.yaml"])
+    abl = load_config([REPO / "config" / "config.yaml", REPO / "config" / "ablations.yaml"])
+    assert len(paper.grid.tasks) == 12 and paper.grid.seeds == [0, 1, 2]
+    assert sorted(paper.method(m).algo for m in paper.grid.methods) == ["grpo", "iql", "none", "odt", "odt_td3"]
+    assert quick.grid.methods == paper.grid.methods and len(quick.grid.seeds) == 2
+    assert quick.results == "results/quick"
+    switches = {m: abl.method(m).params for m in abl.grid.ablations}
+    assert {p.relabel for p in switches.values()} == {True, False}
+    assert {p.ratio for p in switches.values()} == {"sequence", "token"}
+    assert {p.reset_sampling for p in switches.values()} == {"variance", "uniform"}
+    assert len({p.eval_len for p in switches.values()}) >= 2
+
+
+def test_config_readme_documents_every_key():
+    from dtrl.experiment import describe
+    from dtrl.methods import ALGORITHMS, get_algorithm
+
+    readme = (REPO / "config" / "README.md").read_text()
+    missing = [k for k, _, _ in describe() if f"`{k}`" not in readme]
+    assert not missing, f"config/README.md lacks {missing}: run python workflow/scripts/config_readme.py"
+    for algo in ALGORITHMS:
+        section = readme.split(f"#### `algo: {algo}`", 1)
+        assert len(section) == 2, f"config/README.md has no section for algo {algo}"
+        body = section[1].split("####", 1)[0]
+        missing = [k for k, _, _ in describe(get_algorithm(algo).Config) if f"`{k}`" not in body]
+        assert not missing, f"config/README.md lacks {algo} parameters {missing}: run workflow/scripts/config_readme.py"
+
+
+def test_conda_env_lists_the_package_dependencies():
+    import tomllib
+
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    env = (REPO / "workflow" / "envs" / "dtrl.yaml").read_text()
+    assert all(f"- {d}" in env for d in deps), [d for d in deps if f"- {d}" not in env]
+
+
+TINY = """\
+    # Smaller than the quick grid: one task, two methods, one seed, a few hundred steps.
+    results: results
+    device: cpu
+    threads: 1
+    grid:
+      methods: [none, odt]
+      tasks: [pendulum-medium-replay]
+      seeds: [0]
+    data:
+      generator: {transitions: 1000, sac_steps: 1200, sac_envs: 2, sac_start_steps: 400, sac_batch_size: 32,
+                  sac_hidden: 16, eval_every: 400, eval_episodes: 2, rollout_envs: 2, device: cpu,
+                  progress: false}
+    model: {embed_dim: 16, n_layers: 1, n_heads: 1, context_len: 4, eval_context_len: 2}
+    pretrain: {updates: 30, batch_size: 8, warmup_updates: 5, log_every: 10, checkpoint_every: 10, eval_episodes: 1}
+    eval: {episodes: 1, final_episodes: 2}
+    online: {env_steps: 200, eval_every_env_steps: 100, progress: false}
+    methods:
+      odt: {updates_per_iteration: 5, batch_size: 8, warmup_updates: 5}
+"""
+
+
+@pytest.mark.slow
+def test_tiny_grid_end_to_end(tmp_path):
+    wf = copy_workflow(tmp_path / "wf")
+    (wf / "tiny.yaml").write_text(textwrap.dedent(TINY))
+    out = snakemake(wf, "--cores", "2", "--configfile", "tiny.yaml")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    res = wf / "results"
+
+    table = pd.read_csv(res / "tables" / "main.csv")
+    assert list(table.columns[:4]) == ["task", "none_mean", "none_std", "none_seeds"]
+    assert {"odt_mean", "odt_std", "odt_seeds", "odt_published"} <= set(table.columns)
+    assert list(table["task"]) == ["pendulum-medium-replay", "average", "env_steps", "env_steps_eval",
+                                   "grad_updates", "wall_time"]
+    rows = table.set_index("task")
+    assert rows.loc["pendulum-medium-replay", "odt_seeds"] == 1
+    assert rows.loc["env_steps", "none_mean"] == 0 and rows.loc["env_steps", "odt_mean"] >= 200
+    assert (res / "tables" / "main.md").exists()
+    assert list((res / "figures").glob("*.png")) and list((res / "figures").glob("*.pdf"))
+    for log in ["behaviour/pendulum.log", "data/pendulum-medium-replay.log", "pretrain/pendulum-medium-replay/seed0.log",
+                "finetune/odt/pendulum-medium-replay/seed0.log", "report.log"]:
+        assert (res / "logs" / log).exists(), log
+
+    # A rerun after a completed run does nothing.
+    out = snakemake(wf, "-n", "--configfile", "tiny.yaml")
+    assert out.returncode == 0 and "Nothing to be done" in out.stdout + out.stderr, out.stdout
+
+    # Deleting a run's output redoes only that run (then the report), and the run resumes from its
+    # checkpoint: Snakemake never deletes the undeclared files beside a rule's declared output.
+    odt = res / "runs" / "odt" / "pendulum-medium-replay" / "seed0"
+    assert (odt / "checkpoint.pt").exists()
+    (odt / "summary.json").unlink()
+    out = snakemake(wf, "-n", "--quiet", "rules", "--configfile", "tiny.yaml")
+    assert out.returncode == 0, out.stderr
+    assert job_counts(out.stdout) == {"finetune": 1, "report": 1, "all": 1}
+    out = snakemake(wf, "--cores", "2", "--configfile", "tiny.yaml")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert job_counts(out.stdout + out.stderr) == {"finetune": 1, "report": 1, "all": 1}
+    assert "resumed" in (res / "logs" / "finetune" / "odt" / "pendulum-medium-replay" / "seed0.log").read_text()
+    assert (odt / "summary.json").exists()
+
+    # The same when the whole run directory is deleted.
+    shutil.rmtree(odt)
+    out = snakemake(wf, "-n", "--quiet", "rules", "--configfile", "tiny.yaml")
+    assert out.returncode == 0, out.stderr
+    assert job_counts(out.stdout) == {"finetune": 1, "report": 1, "all": 1}

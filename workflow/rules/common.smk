@@ -1,0 +1,202 @@
+# Shared definitions of the dtrl workflow: the validated experiment config, the job grid derived
+# from it, and the helpers of data.smk, train.smk and report.smk (which hold the rules).
+#
+# The experiment config is the same YAML the user gave Snakemake: config/config.yaml (the
+# `configfile:` of the Snakefile) with every `--configfile` merged on top in order, and every
+# `--config KEY=VALUE` on top of that, exactly as Snakemake merges them. It is loaded and
+# validated here with dtrl's typed config before any job is scheduled (an unknown method, task or
+# key stops the workflow with dtrl's one-line message), and each job gets the same files as
+# repeated `--config` options (`--set KEY=VALUE` for command-line values), so a job sees exactly
+# what was validated.
+
+import json
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+
+try:
+    import dtrl  # noqa: F401
+except ImportError:  # not installed: use the checkout the workflow lives in
+    sys.path.insert(0, str(Path(workflow.basedir).resolve().parents[1]))
+
+from dtrl.config import ConfigError
+from dtrl.tasks import get_task
+
+
+def _display_path(path):
+    """A config file as the jobs are given it: relative to the working directory when inside it,
+    so the command (and Snakemake's params record) does not change when the checkout moves."""
+    p = Path(path)
+    try:
+        return str(p.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(p.resolve())
+
+
+def _experiment_files():
+    """Config files in Snakemake's merge order: the workflow's configfile, then --configfile ones."""
+    settings = workflow.config_settings
+    cli = [Path(p) for p in settings.configfiles]
+    cli_abs = {p.resolve() for p in cli}
+    files = [] if settings.replace_workflow_config else [
+        Path(p) for p in workflow.configfiles if Path(p).resolve() not in cli_abs]
+    return [_display_path(p) for p in files + cli]
+
+
+def _typed(value):
+    """Snakemake reads nested --config values as strings only (`online={"env_steps": 3000}` gives
+    '3000'); read their leaves as YAML scalars, as a config file would have them."""
+    import yaml
+
+    if isinstance(value, dict):
+        return {k: _typed(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_typed(v) for v in value]
+    if isinstance(value, str):
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            return value
+        return value if isinstance(parsed, (dict, list)) else parsed
+    return value
+
+
+def _experiment_overrides():
+    """`snakemake --config KEY=VALUE` values, as a nested mapping for dtrl's load_config."""
+    top = dict(workflow.config_settings.config or {})
+    return {str(k): (_typed(v) if isinstance(v, (dict, list)) else v) for k, v in top.items()}
+
+
+def _load_experiment():
+    from dtrl.experiment import load_config
+
+    try:
+        return load_config(EXPERIMENT_FILES, EXPERIMENT_OVERRIDES)
+    except ConfigError as e:
+        raise WorkflowError(f"invalid experiment config: {e}") from None
+
+
+def _put_python_on_path():
+    """Jobs run `python -m dtrl.cli`: make `python` the interpreter running Snakemake (the one dtrl
+    is installed in), unless a conda env of the rule (--sdm conda) puts its own first."""
+    bindir = str(Path(sys.executable).parent)
+    path = os.environ.get("PATH", "")
+    if path.split(os.pathsep)[:1] != [bindir]:
+        os.environ.update(PATH=os.pathsep.join([bindir, path]) if path else bindir)
+
+
+EXPERIMENT_FILES = _experiment_files()
+EXPERIMENT_OVERRIDES = _experiment_overrides()
+EXP = _load_experiment()
+_put_python_on_path()
+
+# What every dtrl call of the workflow is given: the experiment's files (and command-line values).
+DTRL_CONFIG_ARGS = " ".join(
+    [f"--config {shlex.quote(f)}" for f in EXPERIMENT_FILES]
+    + [f"--set {shlex.quote(f'{k}={json.dumps(v)}')}" for k, v in EXPERIMENT_OVERRIDES.items()])
+
+R = Path(EXP.results).as_posix()  # every output lives under the experiment's results root
+
+
+def data_root():
+    from dtrl.data.generate import data_root as root
+
+    return Path(root(EXP)).as_posix()
+
+
+DATA_ROOT = data_root()
+
+
+# -- the job grid ------------------------------------------------------------------------------------
+
+def _runs():
+    """(method, task, seed) of every finetuning run: the same list `dtrl report` reads."""
+    from dtrl.report import expected_runs
+
+    return expected_runs(EXP)
+
+
+def _needs_pretrained_dt(method):
+    from dtrl.methods import get_algorithm
+
+    return bool(getattr(get_algorithm(EXP.method(method).algo), "needs_pretrained_dt", True))
+
+
+RUNS = _runs()
+NEEDS_DT = {m: _needs_pretrained_dt(m) for m in sorted({m for m, _, _ in RUNS})}
+PRETRAIN = sorted({(t, s) for m, t, s in RUNS if NEEDS_DT[m]})
+TASKS = sorted({t for _, t, _ in RUNS})
+
+
+def is_generated(task):
+    """A task without a configured dataset file is generated by the D4RL recipe."""
+    src = EXP.data.sources.get(task)
+    return src is None or not (src.d4rl or src.minari)
+
+
+def needs_behaviour(task):
+    """Generated tasks other than `random` roll out (or replay) the family's SAC behaviour run."""
+    return is_generated(task) and get_task(task).quality != "random"
+
+
+FAMILIES = sorted({get_task(t).family.name for t in TASKS if needs_behaviour(t)})
+
+
+# -- paths -------------------------------------------------------------------------------------------
+
+def behaviour_done(family):
+    # A flag Snakemake touches when `dtrl behaviour` succeeds. Not metadata.json: the behaviour run
+    # writes that at 'medium' already and needs it to resume, and Snakemake deletes the declared
+    # outputs of a failed job.
+    return f"{DATA_ROOT}/behaviour/{family}/complete.flag"
+
+
+def data_done(task):
+    return f"{R}/data/{task}.json"
+
+
+def pretrain_done(task, seed):
+    return f"{R}/pretrain/{task}/seed{seed}/model.pt"
+
+
+def run_done(method, task, seed):
+    return f"{R}/runs/{method}/{task}/seed{seed}/summary.json"
+
+
+REPORT_MAIN = f"{R}/tables/main.csv"
+REPORT_MAIN_MD = f"{R}/tables/main.md"
+
+
+# -- input functions ---------------------------------------------------------------------------------
+
+def data_inputs(wildcards):
+    task = wildcards.task
+    return {"behaviour": behaviour_done(get_task(task).family.name)} if needs_behaviour(task) else {}
+
+
+def finetune_inputs(wildcards):
+    inputs = {"data": data_done(wildcards.task)}
+    if NEEDS_DT.get(wildcards.method, True):
+        inputs["model"] = pretrain_done(wildcards.task, wildcards.seed)
+    return inputs
+
+
+def report_inputs(wildcards):
+    return [run_done(m, t, s) for m, t, s in RUNS]
+
+
+# -- resources ---------------------------------------------------------------------------------------
+# Defaults sized for the paper grid on one GPU per job; override per rule from a profile
+# (`set-resources`, `set-threads`) or the command line. runtime is in minutes. Every job runs torch
+# with exactly its Snakemake threads (`--set threads={threads}`).
+
+THREADS = EXP.threads if EXP.threads > 0 else 1
+GPU = 0 if EXP.device == "cpu" else 1
+SAC_GPU = 0 if EXP.data.generator.device == "cpu" else 1
+
+
+def cpus(wildcards, threads):
+    return threads

@@ -1,0 +1,48 @@
+# Offline pretraining per (task, seed), shared by every DT method of that task and seed; online
+# finetuning per (method, task, seed). The declared output of each is the file written last
+# (model.pt, summary.json); checkpoint.pt and progress.csv live in the same directory undeclared,
+# so Snakemake never deletes them and a rerun of a killed job resumes from the last checkpoint.
+
+
+rule pretrain:
+    input:
+        data=data_done("{task}"),
+    output:
+        pretrain_done("{task}", "{seed}"),
+    log:
+        f"{R}/logs/pretrain/{{task}}/seed{{seed}}.log",
+    params:
+        cfg=DTRL_CONFIG_ARGS,
+    threads: THREADS
+    resources:
+        gpu=GPU,
+        mem_mb=16000,
+        runtime=360,
+        cpus_per_task=cpus,
+    conda:
+        "../envs/dtrl.yaml"
+    shell:
+        "python -m dtrl.cli pretrain --task {wildcards.task} --seed {wildcards.seed} {params.cfg}"
+        " --set threads={threads} >> {log} 2>&1"
+
+
+rule finetune:
+    input:
+        unpack(finetune_inputs),
+    output:
+        run_done("{method}", "{task}", "{seed}"),
+    log:
+        f"{R}/logs/finetune/{{method}}/{{task}}/seed{{seed}}.log",
+    params:
+        cfg=DTRL_CONFIG_ARGS,
+    threads: THREADS
+    resources:
+        gpu=GPU,
+        mem_mb=16000,
+        runtime=1440,
+        cpus_per_task=cpus,
+    conda:
+        "../envs/dtrl.yaml"
+    shell:
+        "python -m dtrl.cli finetune --method {wildcards.method} --task {wildcards.task} --seed {wildcards.seed}"
+        " {params.cfg} --set threads={threads} >> {log} 2>&1"
