@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("behaviour", help="train SAC behaviour policies for an env family (D4RL recipe)")
     _common(s)
     s.add_argument("family", help="env family, e.g. hopper")
+    s.add_argument("--until", choices=["medium", "expert"], default="expert",
+                   help="stop (resumably) once the medium policy and its replay buffer are saved, or train to "
+                        "data.generator.sac_steps for the expert policy (default)")
 
     s = sub.add_parser("data", help="make (generate) or check a task's dataset and print its summary")
     _common(s)
@@ -135,7 +138,7 @@ def _dispatch(args) -> int:
     if args.command == "behaviour":
         from dtrl.data.cli import cmd_behaviour
 
-        return cmd_behaviour(exp, args.family)
+        return cmd_behaviour(exp, args.family, args.until)
     if args.command == "data":
         from dtrl.data.cli import cmd_data
 

@@ -12,10 +12,14 @@ from dtrl.io import atomic_write_json
 from dtrl.tasks import get_family, get_task
 
 
-def cmd_behaviour(exp: Any, family: str) -> int:
-    """Train (or finish) the SAC behaviour run of an env family and print what it reached."""
+def cmd_behaviour(exp: Any, family: str, until: str = "expert") -> int:
+    """Train (or finish) the SAC behaviour run of an env family and print what it reached.
+
+    ``until='medium'`` is enough for random, medium and medium-replay datasets; an expert dataset
+    made later resumes the same run.
+    """
     fam = get_family(family)
-    meta = train_behaviour(exp, fam.name, until="expert")
+    meta = train_behaviour(exp, fam.name, until=until)
     out = behaviour_dir(exp, fam.name)
     med, exp_ = meta["medium"], meta["expert"]
     print(f"behaviour policies of {fam.name} ({fam.env_id}) in {out}")
@@ -26,7 +30,10 @@ def cmd_behaviour(exp: Any, family: str) -> int:
     print(f"  medium: step {med['sac_steps']}, eval return {_num(med['eval_return'])} "
           f"(target {meta['medium_threshold']:.1f}{'' if med['reached'] else ', NOT reached: best checkpoint'}); "
           f"replay {med['replay_transitions']} transitions in {med['replay_episodes']} episodes")
-    print(f"  expert: step {exp_['sac_steps']}, eval return {_num(exp_['eval_return'])}")
+    if exp_:
+        print(f"  expert: step {exp_['sac_steps']}, eval return {_num(exp_['eval_return'])}")
+    else:
+        print("  expert: not trained yet (--until medium); an expert dataset resumes this run")
     print("  eval curve: " + ", ".join(f"{int(s)}:{r:.0f}" for s, r in meta["eval_curve"]))
     return 0
 

@@ -144,6 +144,12 @@ def needs_behaviour(task):
 FAMILIES = sorted({get_task(t).family.name for t in TASKS if needs_behaviour(t)})
 
 
+def behaviour_until(wildcards):
+    """How far the family's SAC run must go: to 'expert' only if an expert dataset of it is in the grid."""
+    qualities = {get_task(t).quality for t in TASKS if needs_behaviour(t) and get_task(t).family.name == wildcards.family}
+    return "expert" if qualities & {"expert", "medium-expert"} else "medium"
+
+
 # -- paths -------------------------------------------------------------------------------------------
 
 def behaviour_done(family):

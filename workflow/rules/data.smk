@@ -13,6 +13,7 @@ rule behaviour:
         f"{R}/logs/behaviour/{{family}}.log",
     params:
         cfg=DTRL_CONFIG_ARGS,
+        until=behaviour_until,
     threads: THREADS
     resources:
         gpu=SAC_GPU,
@@ -22,7 +23,7 @@ rule behaviour:
     conda:
         "../envs/dtrl.yaml"
     shell:
-        "python -m dtrl.cli behaviour {wildcards.family} {params.cfg} --set threads={threads} >> {log} 2>&1"
+        "python -m dtrl.cli behaviour {wildcards.family} --until {params.until} {params.cfg} --set threads={threads} >> {log} 2>&1"
 
 
 rule data:
