@@ -57,6 +57,7 @@ import torch
 from torch import nn
 
 from dtrl.config import doc, require
+from dtrl.critic import mlp
 from dtrl.data.trajectories import DataError, TrajectoryDataset
 from dtrl.envs import get_sim_state, set_sim_state
 from dtrl.online import OnlineMethod, RunContext, eval_seed
@@ -130,20 +131,6 @@ class IQLConfig:
 
 # ---------------------------------------------------------------------------------------------------
 # Generic pieces (candidates for the core).
-
-
-def mlp(in_dim: int, hidden: list[int], out_dim: int) -> nn.Sequential:
-    """ReLU MLP, orthogonal init (gain sqrt 2) and zero biases on every layer, as flax's default_init."""
-    layers: list[nn.Module] = []
-    dims = [in_dim, *hidden]
-    for a, b in zip(dims[:-1], dims[1:]):
-        layers += [nn.Linear(a, b), nn.ReLU()]
-    layers.append(nn.Linear(dims[-1], out_dim))
-    for m in layers:
-        if isinstance(m, nn.Linear):
-            nn.init.orthogonal_(m.weight, gain=math.sqrt(2.0))
-            nn.init.zeros_(m.bias)
-    return nn.Sequential(*layers)
 
 
 class ReplayBuffer:
@@ -222,7 +209,7 @@ class GaussianActor(nn.Module):
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: list[int], log_std_min: float, log_std_max: float):
         super().__init__()
-        self.net = mlp(obs_dim, hidden, act_dim)
+        self.net = mlp(obs_dim, hidden, act_dim, orthogonal_init=True)
         self.log_std = nn.Parameter(torch.zeros(act_dim))
         self.log_std_min, self.log_std_max = log_std_min, log_std_max
 
@@ -241,8 +228,8 @@ class GaussianActor(nn.Module):
 class TwinCritic(nn.Module):
     def __init__(self, obs_dim: int, act_dim: int, hidden: list[int]):
         super().__init__()
-        self.q1 = mlp(obs_dim + act_dim, hidden, 1)
-        self.q2 = mlp(obs_dim + act_dim, hidden, 1)
+        self.q1 = mlp(obs_dim + act_dim, hidden, 1, orthogonal_init=True)
+        self.q2 = mlp(obs_dim + act_dim, hidden, 1, orthogonal_init=True)
 
     def forward(self, obs: torch.Tensor, act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.cat([obs, act], -1)
@@ -275,7 +262,7 @@ class IQLLearner(nn.Module):
         h = list(cfg.hidden_dims)
         self.actor = GaussianActor(obs_dim, act_dim, h, cfg.log_std_min, cfg.log_std_max)
         self.critic = TwinCritic(obs_dim, act_dim, h)
-        self.value = mlp(obs_dim, h, 1)
+        self.value = mlp(obs_dim, h, 1, orthogonal_init=True)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.to(device)
         # foreach: one kernel per op over all tensors (the default per-tensor loop is slow on CPU).

@@ -9,6 +9,7 @@ built by index arithmetic from flat arrays rather than stored per transition.
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import numpy as np
@@ -18,13 +19,20 @@ import torch.nn as nn
 from dtrl.rollout import RolloutTrajectory
 
 
-def mlp(in_dim: int, hidden: Sequence[int], out_dim: int) -> nn.Sequential:
+def mlp(in_dim: int, hidden: Sequence[int], out_dim: int, orthogonal_init: bool = False) -> nn.Sequential:
+    """ReLU MLP. ``orthogonal_init``: orthogonal weights (gain sqrt 2) and zero biases, flax's default
+    init that IQL's reference code uses; otherwise torch's default init."""
     layers: list[nn.Module] = []
     d = in_dim
     for h in hidden:
         layers += [nn.Linear(d, h), nn.ReLU()]
         d = h
     layers.append(nn.Linear(d, out_dim))
+    if orthogonal_init:
+        for m in layers:
+            if isinstance(m, nn.Linear):
+                nn.init.orthogonal_(m.weight, gain=math.sqrt(2.0))
+                nn.init.zeros_(m.bias)
     return nn.Sequential(*layers)
 
 
