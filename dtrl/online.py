@@ -96,12 +96,18 @@ def seed_everything(seed: int) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, key: str = "device") -> torch.device:
+    """The torch device of config value ``name`` ('auto' = CUDA when available); ``key`` names it in errors."""
+    from dtrl.config import ConfigError
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"{key} is '{name}', which is not a torch device; use auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device '{name}' was asked for but CUDA is not available; use device: cpu or auto")
+        raise ConfigError(f"{key} is '{name}' but CUDA is not available here; use auto or cpu")
     return dev
 
 

@@ -181,5 +181,7 @@ def test_unknown_family_and_cuda_missing(tmp_path):
     import torch
 
     if not torch.cuda.is_available():
-        with pytest.raises(DataError, match="CUDA is not available"):
+        from dtrl.config import ConfigError
+
+        with pytest.raises(ConfigError, match="data.generator.device is 'cuda' but CUDA is not available"):
             cmd_data(make_exp(tmp_path, device="cuda"), "pendulum-medium", None)

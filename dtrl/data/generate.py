@@ -46,6 +46,7 @@ from dtrl.data.sac import SAC, Actor, NumpyActor, actor_payload, load_actor
 from dtrl.data.trajectories import DataError, Trajectory, TrajectoryDataset
 from dtrl.envs import get_sim_state, make_env, sim_state_size
 from dtrl.io import atomic_torch_save, atomic_write_json, read_json, torch_load
+from dtrl.online import resolve_device
 from dtrl.tasks import EnvFamily, Task, get_family
 
 # Generator settings that shape the behaviour run; a run made with other values is not reused.
@@ -90,15 +91,6 @@ def _check_settings(recorded: dict[str, Any] | None, gen: Any, keys: tuple[str, 
     if diff:
         raise DataError(f"{what} was made with other data.generator settings ({'; '.join(diff)}). Delete it to "
                         "make it again with the current settings, or use the settings it was made with")
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise DataError(f"data.generator.device is '{name}' but CUDA is not available here; use auto or cpu")
-    return dev
 
 
 @contextlib.contextmanager
@@ -303,7 +295,7 @@ class _BehaviourRun:
         self.exp, self.fam, self.out = exp, fam, out
         self.gen = gen = exp.data.generator
         self.task = family_task(fam)
-        self.device = resolve_device(gen.device)
+        self.device = resolve_device(gen.device, "data.generator.device")
         # Small-MLP SAC on the CPU is overhead-bound: extra intra-op threads only add synchronisation
         # (up to 10x slower on a busy machine), so it uses one thread unless exp.threads says otherwise.
         torch.set_num_threads(exp.threads if exp.threads > 0 else 1)
