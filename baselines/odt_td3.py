@@ -213,20 +213,10 @@ class ODTTD3(ODTFamily):
     def _actor_step(self, batch: ContextBatch) -> dict[str, torch.Tensor]:
         tr = self.trainer
         terms = self.actor_loss(batch)
-        tr.optimizer.zero_grad(set_to_none=True)
-        tr.temperature_optimizer.zero_grad(set_to_none=True)
+        tr.zero_grad()
         # One backward: the detaches in the losses keep each gradient on its own parameters.
         (terms["loss"] + terms["loss_temperature"]).backward()
-        if tr.grad_clip > 0:
-            grad_norm = torch.nn.utils.clip_grad_norm_(tr.policy_params, tr.grad_clip, foreach=True)
-        else:
-            grads = [p.grad for p in tr.policy_params if p.grad is not None]
-            grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-        tr.last_lr = tr.optimizer.param_groups[0]["lr"]
-        tr.optimizer.step()
-        tr.temperature_optimizer.step()
-        tr.scheduler.step()
-        tr.updates += 1
+        grad_norm = tr.step()
         soft_update(self.critic_target, self.critic, self.cfg.tau)
         if self.target is not None:
             soft_update(self.target, self.model, self.cfg.tau)

@@ -113,6 +113,23 @@ class SupervisedTrainer:
             terms = self._first_compiled_pass(batch)
         else:
             terms = self._forward_backward(batch)
+        grad_norm = self.step()
+        # Copied out in one kernel: CUDA-graph outputs are overwritten by the next update, and
+        # callers may keep these across updates.
+        values = torch.stack([terms["loss"].detach(), terms["loss_temperature"].detach(), terms["nll"],
+                              terms["entropy"], terms["temperature"], grad_norm.detach().float()])
+        return dict(zip(self.TERMS, values.unbind()))
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.temperature_optimizer.zero_grad(set_to_none=True)
+
+    def step(self) -> torch.Tensor:
+        """After a backward: clip the policy gradient, step both optimizers and the warmup schedule.
+
+        Returns the policy gradient norm before clipping. Methods that add terms to ODT's loss
+        (ODT+TD3) call zero_grad / backward / step themselves.
+        """
         if self.grad_clip > 0:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.policy_params, self.grad_clip, foreach=True)
         else:
@@ -123,18 +140,13 @@ class SupervisedTrainer:
         self.temperature_optimizer.step()
         self.scheduler.step()
         self.updates += 1
-        # Copied out in one kernel: CUDA-graph outputs are overwritten by the next update, and
-        # callers may keep these across updates.
-        values = torch.stack([terms["loss"].detach(), terms["loss_temperature"].detach(), terms["nll"],
-                              terms["entropy"], terms["temperature"], grad_norm.detach().float()])
-        return dict(zip(self.TERMS, values.unbind()))
+        return grad_norm
 
     def _forward_backward(self, batch: ContextBatch) -> dict[str, torch.Tensor]:
         if self.compile == "reduce-overhead":
             torch.compiler.cudagraph_mark_step_begin()
         terms = self._loss_fn(batch.states, batch.actions, batch.rtg, batch.timesteps, batch.mask)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.temperature_optimizer.zero_grad(set_to_none=True)
+        self.zero_grad()
         terms["total"].backward()
         return terms
 
