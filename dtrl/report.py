@@ -540,6 +540,7 @@ def plot_poi(exp: ExperimentConfig, poi: pd.DataFrame, stem: Path) -> list[Path]
 def plot_learning_curves(exp: ExperimentConfig, task: str, runs: dict, stem: Path,
                          reps: int = CURVE_REPS) -> list[Path] | None:
     from matplotlib.figure import Figure
+    from matplotlib.ticker import EngFormatter
 
     colors = _colors(list(exp.grid.methods))
     axes_keys = (("env_steps", "training env steps"), ("grad_updates", "gradient updates"))
@@ -565,6 +566,7 @@ def plot_learning_curves(exp: ExperimentConfig, task: str, runs: dict, stem: Pat
             ax.axhspan(lo, hi, color=colors[m], alpha=0.1)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("normalised return")
+        ax.xaxis.set_major_formatter(EngFormatter(sep=""))  # 40k, 1M: raw step counts overlap
         ax.grid(alpha=0.3)
     if not drawn:
         return None
