@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from dtrl.envs import get_sim_state, make_env
+from dtrl.envs import get_sim_state, make_env, sim_state_size
 from dtrl.tasks import Task
 
 
@@ -33,51 +33,83 @@ class StepBatch:
 
 
 class VecStepper:
-    def __init__(self, task: Task, n_envs: int, seed: int = 0, record_sim_states: bool = False):
+    """``n_envs`` envs of one task under dtrl's time limit, stepped together (all, or a subset of rows).
+
+    Episode seeds: by default episode k of the batch (counting every reset, the first ones
+    included) is reset with ``seed + k``, so the run is reproducible from that counter alone (IQL
+    saves it to resume exactly). With ``seeds`` the first resets use those seeds instead, and with
+    ``reseed=False`` later episodes continue each env's own RNG (the dataset generator's streams).
+    """
+
+    def __init__(self, task: Task, n_envs: int, seed: int = 0, record_sim_states: bool = False,
+                 seeds: list[int] | None = None, reseed: bool = True):
         self.task = task
         self.n = int(n_envs)
         self.envs = [make_env(task) for _ in range(self.n)]
         self.record = record_sim_states
-        self.obs_dim = int(self.envs[0].observation_space.shape[0])
-        self.act_dim = int(self.envs[0].action_space.shape[0])
+        self.reseed = reseed
+        env = self.envs[0]
+        self.obs_dim = int(env.observation_space.shape[0])
+        self.act_dim = int(env.action_space.shape[0])
+        self.nq, self.nv = int(env.model.nq), int(env.model.nv)
+        self.state_dim = sim_state_size(env)
         self.obs = np.zeros((self.n, self.obs_dim), dtype=np.float64)
         self.t = np.zeros(self.n, dtype=np.int64)
         self.ret = np.zeros(self.n, dtype=np.float64)
         self._seed = seed
         self._episodes = 0
-        for i in range(self.n):
-            self._reset(i)
+        if seeds is None:
+            for i in range(self.n):
+                self._reset(i)
+        else:
+            if len(seeds) != self.n:
+                raise ValueError(f"{len(seeds)} seeds for {self.n} envs")
+            self.reset(seeds)
+            self._episodes = self.n
 
-    def _reset(self, i: int) -> None:
-        # Each episode gets its own seed, so a run is reproducible whatever the batch size.
-        obs, _ = self.envs[i].reset(seed=self._seed + self._episodes)
+    def _reset(self, i: int, seed: int | None = None) -> None:
+        if seed is None and self.reseed:
+            seed = self._seed + self._episodes
+        self.obs[i] = self.envs[i].reset(seed=None if seed is None else int(seed))[0]
         self._episodes += 1
-        self.obs[i] = obs
         self.t[i] = 0
         self.ret[i] = 0.0
 
-    def step(self, actions: np.ndarray) -> StepBatch:
-        actions = np.asarray(actions, dtype=np.float64).reshape(self.n, self.act_dim)
-        obs = self.obs.copy()
-        rewards = np.zeros(self.n)
+    def reset(self, seeds: list[int]) -> None:
+        """Start a new episode in every env, with the given seeds."""
+        for i, s in enumerate(seeds):
+            self._reset(i, s)
+
+    def step(self, actions: np.ndarray, rows: np.ndarray | None = None, record: bool | None = None) -> StepBatch:
+        """Step envs ``rows`` (default all) with ``actions`` (len(rows), act_dim); finished envs reset.
+
+        ``record`` (default: ``record_sim_states``) adds the simulator snapshot, qpos and qvel from
+        before the step.
+        """
+        rows = np.arange(self.n) if rows is None else np.asarray(rows)
+        record = self.record if record is None else record
+        m = len(rows)
+        actions = np.asarray(actions, dtype=np.float64).reshape(m, self.act_dim)
+        obs = self.obs[rows].copy()
+        rewards = np.zeros(m)
         next_obs = np.zeros_like(obs)
-        terms = np.zeros(self.n, dtype=bool)
-        touts = np.zeros(self.n, dtype=bool)
+        terms = np.zeros(m, dtype=bool)
+        touts = np.zeros(m, dtype=bool)
         sims = qpos = qvel = None
-        if self.record:
-            sims = np.stack([get_sim_state(e) for e in self.envs])
-            qpos = np.stack([e.data.qpos.copy() for e in self.envs])
-            qvel = np.stack([e.data.qvel.copy() for e in self.envs])
+        if record:
+            sims = np.stack([get_sim_state(self.envs[i]) for i in rows])
+            qpos = np.stack([self.envs[i].data.qpos.copy() for i in rows])
+            qvel = np.stack([self.envs[i].data.qvel.copy() for i in rows])
         ep_returns, ep_lengths = [], []
-        for i, env in enumerate(self.envs):
-            o, r, term, _, _ = env.step(actions[i])
-            rewards[i] = r
-            next_obs[i] = o
+        for j, i in enumerate(rows):
+            o, r, term, _, _ = self.envs[i].step(actions[j])
+            rewards[j] = r
+            next_obs[j] = o
             self.t[i] += 1
             self.ret[i] += r
-            terms[i] = term
-            touts[i] = (not term) and self.t[i] >= self.task.max_episode_steps
-            if term or touts[i]:
+            terms[j] = term
+            touts[j] = (not term) and self.t[i] >= self.task.max_episode_steps
+            if term or touts[j]:
                 ep_returns.append(float(self.ret[i]))
                 ep_lengths.append(int(self.t[i]))
                 self._reset(i)

@@ -44,10 +44,10 @@ from dtrl.config import to_dict
 from dtrl.data.d4rl_hdf5 import read_d4rl, read_metadata, write_d4rl
 from dtrl.data.sac import SAC, Actor, NumpyActor, actor_payload, load_actor
 from dtrl.data.trajectories import DataError, Trajectory, TrajectoryDataset
-from dtrl.envs import get_sim_state, make_env, sim_state_size
 from dtrl.io import atomic_torch_save, atomic_write_json, read_json, torch_load
 from dtrl.online import resolve_device
 from dtrl.tasks import EnvFamily, Task, get_family
+from dtrl.vec import StepBatch, VecStepper
 
 # Generator settings that shape the behaviour run; a run made with other values is not reused.
 BEHAVIOUR_KEYS = ("sac_steps", "sac_envs", "sac_batch_size", "sac_hidden", "sac_lr", "sac_gamma", "sac_tau",
@@ -125,66 +125,12 @@ def family_task(family: EnvFamily) -> Task:
     return Task(name=f"{family.name}-behaviour", family=family, quality="medium")
 
 
-# -- stepping several envs together ---------------------------------------------------------------------
-class EnvBatch:
-    """``n`` unwrapped envs of one task under dtrl's time limit, stepped together.
-
-    An env that terminates or reaches ``max_episode_steps`` is reset at once; the step reports the
-    true last observation as ``next_obs`` and keeps terminal (the env ended the episode) apart from
-    timeout (we cut it).
-    """
-
-    def __init__(self, task: Task, seeds: list[int]):
-        self.task = task
-        self.envs = [make_env(task) for _ in seeds]
-        self.n = len(seeds)
-        self.max_steps = int(task.max_episode_steps)
-        self.obs = np.stack([env.reset(seed=int(s))[0] for env, s in zip(self.envs, seeds)]).astype(np.float64)
-        self.t = np.zeros(self.n, dtype=np.int64)
-        env = self.envs[0]
-        self.obs_dim = int(env.observation_space.shape[0])
-        self.act_dim = int(env.action_space.shape[0])
-        self.nq, self.nv = int(env.model.nq), int(env.model.nv)
-        self.state_dim = sim_state_size(env)
-
-    def reset(self, seeds: list[int]) -> None:
-        for i, (env, s) in enumerate(zip(self.envs, seeds)):
-            self.obs[i] = env.reset(seed=int(s))[0]
-        self.t[:] = 0
-
-    def step(self, actions: np.ndarray, rows: np.ndarray | None = None, record: bool = False) -> dict[str, np.ndarray]:
-        """Step envs ``rows`` (default all) with ``actions`` (len(rows), act_dim); arrays per row."""
-        rows = np.arange(self.n) if rows is None else rows
-        m = len(rows)
-        out = {"obs": self.obs[rows].copy(), "next_obs": np.empty((m, self.obs_dim)),
-               "rewards": np.empty(m), "terminals": np.zeros(m, dtype=bool), "timeouts": np.zeros(m, dtype=bool)}
-        if record:
-            out["qpos"] = np.empty((m, self.nq))
-            out["qvel"] = np.empty((m, self.nv))
-            out["sim_states"] = np.empty((m, self.state_dim))
-        for j, i in enumerate(rows):
-            env = self.envs[i]
-            if record:
-                out["sim_states"][j] = get_sim_state(env)
-                out["qpos"][j] = env.data.qpos
-                out["qvel"][j] = env.data.qvel
-            obs, reward, terminated, _, _ = env.step(actions[j])
-            self.t[i] += 1
-            out["next_obs"][j] = obs
-            out["rewards"][j] = reward
-            if terminated:
-                out["terminals"][j] = True
-            elif self.t[i] >= self.max_steps:
-                out["timeouts"][j] = True
-            if terminated or self.t[i] >= self.max_steps:
-                self.obs[i] = env.reset()[0]
-                self.t[i] = 0
-            else:
-                self.obs[i] = obs
-        return out
+def _env_batch(task: Task, seeds: list[int]) -> VecStepper:
+    """Envs first reset with ``seeds``; later episodes continue each env's own RNG stream."""
+    return VecStepper(task, len(seeds), seeds=seeds, reseed=False)
 
 
-def evaluate_actor(actor: Actor, envs: EnvBatch, seeds: list[int], sample: bool,
+def evaluate_actor(actor: Actor, envs: VecStepper, seeds: list[int], sample: bool,
                    generator: torch.Generator | None = None) -> np.ndarray:
     """Returns of one episode per env, all envs stepped together, from fixed reset seeds."""
     envs.reset(seeds)
@@ -193,8 +139,8 @@ def evaluate_actor(actor: Actor, envs: EnvBatch, seeds: list[int], sample: bool,
     while active.any():
         rows = np.flatnonzero(active)
         out = envs.step(actor.act(envs.obs[rows], sample=sample, generator=generator), rows)
-        returns[rows] += out["rewards"]
-        active[rows[out["terminals"] | out["timeouts"]]] = False
+        returns[rows] += out.rewards
+        active[rows[out.terminals | out.timeouts]] = False
     return returns
 
 
@@ -236,9 +182,9 @@ class EpisodeLog:
     def __init__(self) -> None:
         self.chunks: dict[str, list[np.ndarray]] = {k: [] for k in _FIELDS}
 
-    def add(self, out: dict[str, np.ndarray], actions: np.ndarray) -> None:
+    def add(self, out: StepBatch, actions: np.ndarray) -> None:
         for k in _FIELDS:
-            self.chunks[k].append(actions if k == "actions" else out[k])
+            self.chunks[k].append(actions if k == "actions" else getattr(out, k))
 
     def __len__(self) -> int:
         return len(self.chunks["rewards"])
@@ -299,8 +245,8 @@ class _BehaviourRun:
         # Small-MLP SAC on the CPU is overhead-bound: extra intra-op threads only add synchronisation
         # (up to 10x slower on a busy machine), so it uses one thread unless exp.threads says otherwise.
         torch.set_num_threads(exp.threads if exp.threads > 0 else 1)
-        self.envs = EnvBatch(self.task, [_seed(gen.seed, _PURPOSE["sac"], i) for i in range(gen.sac_envs)])
-        self.eval_envs = EnvBatch(self.task, [0] * gen.eval_episodes)
+        self.envs = _env_batch(self.task, [_seed(gen.seed, _PURPOSE["sac"], i) for i in range(gen.sac_envs)])
+        self.eval_envs = _env_batch(self.task, [0] * gen.eval_episodes)
         self.eval_seeds = [_seed(gen.seed, _PURPOSE["eval"], k) for k in range(gen.eval_episodes)]
         self.obs_dim, self.act_dim = self.envs.obs_dim, self.envs.act_dim
         self.threshold = gen.medium_fraction * self.task.ref_max_score
@@ -427,7 +373,7 @@ class _BehaviourRun:
                 t0 = time.perf_counter()
                 step_out = envs.step(actions, record=self.log is not None)
                 self.env_time += time.perf_counter() - t0
-                agent.add(step_out["obs"], actions, step_out["rewards"], step_out["next_obs"], step_out["terminals"])
+                agent.add(step_out.obs, actions, step_out.rewards, step_out.next_obs, step_out.terminals)
                 if self.log is not None:
                     self.log.add(step_out, actions)
                 self.step += envs.n
@@ -525,7 +471,7 @@ def _rollout_group(task: Task, payload: dict, env_ids: np.ndarray, budgets: np.n
                    on_steps=None) -> list[dict[str, np.ndarray]]:
     """Run envs ``env_ids`` for their budgets; one dict of per-step columns per env."""
     policy = NumpyActor(load_actor(payload))
-    envs = EnvBatch(task, [_seed(seed, int(i)) for i in env_ids])
+    envs = _env_batch(task, [_seed(seed, int(i)) for i in env_ids])
     noise_rngs = [np.random.default_rng(_seed(seed, _PURPOSE["policy"], int(i))) for i in env_ids]
     n = len(env_ids)
     width = {"obs": envs.obs_dim, "actions": envs.act_dim, "next_obs": envs.obs_dim, "qpos": envs.nq,
@@ -544,10 +490,9 @@ def _rollout_group(task: Task, payload: dict, env_ids: np.ndarray, budgets: np.n
         noise = np.stack([noise_rngs[r].standard_normal(envs.act_dim) for r in rows])
         actions = np.tanh(mean + np.exp(log_std) * noise).astype(np.float32)
         out = envs.step(actions, rows, record=True)
-        out["actions"] = actions
         idx = count[rows]
         for k, arr in store.items():
-            arr[rows, idx] = out[k]
+            arr[rows, idx] = actions if k == "actions" else getattr(out, k)
         count[rows] += 1
         if on_steps is not None:
             on_steps(int(rows.size))
