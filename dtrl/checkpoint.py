@@ -9,7 +9,7 @@ import torch
 
 from dtrl.config import from_dict, to_dict
 from dtrl.io import torch_load
-from dtrl.model import DecisionTransformer, ModelConfig
+from dtrl.model import LEGACY_MODEL_CFG, DecisionTransformer, ModelConfig
 
 
 def dt_payload(model: DecisionTransformer) -> dict[str, Any]:
@@ -25,7 +25,7 @@ def dt_payload(model: DecisionTransformer) -> dict[str, Any]:
 def dt_from_payload(payload: dict[str, Any], device: str | torch.device = "cpu",
                     dropout: float | None = None) -> DecisionTransformer:
     """Rebuild a DT; ``dropout`` overrides the stored rate (online methods may switch it off)."""
-    cfg = from_dict(ModelConfig, payload["model_cfg"])
+    cfg = from_dict(ModelConfig, {**LEGACY_MODEL_CFG, **payload["model_cfg"]})
     if dropout is not None:
         cfg.dropout = dropout
     model = DecisionTransformer(payload["obs_dim"], payload["act_dim"], cfg)

@@ -2,7 +2,16 @@
 
 Tokens are interleaved per timestep as (return-to-go, state, action); a causal GPT-style
 transformer reads them and the hidden state at each *state* token parameterises a tanh-squashed
-Gaussian over that step's action. The temperature of the entropy bonus is a real ``nn.Parameter``
+Gaussian over that step's action.
+
+The default architecture is ODT's (facebookresearch/online-dt @c376fa1, default ``--ordering 0``):
+no timestep and no positional embedding -- ``main.py:479-480`` defaults ``ordering`` to 0,
+``decision_transformer.py:220-227`` then adds nothing to the token embeddings (its
+``embed_timestep``, line 162, is never used in ``forward``) and ``trajectory_gpt2.py:521,680-681``
+removes GPT-2's positional table -- so order reaches the model only through the causal mask; and
+ReLU in the MLPs (``main.py:476`` ``activation_function="relu"`` -> ``trajectory_gpt2.py:253``).
+``ModelConfig.timestep_embedding`` (ODT's ``--ordering 1``, the original DT's timestep embedding),
+``slot_embedding`` (dtrl's own) and ``activation: gelu`` switch the alternatives on. The temperature of the entropy bonus is a real ``nn.Parameter``
 (``log_temperature``), so it lives in ``state_dict`` and checkpoints, unlike in ODT's code.
 
 Inputs are raw: the model owns the state normalisation (``state_mean``/``state_std`` buffers) and
@@ -17,6 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn as nn
@@ -25,6 +35,10 @@ import torch.nn.functional as F
 from dtrl.config import doc
 
 LOG2 = math.log(2.0)
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
+# ModelConfig values of checkpoints written before these fields existed (the model then always had a
+# timestep embedding and GELU): a stored config lacking a key was made with this value.
+LEGACY_MODEL_CFG = {"timestep_embedding": True, "activation": "gelu"}
 
 
 @dataclass
@@ -38,9 +52,17 @@ class ModelConfig:
     log_std_min: float = doc(-5.0, "Lower bound of the Gaussian head's log-std (ODT: -5).")
     log_std_max: float = doc(2.0, "Upper bound of the Gaussian head's log-std (ODT: 2).")
     init_temperature: float = doc(0.1, "Initial entropy temperature (ODT: 0.1).")
-    slot_embedding: bool = doc(True, "Add a learned embedding per token slot (3K slots). ODT had no positional "
-                                     "signal besides the timestep, which left-padding makes ambiguous; on by default.")
-    max_timestep: int = doc(1000, "Size of the timestep embedding table; later timesteps share the last entry.")
+    timestep_embedding: bool = doc(False, "Add a learned embedding of each step's env timestep to its three tokens "
+                                          "(the original DT's; ODT's `--ordering 1`, online-dt "
+                                          "decision_transformer.py:163-164,220-221). Off = ODT's default "
+                                          "`--ordering 0` (main.py:479-480): no timestep signal at all.")
+    slot_embedding: bool = doc(False, "Add a learned embedding per token slot (3K slots, right-aligned so the newest "
+                                      "step always has the same slot). dtrl's addition, not in ODT, whose "
+                                      "trajectory_gpt2.py:521,680-681 removes GPT-2's positional embedding; off = ODT.")
+    activation: Literal["relu", "gelu"] = doc("relu", "Activation of the transformer MLPs (ODT: relu, online-dt "
+                                                       "main.py:476 -> trajectory_gpt2.py:253; gelu = GPT-2's).")
+    max_timestep: int = doc(1000, "Size of the timestep embedding table (used only with timestep_embedding); later "
+                                  "timesteps share the last entry.")
 
     def validate(self) -> None:
         from dtrl.config import require
@@ -114,14 +136,14 @@ class SquashedGaussian:
 class Block(nn.Module):
     """Pre-LayerNorm GPT-2 block with fused scaled-dot-product attention."""
 
-    def __init__(self, dim: int, n_heads: int, dropout: float):
+    def __init__(self, dim: int, n_heads: int, dropout: float, activation: str = "relu"):
         super().__init__()
         self.n_heads = n_heads
         self.ln1 = nn.LayerNorm(dim)
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
         self.ln2 = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), ACTIVATIONS[activation](), nn.Linear(4 * dim, dim))
         self.drop = nn.Dropout(dropout)
         self.attn_dropout = dropout
 
@@ -142,14 +164,14 @@ class DecisionTransformer(nn.Module):
         self.register_buffer("state_mean", torch.zeros(obs_dim))
         self.register_buffer("state_std", torch.ones(obs_dim))
         self.register_buffer("reward_scale", torch.tensor(float(reward_scale)))
-        self.embed_timestep = nn.Embedding(cfg.max_timestep, d)
+        self.embed_timestep = nn.Embedding(cfg.max_timestep, d) if cfg.timestep_embedding else None
         self.embed_return = nn.Linear(1, d)
         self.embed_state = nn.Linear(obs_dim, d)
         self.embed_action = nn.Linear(act_dim, d)
         self.embed_slot = nn.Parameter(torch.zeros(3 * cfg.context_len, d)) if cfg.slot_embedding else None
         self.embed_ln = nn.LayerNorm(d)
         self.embed_drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(Block(d, cfg.n_heads, cfg.dropout) for _ in range(cfg.n_layers))
+        self.blocks = nn.ModuleList(Block(d, cfg.n_heads, cfg.dropout, cfg.activation) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(d)
         self.mean_head = nn.Linear(d, act_dim)
         self.log_std_head = nn.Linear(d, act_dim)
@@ -187,10 +209,10 @@ class DecisionTransformer(nn.Module):
             mask = torch.ones(B, T, dtype=torch.bool, device=states.device)
         s = (states - self.state_mean) / self.state_std
         r = (rtg * self.reward_scale).unsqueeze(-1)
-        t_emb = self.embed_timestep(timesteps.clamp(0, self.cfg.max_timestep - 1))
-        tokens = torch.stack(
-            [self.embed_return(r) + t_emb, self.embed_state(s) + t_emb, self.embed_action(actions) + t_emb], dim=2
-        ).reshape(B, 3 * T, -1)
+        tokens = torch.stack([self.embed_return(r), self.embed_state(s), self.embed_action(actions)], dim=2)
+        if self.embed_timestep is not None:
+            tokens = tokens + self.embed_timestep(timesteps.clamp(0, self.cfg.max_timestep - 1)).unsqueeze(2)
+        tokens = tokens.reshape(B, 3 * T, -1)
         if self.embed_slot is not None:
             # Right-align slots so the most recent step always sees the same slot embedding.
             tokens = tokens + self.embed_slot[3 * (self.cfg.context_len - T):]

@@ -74,7 +74,7 @@ def test_causal_no_future_leak(tiny_model_cfg):
 def test_padding_does_not_change_real_positions(tiny_model_cfg):
     torch.manual_seed(0)
     cfg = tiny_model_cfg
-    cfg.slot_embedding = False  # slot embeddings are position-dependent by design
+    cfg.slot_embedding = False  # (the default) slot embeddings are position-dependent by design
     m = DecisionTransformer(5, 2, cfg).eval()
     s, a, r, t, mask = _batch(pad=2)
     d1 = m(s, a, r, t, mask)
@@ -103,3 +103,45 @@ def test_bad_config_rejected():
         from_dict(ModelConfig, {"n_layer": 2})
     with pytest.raises(ConfigError, match="expected an integer"):
         from_dict(ModelConfig, {"n_layers": "two"})
+
+
+def test_default_is_odts_architecture(tiny_model_cfg):
+    """ODT's --ordering 0: no timestep or positional embedding, ReLU MLPs; the timestep does not matter."""
+    m = DecisionTransformer(5, 2, tiny_model_cfg).eval()
+    assert m.embed_timestep is None and m.embed_slot is None
+    names = [n for n, _ in m.named_parameters()]
+    assert not any("timestep" in n or "slot" in n for n in names)
+    acts = [type(x) for x in m.modules() if isinstance(x, (torch.nn.ReLU, torch.nn.GELU))]
+    assert acts and set(acts) == {torch.nn.ReLU}
+    s, a, r, t, mask = _batch()
+    assert torch.equal(m(s, a, r, t, mask).mean, m(s, a, r, t + 17, mask).mean)
+
+
+def test_embedding_and_activation_options(tiny_model_cfg):
+    import dataclasses
+
+    cfg = dataclasses.replace(tiny_model_cfg, timestep_embedding=True, slot_embedding=True, activation="gelu")
+    m = DecisionTransformer(5, 2, cfg).eval()
+    assert m.embed_timestep is not None and m.embed_slot is not None
+    assert {type(x) for x in m.modules() if isinstance(x, (torch.nn.ReLU, torch.nn.GELU))} == {torch.nn.GELU}
+    s, a, r, t, mask = _batch()
+    assert not torch.allclose(m(s, a, r, t, mask).mean, m(s, a, r, t + 17, mask).mean)
+
+
+def test_checkpoint_without_the_new_fields_loads_as_it_was_trained(tiny_model_cfg):
+    """A payload written before timestep_embedding/activation existed had both (timestep on, GELU)."""
+    import dataclasses
+
+    from dtrl.checkpoint import dt_from_payload, dt_payload
+    from dtrl.config import to_dict
+
+    old = DecisionTransformer(5, 2, dataclasses.replace(tiny_model_cfg, timestep_embedding=True, activation="gelu"))
+    payload = dt_payload(old)
+    for k in ("timestep_embedding", "activation"):
+        del payload["model_cfg"][k]
+    new = dt_from_payload(payload).eval()
+    assert new.cfg.timestep_embedding and new.cfg.activation == "gelu"
+    assert to_dict(new.cfg) == to_dict(old.cfg)
+    torch.manual_seed(0)
+    b = _batch()
+    assert torch.equal(new(*b).mean, old.eval()(*b).mean)

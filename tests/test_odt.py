@@ -216,12 +216,14 @@ def test_odt_run_writes_documented_outputs(tmp_path):
 
 def assert_resumes_to_the_same_result(tmp_path, method: str, params: dict, capsys) -> None:
     """A run stopped early and resumed with the full budget ends exactly where an uninterrupted run ends."""
-    full = finetune(experiment(tmp_path / "a", method, params, env_steps=90), method, TASK, 0)
-    part = finetune(experiment(tmp_path / "b", method, params, env_steps=40), method, TASK, 0)
+    full = finetune(experiment(tmp_path / "a", method, params, env_steps=250), method, TASK, 0)
+    # Stop the second run after its first iteration, however long the untrained policy's first episode is.
+    first = int(next(csv.DictReader(open(tmp_path / "a/runs" / method / TASK / "seed0/progress.csv")))["env_steps"])
+    part = finetune(experiment(tmp_path / "b", method, params, env_steps=first), method, TASK, 0)
     assert 0 < part["iterations"] < full["iterations"]
     (tmp_path / "b/runs" / method / TASK / "seed0/summary.json").unlink()  # as if killed after its checkpoint
     capsys.readouterr()
-    resumed = finetune(experiment(tmp_path / "b", method, params, env_steps=90), method, TASK, 0)
+    resumed = finetune(experiment(tmp_path / "b", method, params, env_steps=250), method, TASK, 0)
     assert f"at iteration {part['iterations']}" in capsys.readouterr().err
     for k in ("iterations", "env_steps", "grad_updates", "step_counts", "final_returns"):
         assert resumed[k] == full[k], k
