@@ -15,6 +15,21 @@ def test_registry_names_and_scores():
             for q in ("random", "medium", "medium-replay", "medium-expert", "expert")} <= set(known_tasks())
 
 
+@pytest.mark.parametrize("quality", ["medium", "medium-replay", "random"])
+def test_ant_normalisation_is_d4rls(quality):
+    """Scores next to published columns use D4RL's ant pair (d4rl/infos.py: -325.6, 3879.7)."""
+    t = get_task(f"ant-{quality}")
+    returns = np.array([-325.6, 0.0, 1000.0, 3879.7, 5000.0])
+    assert np.array_equal(t.normalize(returns), 100.0 * (returns - -325.6) / (3879.7 - -325.6))
+    assert t.normalize(3879.7) == pytest.approx(100.0) and t.normalize(-325.6) == pytest.approx(0.0)
+    # The v5 re-measured random return is a separate number, not the main normalisation.
+    assert t.family.v5_random_score == -47.457
+    assert t.normalize_v5(-47.457) == pytest.approx(0.0) and t.normalize_v5(3879.7) == pytest.approx(100.0)
+    assert get_task("hopper-medium").normalize_v5(100.0) is None
+    # The reference code's ant targets (RL_as_Vitamin readme.md:111-114).
+    assert (t.eval_rtg, t.online_rtg) == (5000, 10000)
+
+
 def test_unknown_task_lists_known():
     with pytest.raises(UnknownTaskError, match="hopper-medium"):
         get_task("hopper-mediun")
