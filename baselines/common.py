@@ -21,8 +21,9 @@ Reconstruction choices (the ODT paper and code leave these open or do them diffe
   front, so the *worst* seeded trajectories are evicted first; the same order is used here.
 * One optimizer across phases. ODT trains offline and online with one LAMB optimizer and one
   warmup schedule. ``continue_pretrain_optimizer`` loads the pretraining optimizer state stored in
-  ``model.pt`` and continues the warmup where pretraining left it (10k pretraining updates with a
-  10k warmup means online updates start at the full rate, as in ODT). The online config's
+  ``model.pt`` and continues the warmup where pretraining left it (5000 pretraining updates with a
+  10k warmup means online updates start at half the rate and reach it 5000 updates later, as in
+  ODT, whose one LambdaLR schedule spans both phases). The online config's
   hyperparameters (lr, weight decay, ...) still apply.
 * Exploration and the buffer record each trajectory's final observation (the state after its
   last step) as ``next_observations``, so a critic can bootstrap through time-limit cuts.
@@ -185,7 +186,7 @@ class ODTConfig:
     buffer_size: int = doc(1000, "Replay capacity in whole trajectories, FIFO, seeded with the best offline "
                                  "trajectories (ODT: 1000).")
     online_rtg: float | None = doc(None, "Exploration return-to-go target; null = the task's online_rtg (ODT: "
-                                         "hopper 7200, halfcheetah 12000, walker2d 10000, ant 12000).")
+                                         "hopper 7200, halfcheetah 12000, walker2d 10000, ant 10000).")
     rollout_context_len: int = doc(0, "Context (steps) the exploring policy acts with; 0 = the model's "
                                       "eval_context_len (ODT explores with its evaluation context, 5).")
     optimizer: Literal["lamb", "adamw"] = doc("lamb", "Policy optimizer (ODT: LAMB).")

@@ -1,7 +1,8 @@
 """The `dtrl` command line: one subcommand per workflow step, each a thin call into the library.
 
     dtrl tasks                                   list known tasks
-    dtrl config [--doc] [--config C]             print the resolved config / every key's documentation
+    dtrl config [--doc] [--config C] [--task T [--method M]]
+                                                 print the resolved config / every key's documentation
     dtrl behaviour FAMILY --config C             train the SAC behaviour policies of an env family (D4RL recipe)
     dtrl data TASK --config C                    make or check TASK's dataset, print its summary
     dtrl pretrain --task T --seed S --config C   offline pretraining of the DT
@@ -38,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("config", help="print the resolved config, or document every key")
     _common(s)
     s.add_argument("--doc", action="store_true", help="print every key with its default and documentation (markdown)")
+    s.add_argument("--task", default=None, help="print the config as it applies to this task (its `overrides` merged)")
+    s.add_argument("--method", default=None, help="with --task: as it applies to this method entry on that task")
 
     s = sub.add_parser("behaviour", help="train SAC behaviour policies for an env family (D4RL recipe)")
     _common(s)
@@ -117,7 +120,7 @@ def _dispatch(args) -> int:
                       f"rtg eval/online {r['eval_rtg']:g}/{r['online_rtg']:g}")
         return 0
     if args.command == "config":
-        from dtrl.config import to_dict
+        from dtrl.config import ConfigError, to_dict
         from dtrl.experiment import describe
 
         if args.doc:
@@ -127,7 +130,12 @@ def _dispatch(args) -> int:
             return 0
         import yaml
 
-        print(yaml.safe_dump(to_dict(_load(args)), sort_keys=False))
+        exp = _load(args)
+        if args.method and not args.task:
+            raise ConfigError("dtrl config --method needs --task (overrides are resolved per task and method)")
+        if args.task:
+            exp = exp.for_task(args.task, args.method)
+        print(yaml.safe_dump(to_dict(exp), sort_keys=False))
         return 0
 
     exp = _load(args)

@@ -44,6 +44,7 @@ def cmd_evaluate(exp, checkpoint: Path, task_name: str, episodes: int | None, se
     from dtrl.online import resolve_device
 
     task = get_task(task_name)
+    exp = exp.for_task(task_name)  # its eval overrides
     device = resolve_device(exp.device)
     ckpt = torch_load(checkpoint)
     payload = ckpt.get("dt") or ckpt.get("method", {}).get("dt")

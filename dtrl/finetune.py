@@ -22,6 +22,7 @@ def pretrained_path(exp: ExperimentConfig, task: str, seed: int) -> Path:
 
 def finetune(exp: ExperimentConfig, method: str, task_name: str, seed: int, pretrained: Path | None = None,
              out: Path | None = None) -> dict:
+    exp = exp.for_task(task_name, method)  # the override entries matching (task, method)
     spec = exp.method(method)
     task = get_task(task_name)
     cls = get_algorithm(spec.algo)

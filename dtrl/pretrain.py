@@ -190,8 +190,10 @@ def default_out_dir(results: str | Path, task_name: str, seed: int) -> Path:
 def pretrain(exp, task: Task, seed: int, dataset: TrajectoryDataset, out_dir: str | Path | None = None) -> dict[str, Any]:
     """Pretrain a DT on ``dataset`` as ``exp.model`` / ``exp.pretrain`` say; resumable; returns the summary.
 
-    A finished run (``model.pt`` present) is not redone: its summary is returned.
+    A finished run (``model.pt`` present) is not redone: its summary is returned. The override
+    entries matching ``task`` are applied first (``exp.for_task``), so ``model.pt`` records them.
     """
+    exp = exp.for_task(task.name)
     cfg: PretrainConfig = exp.pretrain
     out = Path(out_dir) if out_dir is not None else default_out_dir(exp.results, task.name, seed)
     model_path, summary_path, ckpt_path = out / "model.pt", out / "summary.json", out / "checkpoint.pt"

@@ -10,7 +10,11 @@ from dtrl.config import doc, require
 
 @dataclass
 class PretrainConfig:
-    updates: int = doc(10_000, "Gradient updates of offline pretraining (ODT: 10k for most MuJoCo tasks).")
+    updates: int = doc(5_000, "DT updates of offline pretraining. The reference commands make 5000 (online-dt "
+                              "main.py:494-495 and RL_as_Vitamin get_args.py:39-40: 1 iteration x 5000; Vitamin's "
+                              "main.py:424 loops over 5000 x num_actor_update_interval minibatches and "
+                              "trainer.py:187 updates the DT on every 2nd); walker2d 10000 (Vitamin readme.md:108-110, "
+                              "an `overrides` entry of config/config.yaml).")
     batch_size: int = doc(256, "Contexts per minibatch (ODT: 256).")
     optimizer: Literal["lamb", "adamw"] = doc("lamb", "LAMB as in ODT, or AdamW.")
     lr: float = doc(1e-4, "Peak learning rate (ODT: 1e-4).")

@@ -183,6 +183,10 @@ def get_task(name: str) -> Task:
     raise UnknownTaskError(name, known_tasks())
 
 
+def known_families() -> list[str]:
+    return sorted(_FAMILIES)
+
+
 def get_family(name: str) -> EnvFamily:
     if name not in _FAMILIES:
         raise UnknownTaskError(name, list(_FAMILIES))
