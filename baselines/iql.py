@@ -26,13 +26,20 @@ Choices for details the paper leaves open (each also a Config field where it is 
   the "deterministic" action use tanh-mean. The log-likelihood of the buffer's actions is that of the
   unsquashed Gaussian (dataset actions are clipped to +-(1 - 1e-5) first, as the reference loader does).
 - Weights: orthogonal init with gain sqrt(2) and zero biases for every layer (flax ``default_init``).
-- Learning rates: the actor's follows a cosine decay to 0 over the offline phase (published); online
-  it is the constant ``online_actor_lr`` (the reference finetuning config switches decay off; continuing
-  the decayed schedule would freeze the actor online).
-- Reward normalisation (locomotion): rewards * 1000 / (max - min) of the dataset's trajectory returns,
-  the factor fixed from the offline data and applied to online rewards too (the reference script
-  normalises only the dataset, which for locomotion would mix two reward scales in one buffer). If
-  every trajectory has the same return the factor is 1.
+- Learning rates: constant Adam 3e-4 for the actor in both phases, as the reference finetuning script
+  runs (ikostrikov/implicit_q_learning @09d7002: ``train_finetune.py:100-103`` builds the Learner
+  without ``max_steps``, so its default cosine schedule, ``learner.py:85-86``, has no length; the
+  finetuning config turns it off, ``configs/antmaze_finetune_config.py:21``). ``actor_lr_schedule:
+  cosine`` is ``train_offline.py:88-92``'s decay over the offline phase (the offline-only paper
+  numbers); online the actor then uses ``online_actor_lr``.
+- Reward normalisation (locomotion): rewards * 1000 / (max - min) of the dataset's trajectory returns
+  (``train_finetune.py:42-59``), the factor fixed from the offline data and applied to online rewards
+  too (the reference script normalises only the dataset, ``train_finetune.py:123`` stores raw online
+  rewards, which mixes two reward scales in one buffer). The reference normalises hopper,
+  halfcheetah and walker2d only (``train_finetune.py:80-82``): config/config.yaml switches ant to
+  ``none`` with an ``overrides`` entry. If every trajectory has the same return the factor is 1.
+- Evaluation uses the shared harness's protocol (``eval.final_episodes``, ODT's 10) rather than the
+  reference's 100 episodes every 100k steps (``train_finetune.py:22,25``), so every method is scored alike.
 - Transitions: a trajectory without ``next_observations`` takes s' from the next row; its last row is
   kept only if it is terminal (s' is then unused), since a time-limit cut has no s' to bootstrap from.
 - Seeds: exploration env episodes are seeded from 10**8 + 10**6 * seed on, apart from evaluation seeds.
@@ -69,7 +76,8 @@ ACTION_LIMIT = 1.0 - 1e-5  # dataset actions are clipped to this before their lo
 @dataclass
 class IQLConfig:
     # Schedule of the run.
-    offline_updates: int = doc(1_000_000, "Offline IQL updates before any env step (published locomotion value 1M).")
+    offline_updates: int = doc(1_000_000, "Offline IQL updates before any env step (reference "
+                                          "train_finetune.py:28 num_pretraining_steps 1M).")
     offline_updates_per_iteration: int = doc(5_000, "Offline updates per harness iteration: one logged row and "
                                                     "checkpoint each, so a killed run resumes mid-phase.")
     offline_eval_episodes: int = doc(10, "Episodes evaluated once when the offline phase ends (offline_eval_* "
@@ -77,36 +85,38 @@ class IQLConfig:
     env_steps_per_iteration: int = doc(1_000, "Online env steps per harness iteration (rounded up to whole "
                                               "batches of n_envs).")
     n_envs: int = doc(1, "Exploration envs stepped together (1 in the paper; more trades freshness for speed).")
-    utd: float = doc(1.0, "Gradient updates per online env step (published: 1).")
-    batch_size: int = doc(256, "Minibatch size (published 256).")
+    utd: float = doc(1.0, "Gradient updates per online env step (reference train_finetune.py:109-143: one).")
+    batch_size: int = doc(256, "Minibatch size (reference train_finetune.py:26: 256).")
     # Networks and optimisers.
-    hidden_dims: list[int] = doc([256, 256], "Hidden layers of the actor, twin critic and value MLPs, ReLU "
-                                             "(published 256-256).")
-    actor_lr: float = doc(3e-4, "Adam learning rate of the actor at the start of the offline phase (published 3e-4).")
+    hidden_dims: list[int] = doc([256, 256], "Hidden layers of the actor, twin critic and value MLPs, ReLU, no "
+                                             "dropout (reference configs/mujoco_config.py:11,17).")
+    actor_lr: float = doc(3e-4, "Adam learning rate of the actor in the offline phase (mujoco_config.py:7).")
     actor_lr_schedule: Literal["cosine", "constant"] = doc(
-        "cosine", "Offline actor lr schedule: cosine decay to 0 over offline_updates (published) or constant.")
-    online_actor_lr: float = doc(3e-4, "Constant actor lr online (the reference finetuning config has no decay; "
-                                       "the decayed offline lr would be ~0).")
-    critic_lr: float = doc(3e-4, "Adam learning rate of the twin critic (published 3e-4).")
-    value_lr: float = doc(3e-4, "Adam learning rate of the value net (published 3e-4).")
-    log_std_min: float = doc(-5.0, "Lower clip of the actor's state-independent log-std (reference code: -5).")
-    log_std_max: float = doc(2.0, "Upper clip of the actor's log-std (reference code: 2).")
+        "constant", "Offline actor lr schedule. constant = the reference finetuning run (train_finetune.py:100-103 "
+                    "passes no max_steps; antmaze_finetune_config.py:21 opt_decay_schedule None); cosine = decay to 0 "
+                    "over offline_updates as train_offline.py:88-92 (offline-only training).")
+    online_actor_lr: float = doc(3e-4, "Constant actor lr online (the reference finetuning run: Adam 3e-4, no decay).")
+    critic_lr: float = doc(3e-4, "Adam learning rate of the twin critic (mujoco_config.py:9).")
+    value_lr: float = doc(3e-4, "Adam learning rate of the value net (mujoco_config.py:8).")
+    log_std_min: float = doc(-5.0, "Lower clip of the actor's state-independent log-std (reference learner.py:80).")
+    log_std_max: float = doc(2.0, "Upper clip of the actor's log-std (reference policy.py:16,50).")
     # IQL itself.
-    expectile: float = doc(0.7, "Expectile tau of the value regression (published locomotion 0.7; AntMaze 0.9).")
-    beta: float = doc(3.0, "Inverse temperature of the advantage weights exp(beta * A) (published locomotion "
-                           "3.0; AntMaze 10).")
-    max_weight: float = doc(100.0, "Clip of the advantage weights (published 100).")
-    discount: float = doc(0.99, "Discount (published 0.99).")
+    expectile: float = doc(0.7, "Expectile tau of the value regression (mujoco_config.py:15; AntMaze 0.9).")
+    beta: float = doc(3.0, "Inverse temperature of the advantage weights exp(beta * A) (mujoco_config.py:16 "
+                           "`temperature`; AntMaze 10).")
+    max_weight: float = doc(100.0, "Clip of the advantage weights (reference actor.py:16).")
+    discount: float = doc(0.99, "Discount (mujoco_config.py:13).")
     polyak: float = doc(0.005, "Target critic update rate: target <- (1 - polyak) target + polyak critic "
-                               "(published 0.005).")
+                               "(mujoco_config.py:19 `tau`).")
     # Data.
     reward_normalization: Literal["minmax", "none"] = doc(
-        "minmax", "minmax: rewards * 1000 / (max - min trajectory return of the dataset), the published "
-                  "locomotion normalisation, applied to online rewards too; none: raw rewards.")
+        "minmax", "minmax: rewards * 1000 / (max - min trajectory return of the dataset), the reference's for "
+                  "hopper, halfcheetah, walker2d (train_finetune.py:42-59,80-82), applied to online rewards too; "
+                  "none: raw rewards (the reference's for ant: config/config.yaml's overrides).")
     reward_shift: float = doc(0.0, "Added to every reward after scaling (IQL's AntMaze uses -1; 0 for locomotion).")
     buffer_capacity: int = doc(0, "Replay capacity in transitions; 0 keeps the offline data and every online "
-                                  "transition (published finetuning keeps the offline data). Positive: FIFO, the "
-                                  "oldest (offline) rows go first.")
+                                  "transition (the reference's 2M, train_finetune.py:30, holds both at its budgets). "
+                                  "Positive: FIFO, the oldest (offline) rows go first.")
     cuda_graph: bool = doc(True, "On CUDA, record one whole update as a CUDA graph and replay it: the same "
                                  "math, ~10x faster, since an update is ~150 tiny kernels whose launches "
                                  "dominate. Ignored on CPU.")

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from dtrl.experiment import ExperimentConfig
-from dtrl.reference import PUBLISHED_METHODS, published_scores
+from dtrl.reference import PUBLISHED_BUDGETS, PUBLISHED_METHODS, published_scores
 
 # Display names by algorithm.
 ALGO_LABELS = {"none": "DT (offline)", "grpo": "GRPO-DT", "qgrpo": "QGRPO", "ppo_dt": "PPO-DT", "odt": "ODT",
@@ -220,7 +220,7 @@ def main_markdown(exp: ExperimentConfig, table: pd.DataFrame, n_missing: int) ->
         header.append(method_label(exp, m))
         align.append("---:")
         if f"{m}_published" in table:
-            header.append(f"{method_label(exp, m)} (published, D4RL v2)")
+            header.append(f"{method_label(exp, m)} (published, D4RL v2, {PUBLISHED_BUDGETS[algo_of(exp, m)]})")
             align.append("---:")
     lines = ["# Main results", "",
              f"Final D4RL normalised score (0 = random, 100 = expert), mean ± std over seeds "
@@ -243,6 +243,8 @@ def main_markdown(exp: ExperimentConfig, table: pd.DataFrame, n_missing: int) ->
               "score after online finetuning, **published on the D4RL v2 datasets and gym v2 environments**; "
               "ours run on Gymnasium v5 with the datasets configured in `data` (generated with the D4RL recipe "
               "unless D4RL files are given), so they are a reference point, not a like-for-like comparison. "
+              "Each published header names the online budget it was measured at; ours is the env-steps row. "
+              "Scores use D4RL's reference returns (ant: -325.6, 3879.7), the normalisation of the published numbers. "
               "The published average is shown only when every task of the table has a published number."]
     if n_missing:
         lines += ["", f"**{n_missing} run(s) of the grid are missing**; cells average the seeds found."]

@@ -240,3 +240,16 @@ def test_published_reference_data():
     assert pub.score("odt_td3", "ant-medium") == 132.0
     assert pub.score("odt", "pendulum-medium") is None
     assert "D4RL v2" in pub.label
+
+
+def test_published_columns_name_their_budget():
+    """Each published header says the online budget its numbers were measured at (docs/baselines.md)."""
+    from dtrl.report import main_markdown, main_table
+
+    exp = ExperimentConfig(grid=GridConfig(methods=["odt", "odt_td3", "iql"], tasks=["hopper-medium"], seeds=[0]))
+    header = main_markdown(exp, main_table(exp, {}), 0).split("\n")[4]
+    cols = [c.strip() for c in header.strip("|").split("|")]
+    published = [c for c in cols if "(published" in c]
+    assert len(published) == 3
+    assert [c.split("D4RL v2, ", 1)[1] for c in published] == ["600k env steps)", "600k env steps)",
+                                                               "budget not stated)"]

@@ -18,6 +18,10 @@ PUBLISHED_FILE = "yan2024_d4rl_v2.csv"
 PUBLISHED_LABEL = "published (Yan et al. 2024, D4RL v2)"
 # Display names of the published methods, keyed by the dtrl algorithm that reimplements each.
 PUBLISHED_METHODS = {"iql": "IQL", "odt": "ODT", "odt_td3": "ODT+TD3"}
+# The online budget each published column was measured at, as the code behind it shows (docs/baselines.md):
+# ODT and ODT+TD3 come from RL_as_Vitamin @de8be0a, whose MuJoCo runs stop at 600k online transitions
+# (main.py:598-600); for IQL's column neither that repository nor the paper text we could read names one.
+PUBLISHED_BUDGETS = {"iql": "budget not stated", "odt": "600k env steps", "odt_td3": "600k env steps"}
 
 
 @dataclass(frozen=True)
