@@ -43,6 +43,7 @@ from dtrl.batching import ContextBatch, ContextSampler
 from dtrl.config import doc, require
 from dtrl.data.trajectories import Trajectory
 from dtrl.dt_method import DTMethod
+from dtrl.guard import FiniteSince
 from dtrl.io import torch_load
 from dtrl.online import RunContext
 from dtrl.pretrain import SupervisedTrainer
@@ -265,12 +266,18 @@ class MeanTerms:
     def __init__(self):
         self.sums: dict[str, torch.Tensor] = {}
         self.n = 0
+        self.finite = FiniteSince()  # which term went non-finite first (dtrl.guard)
 
     def add(self, terms: dict[str, torch.Tensor]) -> None:
         for k, v in terms.items():
             v = v.detach().float()
             self.sums[k] = self.sums[k] + v if k in self.sums else v.clone()
         self.n += 1
+        self.finite.add(self.sums)
+
+    def check(self, fault_keys: dict[str, str], where: str) -> None:
+        """Raise dtrl.guard.DivergenceError if a term went non-finite (the earliest named first)."""
+        self.finite.check(fault_keys, where)
 
     def means(self, prefix: str = "") -> dict[str, float]:
         if not self.sums:

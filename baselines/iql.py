@@ -67,6 +67,7 @@ from dtrl.config import doc, require
 from dtrl.critic import mlp
 from dtrl.data.trajectories import DataError, TrajectoryDataset
 from dtrl.envs import get_sim_state, set_sim_state
+from dtrl.guard import FiniteSince
 from dtrl.online import OnlineMethod, RunContext, eval_seed
 from dtrl.vec import VecStepper, evaluate_policy
 
@@ -474,6 +475,10 @@ class IQL(OnlineMethod):
     Config = IQLConfig
     needs_pretrained_dt = False
     needs_dataset = True
+    fault_key = "critic_lr"
+    # Checked once per iteration (dtrl.guard), the term that broke first named; ties in update order.
+    FAULT_KEYS = {"value_loss": "value_lr", "v_mean": "value_lr", "actor_loss": "actor_lr",
+                  "log_std_mean": "actor_lr", "critic_loss": "critic_lr", "q_mean": "critic_lr"}
 
     def __init__(self, cfg: IQLConfig, ctx: RunContext):
         super().__init__(cfg, ctx)
@@ -494,6 +499,7 @@ class IQL(OnlineMethod):
         self.offline_done = 0
         self.online_done = 0
         self.update_credit = 0.0  # fractional updates owed when utd * n_envs is not whole
+        self._finite = FiniteSince()
 
     # -- helpers --------------------------------------------------------------------------------------
 
@@ -513,6 +519,7 @@ class IQL(OnlineMethod):
             info = self.learner.update(self.buffer.sample(idx[i]), lr)
             for k, v in info.items():
                 acc[k] = acc[k] + v if k in acc else v
+            self._finite.add({k: acc[k] for k in self.FAULT_KEYS if k in acc})
             acc["_n"] = acc.get("_n", 0) + 1
             acc["_lr"] = acc.get("_lr", 0.0) + lr
             if online:
@@ -523,6 +530,8 @@ class IQL(OnlineMethod):
         self.ctx.counters.add("online_updates" if online else "offline_updates", n)
 
     def _diagnostics(self, acc: dict[str, torch.Tensor], phase: int) -> dict[str, float]:
+        self._finite.check(self.FAULT_KEYS, "the offline update" if phase == 0 else "the online update")
+        self._finite.reset()
         n = acc.pop("_n", 0)
         lr = acc.pop("_lr", 0.0)
         out: dict[str, float] = {"phase": phase}

@@ -22,6 +22,7 @@ episodes last the full 1000 steps, more when they end early.
 from __future__ import annotations
 
 from baselines.common import MeanTerms, ODTConfig, ODTFamily
+from dtrl.guard import SUPERVISED_FAULT_KEYS
 
 
 class ODT(ODTFamily):
@@ -34,4 +35,5 @@ class ODT(ODTFamily):
             acc.add(self.trainer.update(self.buffer.sample(self.cfg.batch_size)))
         self.ctx.counters.grad_updates += n
         self.ctx.counters.add("dt_updates", n)
+        acc.check(SUPERVISED_FAULT_KEYS, "ODT's update")
         return acc.means()

@@ -134,6 +134,12 @@ class ODTTD3(ODTFamily):
     Config = ODTTD3Config
     needs_dataset = True
     buffer_transitions = True
+    # Checked once per iteration (dtrl.guard): the critic's terms first, since a broken critic breaks the actor.
+    CRITIC_FAULT_KEYS = {"critic_loss": "critic_lr", "q_mean": "critic_lr", "td_error": "critic_lr",
+                         "target_q": "critic_lr"}
+    # ODT's part broken -> lr; ODT's part finite but the total not -> the TD3 term's weight alpha.
+    ACTOR_FAULT_KEYS = {"loss_supervised": "lr", "nll": "lr", "entropy": "lr", "actor_q": "alpha", "loss": "alpha",
+                        "grad_norm": "lr", "loss_temperature": "temperature_lr", "temperature": "temperature_lr"}
 
     def __init__(self, cfg: ODTTD3Config, ctx: RunContext):
         super().__init__(cfg, ctx)
@@ -237,6 +243,7 @@ class ODTTD3(ODTFamily):
         c = self.ctx.counters
         c.grad_updates += n
         c.add("critic_updates", n)
+        acc.check(self.CRITIC_FAULT_KEYS, "the critic warmup")
         return acc.means(prefix="warmup_")
 
     def _update_many(self, n: int) -> dict[str, float]:
@@ -253,6 +260,8 @@ class ODTTD3(ODTFamily):
         c.grad_updates += n
         c.add("critic_updates", n)
         c.add("dt_updates", n_actor)
+        critic_acc.check(self.CRITIC_FAULT_KEYS, "the critic update")
+        actor_acc.check(self.ACTOR_FAULT_KEYS, "the actor (DT) update")
         return {**critic_acc.means(), **actor_acc.means()}
 
     # -- state --------------------------------------------------------------------------------------

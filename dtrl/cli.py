@@ -11,7 +11,10 @@
     dtrl report --config C                       tables and rliable figures from finished runs
 
 Every subcommand takes ``--config`` (default: the built-in defaults) and ``--set key=value``
-overrides (``--set pretrain.updates=100``). Errors in input are reported as one line and exit 2.
+overrides (``--set pretrain.updates=100``). Errors in input (a bad config, an unreadable or unfitting
+file) are reported as one line and exit 2; a run that diverged (non-finite loss or weights) exits 3
+with one line naming the loss term and the config key most likely at fault. ``dtrl --debug ...``
+(or ``DTRL_DEBUG=1``) shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dtrl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error (also: DTRL_DEBUG=1)")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("tasks", help="list known tasks")
@@ -59,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--task", required=True)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", type=Path, default=None, help="run dir (default: <results>/pretrain/<task>/seed<seed>)")
+    _allow_config_change(s)
 
     s = sub.add_parser("finetune", help="online finetuning with a method entry of the config")
     _common(s)
@@ -68,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pretrained", type=Path, default=None,
                    help="pretrained model.pt (default: <results>/pretrain/<task>/seed<seed>/model.pt)")
     s.add_argument("--out", type=Path, default=None, help="run dir (default: <results>/runs/<method>/<task>/seed<seed>)")
+    _allow_config_change(s)
 
     s = sub.add_parser("evaluate", help="evaluate a DT checkpoint with the mean action at the eval RTG")
     _common(s)
@@ -84,17 +90,45 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _allow_config_change(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="resume a checkpoint even though the config differs from the one it was started with "
+                        "(the changed keys are recorded in the summary)")
+
+
+EXIT_INPUT = 2  # bad input: config, file, task
+EXIT_DIVERGED = 3  # the run diverged; its summary.json records status: diverged
+
+
 def main(argv: list[str] | None = None) -> int:
+    import os
+
     from dtrl.config import ConfigError
     from dtrl.data.trajectories import DataError
+    from dtrl.guard import DivergenceError, RecordedDivergence
+    from dtrl.io import InputError
     from dtrl.tasks import UnknownTaskError
 
     args = build_parser().parse_args(argv)
+    debug = args.debug or os.environ.get("DTRL_DEBUG", "") not in ("", "0")
     try:
         return _dispatch(args)
-    except (ConfigError, DataError, UnknownTaskError, FileNotFoundError) as e:
-        print(f"dtrl {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    except (ConfigError, DataError, UnknownTaskError, FileNotFoundError, InputError) as e:
+        if debug:
+            raise
+        _error_line(args.command, e)
+        return EXIT_INPUT
+    except (DivergenceError, RecordedDivergence) as e:
+        if debug:
+            raise
+        _error_line(args.command, e)
+        return EXIT_DIVERGED
+
+
+def _error_line(command: str, e: BaseException) -> None:
+    text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)  # KeyError's str() adds quotes
+    text = " ".join(text.split())  # one line, whatever the message held
+    print(f"dtrl {command}: error: {text}", file=sys.stderr)
 
 
 def _load(args):
@@ -154,11 +188,12 @@ def _dispatch(args) -> int:
     if args.command == "pretrain":
         from dtrl.pretrain import cmd_pretrain
 
-        return cmd_pretrain(exp, args.task, args.seed, args.out)
+        return cmd_pretrain(exp, args.task, args.seed, args.out, args.allow_config_change)
     if args.command == "finetune":
         from dtrl.finetune import cmd_finetune
 
-        return cmd_finetune(exp, args.method, args.task, args.seed, args.pretrained, args.out)
+        return cmd_finetune(exp, args.method, args.task, args.seed, args.pretrained, args.out,
+                            args.allow_config_change)
     if args.command == "evaluate":
         from dtrl.evaluate import cmd_evaluate
 

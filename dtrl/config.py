@@ -130,7 +130,13 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, path: str = "") -> T
     obj = cls(**kwargs)
     check = getattr(obj, "validate", None)
     if callable(check):
-        check()
+        try:
+            check()
+        except ConfigError as e:  # name where the section lives (methods.<name>: ...) unless the message does
+            msg = str(e)
+            if path and not msg.startswith(path) and not msg.startswith(path.rsplit(".", 1)[-1] + "."):
+                raise ConfigError(f"{path}: {msg}") from None
+            raise
     return obj
 
 
@@ -151,8 +157,19 @@ def load_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist")
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"config file {path}: not valid YAML{where} ({problem}); fix the file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not a text file; give a YAML config") from None
+    if data is None:  # an empty file would otherwise silently mean the built-in defaults
+        raise ConfigError(f"config file {path} is empty; give a YAML mapping of config keys (see `dtrl config "
+                          "--doc`), or leave --config out to use the built-in defaults")
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
     return data

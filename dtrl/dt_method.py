@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dtrl.checkpoint import dt_payload, load_pretrained_dt
+from dtrl.checkpoint import check_dims, dt_payload, load_pretrained_dt
 from dtrl.evaluate import evaluate_dt_episodes
 from dtrl.online import OnlineMethod, RunContext
 from dtrl.rollout import RolloutEngine
@@ -25,6 +25,7 @@ class DTMethod(OnlineMethod):
         if ctx.pretrained_path is None:
             raise ValueError(f"{type(self).__name__} needs a pretrained DT (dtrl pretrain) but none was given")
         self.model = load_pretrained_dt(ctx.pretrained_path, ctx.device, dropout=getattr(cfg, "dropout", None))
+        check_dims(self.model, ctx.task, ctx.obs_dim, ctx.act_dim, ctx.pretrained_path)
         self._eval_engine: RolloutEngine | None = None
 
     def evaluate(self, episodes: int, seed: int) -> np.ndarray:

@@ -39,19 +39,24 @@ def evaluate_dt_episodes(model: DecisionTransformer, task: Task, episodes: int, 
 
 
 def cmd_evaluate(exp, checkpoint: Path, task_name: str, episodes: int | None, seed: int, rtg: float | None) -> int:
-    from dtrl.checkpoint import dt_from_payload
-    from dtrl.io import torch_load
+    from dtrl.checkpoint import check_dims, dt_from_payload
+    from dtrl.envs import env_dims
+    from dtrl.io import InputError, torch_load
     from dtrl.online import resolve_device
 
     task = get_task(task_name)
     exp = exp.for_task(task_name)  # its eval overrides
     device = resolve_device(exp.device)
-    ckpt = torch_load(checkpoint)
-    payload = ckpt.get("dt") or ckpt.get("method", {}).get("dt")
+    ckpt = torch_load(checkpoint, fix="pass an intact pretrain model.pt or a DT method's run checkpoint.pt")
+    payload = (ckpt.get("dt") or (ckpt.get("method") or {}).get("dt")) if isinstance(ckpt, dict) else None
     if payload is None:
-        raise FileNotFoundError(f"{checkpoint} holds no Decision Transformer ('dt' entry); pass a pretrain model.pt "
-                                "or a DT method's run checkpoint.pt")
-    model = dt_from_payload(payload, device)
+        raise InputError(f"{checkpoint} holds no Decision Transformer ('dt' entry); pass a pretrain model.pt "
+                         "or a DT method's run checkpoint.pt")
+    try:
+        model = dt_from_payload(payload, device)
+    except (InputError, KeyError, TypeError) as e:
+        raise InputError(f"{checkpoint}: not a usable DT ({e}); pass an intact model.pt or checkpoint.pt") from None
+    check_dims(model, task, *env_dims(task), checkpoint)
     n = episodes or exp.eval.final_episodes
     returns = evaluate_dt(model, task, n, seed=seed, rtg=rtg if rtg is not None else exp.eval.rtg,
                           n_envs=exp.eval.n_envs, device=device)

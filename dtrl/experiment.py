@@ -250,7 +250,12 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         parts = key.split(".")
         for p in parts[:-1]:
             node = node.setdefault(p, {})
-        node[parts[-1]] = yaml.safe_load(value)
+        try:
+            node[parts[-1]] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise ConfigError(f"--set {item}: the value is not valid YAML ({problem}); quote strings, e.g. "
+                              f"--set '{key}=\"...\"'") from None
     return out
 
 

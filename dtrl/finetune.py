@@ -20,8 +20,24 @@ def pretrained_path(exp: ExperimentConfig, task: str, seed: int) -> Path:
     return Path(exp.results) / "pretrain" / task / f"seed{seed}" / "model.pt"
 
 
+def run_config(exp: ExperimentConfig, spec, task: str, seed: int, pretrained: Path | None) -> dict:
+    """The resolved config of a finetuning run, recorded in its checkpoints and summary (dtrl.provenance):
+    the method entry resolved (algorithm, parameters, online harness), the evaluation protocol, and the
+    model and pretraining config the starting DT was made with (as its model.pt records them)."""
+    from dtrl.config import to_dict
+    from dtrl.io import torch_load
+
+    made_with = None
+    if pretrained is not None:
+        recorded = torch_load(pretrained, fix=f"delete it and rerun `dtrl pretrain --task {task} --seed {seed}`, "
+                                              "or pass another --pretrained").get("config") or {}
+        made_with = {"model": recorded.get("model"), "pretrain": recorded.get("pretrain")}
+    return {"method": spec.name, "algo": spec.algo, "params": to_dict(spec.params), "online": to_dict(spec.online),
+            "eval": to_dict(exp.eval), "task": task, "seed": seed, "pretrained_with": made_with}
+
+
 def finetune(exp: ExperimentConfig, method: str, task_name: str, seed: int, pretrained: Path | None = None,
-             out: Path | None = None) -> dict:
+             out: Path | None = None, allow_config_change: bool = False) -> dict:
     exp = exp.for_task(task_name, method)  # the override entries matching (task, method)
     spec = exp.method(method)
     task = get_task(task_name)
@@ -33,6 +49,12 @@ def finetune(exp: ExperimentConfig, method: str, task_name: str, seed: int, pret
                                     f"--seed {seed}` first (or pass --pretrained)")
     else:
         pretrained = None
+    out = Path(out) if out else run_dir(exp, method, task_name, seed)
+    if (out / "summary.json").exists():  # a finished (or diverged) run is not redone
+        from dtrl.io import read_json
+
+        return read_json(out / "summary.json", fix=f"delete {out} to run it again")
+    config = run_config(exp, spec, task_name, seed, pretrained)
     dataset = None
     if getattr(cls, "needs_dataset", False):
         from dtrl.data.sources import load_task_dataset
@@ -40,17 +62,20 @@ def finetune(exp: ExperimentConfig, method: str, task_name: str, seed: int, pret
         dataset = load_task_dataset(exp, task)
     if exp.threads > 0:
         torch.set_num_threads(exp.threads)
-    out = Path(out) if out else run_dir(exp, method, task_name, seed)
     ctx = build_context(task, seed, resolve_device(exp.device), dataset, pretrained, out, exp.eval)
     impl = cls(spec.params, ctx)
     meta = {"method": method, "algo": spec.algo, "task": task_name, "seed": seed}
-    summary = run_online(impl, ctx, spec.online, meta)
+    summary = run_online(impl, ctx, spec.online, meta, config, allow_config_change)
     return summary
 
 
 def cmd_finetune(exp: ExperimentConfig, method: str, task: str, seed: int, pretrained: Path | None,
-                 out: Path | None) -> int:
-    s = finetune(exp, method, task, seed, pretrained, out)
+                 out: Path | None, allow_config_change: bool = False) -> int:
+    s = finetune(exp, method, task, seed, pretrained, out, allow_config_change)
+    if s.get("status", "completed") != "completed":
+        from dtrl.guard import RecordedDivergence
+
+        raise RecordedDivergence((s.get("divergence") or {}).get("message", f"the run's status is {s.get('status')}"))
     print(f"{s['method']} {s['task']} seed {s['seed']}: normalised return {s['final_norm_return']:.2f} "
           f"(raw {s['final_return']:.1f}) after {s['env_steps']} env steps, {s['grad_updates']} updates, "
           f"{s['wall_time']:.0f}s")

@@ -37,6 +37,7 @@ import torch
 from dtrl.config import doc, require
 from dtrl.critic import final_rtg
 from dtrl.dt_method import DTMethod
+from dtrl.guard import check_terms
 from dtrl.model import DecisionTransformer, SquashedGaussian
 from dtrl.online import RunContext
 from dtrl.rollout import RolloutEngine, RolloutTrajectory, Start
@@ -194,6 +195,8 @@ class PolicyGradientDT(DTMethod):
     """Exploration, learner batches and the clipped policy update shared by GRPO, QGRPO and PPO-DT."""
 
     uses_resets = False  # GRPO restores simulator states; the others never do
+    # Loss terms checked after each minibatch (dtrl.guard), with the config field blamed when one is non-finite.
+    POLICY_FAULT_KEYS = {"policy_loss": "lr", "entropy": "entropy_coef", "grad_norm": "lr"}
 
     def __init__(self, cfg: Any, ctx: RunContext):
         super().__init__(cfg, ctx)
@@ -274,6 +277,8 @@ class PolicyGradientDT(DTMethod):
                     acc["gent"].append(d.gaussian_entropy().mean().item())
                     acc["loss"].append(policy_loss.item())
                     acc["gn"].append(float(gn))
+                check_terms({"policy_loss": acc["loss"][-1], "entropy": acc["ent"][-1], "grad_norm": acc["gn"][-1]},
+                            self.POLICY_FAULT_KEYS, "the policy update")
                 if cfg.target_kl is not None and kl > 1.5 * cfg.target_kl:
                     stop = True
                     break

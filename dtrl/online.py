@@ -25,6 +25,7 @@ import torch
 
 from dtrl.config import to_dict
 from dtrl.data.trajectories import TrajectoryDataset
+from dtrl.guard import DivergenceError, check_parameters
 from dtrl.io import atomic_torch_save, read_json, torch_load
 from dtrl.logger import RunLogger, Throughput, write_summary
 from dtrl.online_config import EvalConfig, OnlineConfig
@@ -66,6 +67,8 @@ class OnlineMethod:
 
     Config: ClassVar[type]
     needs_pretrained_dt: ClassVar[bool] = True  # False for MLP methods (IQL), which pretrain themselves
+    # Config field named when a parameter goes non-finite without a loss term showing it first.
+    fault_key: ClassVar[str] = "lr"
 
     def __init__(self, cfg: Any, ctx: RunContext):
         self.cfg, self.ctx = cfg, ctx
@@ -134,20 +137,36 @@ def _set_rng_state(state: dict[str, Any], np_rng: np.random.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def run_online(method: OnlineMethod, ctx: RunContext, online: OnlineConfig, meta: dict[str, Any]) -> dict[str, Any]:
+def run_online(method: OnlineMethod, ctx: RunContext, online: OnlineConfig, meta: dict[str, Any],
+               config: dict[str, Any] | None = None, allow_config_change: bool = False) -> dict[str, Any]:
     """Drive ``method`` to its budget; resume from ``out_dir/checkpoint.pt`` if present.
 
-    ``meta`` holds method/algo/task/seed names for the summary. Returns the summary dict.
+    ``meta`` holds method/algo/task/seed names for the summary; ``config`` is the run's resolved
+    config, recorded in checkpoints and the summary: resuming under another one raises ConfigError
+    unless ``allow_config_change``. Returns the summary dict. A non-finite loss or parameter raises
+    :class:`dtrl.guard.DivergenceError` after writing a ``status: diverged`` summary; the last
+    checkpoint (all finite) stays.
     """
+    from dtrl.provenance import check_resume, code_version
+
     out = ctx.out_dir
-    out.mkdir(parents=True, exist_ok=True)
     summary_path, ckpt_path = out / "summary.json", out / "checkpoint.pt"
     if summary_path.exists():
-        return read_json(summary_path)
+        return read_json(summary_path, fix=f"delete {out} to run it again")
+    config_changes: list[dict[str, Any]] = []
+    state = None
+    if ckpt_path.exists():  # read (and checked) before anything is written
+        state = torch_load(ckpt_path, fix=f"delete it (or {out}) to start the run over")
+        if config is not None:
+            diff = check_resume(state.get("config"), config, ckpt_path, allow_config_change)
+            config_changes = list(state.get("config_changes", []))
+            if diff:
+                config_changes.append({"iteration": state["counters"]["iterations"], "changed": diff})
+    out.mkdir(parents=True, exist_ok=True)
     logger = RunLogger(out / "progress.csv")
     c = ctx.counters
-    if ckpt_path.exists():
-        state = torch_load(ckpt_path)
+    key_prefix = f"methods.{meta.get('method', '')}."
+    if state is not None:
         method.load_state_dict(state["method"])
         for k, v in state["counters"].items():
             setattr(c, k, v)
@@ -170,7 +189,31 @@ def run_online(method: OnlineMethod, ctx: RunContext, online: OnlineConfig, meta
                                                       "wall_time", "extra")},
             "rng": _rng_state(ctx.np_rng),
             "next_eval": next_eval,
+            "config": config,
+            "config_changes": config_changes,
         })
+
+    def record(summary: dict[str, Any]) -> None:
+        summary.update(config=config, code_version=code_version())
+        if config_changes:
+            summary["config_changes"] = config_changes
+        write_summary(summary_path, summary)
+
+    def diverged(e: DivergenceError, iteration: int) -> DivergenceError:
+        e.qualify(str(meta.get("method", type(method).__name__)), iteration, key_prefix)
+        nan = None
+        record({**meta, "status": "diverged", "divergence": e.record(), "final_return": nan,
+                "final_norm_return": nan, "final_norm_return_std": nan, "final_returns": [], "eval_episodes": 0,
+                "env_steps": c.env_steps, "env_steps_eval": c.env_steps_eval, "grad_updates": c.grad_updates,
+                "wall_time": c.wall_time, "iterations": c.iterations, "step_counts": dict(c.extra),
+                "budget_env_steps": online.env_steps})
+        return e
+
+    try:  # a diverged starting point (a NaN pretrained DT) is caught before anything runs
+        check_parameters(method, "pretrain.lr" if method.needs_pretrained_dt and state is None
+                         else method.fault_key, "the starting model" if state is None else f"checkpoint {ckpt_path}")
+    except DivergenceError as e:
+        raise diverged(e, c.iterations) from None
 
     rate = Throughput()
     rate.steps, rate.updates = c.env_steps, c.grad_updates
@@ -180,7 +223,11 @@ def run_online(method: OnlineMethod, ctx: RunContext, online: OnlineConfig, meta
     while not method.finished() and c.env_steps < online.env_steps and \
             (online.max_iterations == 0 or c.iterations < online.max_iterations):
         steps_before = c.env_steps
-        diag = method.train_iteration()
+        try:
+            diag = method.train_iteration()
+            check_parameters(method, method.fault_key, "the parameters after the update")
+        except DivergenceError as e:
+            raise diverged(e, c.iterations + 1) from None
         if c.env_steps == steps_before and c.grad_updates == 0:
             raise RuntimeError(f"{type(method).__name__}.train_iteration took no env step and no update; "
                                "the run would never end")
@@ -214,6 +261,7 @@ def run_online(method: OnlineMethod, ctx: RunContext, online: OnlineConfig, meta
                 "eval_return": float(r.mean()), "eval_norm_return": float(np.mean(norm)), "final": 1})
     summary = {
         **meta,
+        "status": "completed",
         "final_return": float(r.mean()),
         "final_norm_return": float(np.mean(norm)),
         "final_norm_return_std": float(np.std(norm)),
@@ -227,7 +275,7 @@ def run_online(method: OnlineMethod, ctx: RunContext, online: OnlineConfig, meta
         "step_counts": dict(c.extra),
         "budget_env_steps": online.env_steps,
     }
-    write_summary(summary_path, summary)
+    record(summary)
     return summary
 
 

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from dtrl.config import doc, require
 from dtrl.critic import ValueNet, final_rtg
+from dtrl.guard import check_terms
 from dtrl.grpo import CTX_KEYS, LearnBatch, PGConfig, PolicyGradientDT, advantage_stats, relabel_contexts, stack_contexts
 from dtrl.online import RunContext
 from dtrl.rollout import RolloutTrajectory
@@ -100,6 +101,7 @@ class PPODT(PolicyGradientDT):
                 self.value_opt.step()
                 self.ctx.counters.grad_updates += 1
                 losses.append(loss.item())
+                check_terms({"value_loss": losses[-1]}, {"value_loss": "value_lr"}, "the value update")
         return float(np.mean(losses))
 
     def learn_batch(self, trajs: list[RolloutTrajectory], adv: np.ndarray) -> LearnBatch:

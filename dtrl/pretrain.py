@@ -41,6 +41,7 @@ from dtrl.batching import ContextBatch, ContextSampler
 from dtrl.checkpoint import dt_payload
 from dtrl.config import ConfigError, to_dict
 from dtrl.data.trajectories import DataError, TrajectoryDataset
+from dtrl.guard import SUPERVISED_FAULT_KEYS, DivergenceError, FiniteSince, check_parameters
 from dtrl.io import atomic_torch_save, atomic_write_json, read_json, torch_load
 from dtrl.logger import RunLogger
 from dtrl.losses import dt_supervised_loss
@@ -187,12 +188,18 @@ def default_out_dir(results: str | Path, task_name: str, seed: int) -> Path:
     return Path(results) / "pretrain" / task_name / f"seed{seed}"
 
 
-def pretrain(exp, task: Task, seed: int, dataset: TrajectoryDataset, out_dir: str | Path | None = None) -> dict[str, Any]:
+def pretrain(exp, task: Task, seed: int, dataset: TrajectoryDataset, out_dir: str | Path | None = None,
+             allow_config_change: bool = False) -> dict[str, Any]:
     """Pretrain a DT on ``dataset`` as ``exp.model`` / ``exp.pretrain`` say; resumable; returns the summary.
 
     A finished run (``model.pt`` present) is not redone: its summary is returned. The override
     entries matching ``task`` are applied first (``exp.for_task``), so ``model.pt`` records them.
+    Resuming under another model/pretrain config raises ConfigError unless ``allow_config_change``.
+    A non-finite loss term or parameter raises :class:`dtrl.guard.DivergenceError` after writing a
+    ``status: diverged`` summary (no model.pt; the last, finite checkpoint stays).
     """
+    from dtrl.provenance import check_resume, code_version
+
     exp = exp.for_task(task.name)
     cfg: PretrainConfig = exp.pretrain
     out = Path(out_dir) if out_dir is not None else default_out_dir(exp.results, task.name, seed)
@@ -218,9 +225,17 @@ def pretrain(exp, task: Task, seed: int, dataset: TrajectoryDataset, out_dir: st
     logger = RunLogger(out / "pretrain.csv")
     acc = torch.zeros(len(_ACC_TERMS), device=device)
     n_acc, updates, wall_before = 0, 0, 0.0
+    run_config = pretrain_config(exp)
+    config_changes: list[dict[str, Any]] = []
     if ckpt_path.exists():
-        state = torch_load(ckpt_path)
+        state = torch_load(ckpt_path, fix="delete it to start pretraining over")
         _check_resumable(state, model, task, seed, ckpt_path)
+        recorded = state.get("config")
+        diff = check_resume(None if recorded is None else pretrain_config(recorded), run_config, ckpt_path,
+                            allow_config_change, "pretraining")
+        config_changes = list(state.get("config_changes", []))
+        if diff:
+            config_changes.append({"updates": int(state["updates"]), "changed": diff})
         model.load_state_dict(state["model"])
         trainer.load_state_dict(state["trainer"])
         _set_rng_state(state["rng"], np_rng)
@@ -238,7 +253,25 @@ def pretrain(exp, task: Task, seed: int, dataset: TrajectoryDataset, out_dir: st
             "model": model.state_dict(), "model_cfg": to_dict(model.cfg), "trainer": trainer.state_dict(),
             "rng": _rng_state(np_rng), "updates": updates, "wall_time": wall, "log_acc": acc.cpu(),
             "log_n": n_acc, "task": task.name, "seed": seed, "config": to_dict(exp),
+            "config_changes": config_changes,
         })
+
+    finite = FiniteSince()  # which loss term broke first, between two checks (dtrl.guard)
+    fault_keys = {k: f"pretrain.{v}" for k, v in SUPERVISED_FAULT_KEYS.items()}
+
+    def check_finite(where: str) -> None:
+        try:
+            finite.check(fault_keys, where)
+            check_parameters(_Owner(model), "pretrain.lr", "the parameters after the update")
+        except DivergenceError as e:
+            e.qualify("pretraining", updates, "pretrain.")
+            msg = e.message().replace(" at iteration ", " at update ")
+            e.args = (msg,)
+            atomic_write_json(summary_path, {
+                "task": task.name, "seed": seed, "status": "diverged", "updates": updates,
+                "divergence": {**e.record(), "update": updates, "message": msg}, "config": to_dict(exp),
+                "config_changes": config_changes, "code_version": code_version()})
+            raise
 
     model.train()
     t_start = time.perf_counter()
@@ -246,9 +279,11 @@ def pretrain(exp, task: Task, seed: int, dataset: TrajectoryDataset, out_dir: st
     while updates < cfg.updates:
         out_terms = trainer.update(sampler.sample(cfg.batch_size))
         acc += torch.stack([out_terms[k] for k in _ACC_TERMS])
+        finite.add_stacked(list(_ACC_TERMS), acc)
         n_acc += 1
         updates += 1
         if updates % cfg.log_every == 0 or updates == cfg.updates:
+            check_finite("pretraining")
             means = (acc / n_acc).tolist()  # the one host sync per log row
             now = time.perf_counter()
             logger.log({"updates": updates, **dict(zip(_ACC_TERMS, means)), "lr": trainer.last_lr,
@@ -257,7 +292,9 @@ def pretrain(exp, task: Task, seed: int, dataset: TrajectoryDataset, out_dir: st
             t_row, u_row = now, updates
             acc.zero_()
             n_acc = 0
+            finite.reset()
         if updates % cfg.checkpoint_every == 0 or updates == cfg.updates:
+            check_finite("pretraining")
             save_checkpoint(wall_before + time.perf_counter() - t_start)
     wall = wall_before + time.perf_counter() - t_start
     last = logger.rows[-1] if logger.rows else {}
@@ -268,8 +305,11 @@ def pretrain(exp, task: Task, seed: int, dataset: TrajectoryDataset, out_dir: st
         "final_loss": last.get("loss"), "final_nll": last.get("nll"), "final_entropy": last.get("entropy"),
         "final_temperature": last.get("temperature"),
         "dataset_episodes": len(dataset), "dataset_transitions": dataset.num_transitions,
-        "eval_episodes": cfg.eval_episodes,
+        "eval_episodes": cfg.eval_episodes, "status": "completed", "config": to_dict(exp),
+        "code_version": code_version(),
     }
+    if config_changes:
+        summary["config_changes"] = config_changes
     if cfg.eval_episodes > 0:
         from dtrl.evaluate import evaluate_dt
 
@@ -286,6 +326,19 @@ def pretrain(exp, task: Task, seed: int, dataset: TrajectoryDataset, out_dir: st
     return summary
 
 
+class _Owner:
+    """Holds the model as an attribute, the form dtrl.guard.check_parameters inspects."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+
+
+def pretrain_config(exp: Any) -> dict[str, Any]:
+    """The part of an experiment config (dataclass or recorded dict) a pretraining run depends on."""
+    d = exp if isinstance(exp, dict) else to_dict(exp)
+    return {"model": d.get("model"), "pretrain": d.get("pretrain")}
+
+
 def _check_resumable(state: dict[str, Any], model: DecisionTransformer, task: Task, seed: int, path: Path) -> None:
     problems = []
     if state.get("task") != task.name or state.get("seed") != seed:
@@ -297,7 +350,7 @@ def _check_resumable(state: dict[str, Any], model: DecisionTransformer, task: Ta
                           "delete the checkpoint to start over")
 
 
-def cmd_pretrain(exp, task_name: str, seed: int, out: str | Path | None) -> int:
+def cmd_pretrain(exp, task_name: str, seed: int, out: str | Path | None, allow_config_change: bool = False) -> int:
     """``dtrl pretrain``: load the task's dataset and pretrain; a finished run is left alone."""
     from dtrl.tasks import get_task
 
@@ -309,7 +362,7 @@ def cmd_pretrain(exp, task_name: str, seed: int, out: str | Path | None) -> int:
     from dtrl.data.sources import load_task_dataset
 
     dataset = load_task_dataset(exp, task)
-    s = pretrain(exp, task, seed, dataset, out_dir)
+    s = pretrain(exp, task, seed, dataset, out_dir, allow_config_change)
     line = (f"{task.name} seed {seed}: {s['updates']} updates in {s['wall_time']:.0f}s "
             f"({s['updates_per_s']:.1f}/s), final loss {s['final_loss']:.4f}")
     if "eval_return" in s:

@@ -31,6 +31,7 @@ from dtrl.config import doc, require
 from dtrl.critic import TrajectoryBuffer, TwinQ, final_rtg, soft_update
 from dtrl.grpo import (CTX_KEYS, LearnBatch, PGConfig, PolicyGradientDT, advantage_stats, group_advantages,
                        last_slot_dist, relabel_contexts, stack_contexts)
+from dtrl.guard import check_terms
 from dtrl.online import RunContext
 
 
@@ -108,7 +109,10 @@ class QGRPO(PolicyGradientDT):
         soft_update(self.critic_target, self.critic, cfg.tau)
         self.critic_updates += 1
         self.ctx.counters.grad_updates += 1
-        return loss.item(), q1.mean().item()
+        out = loss.item(), q1.mean().item()
+        check_terms({"critic_loss": out[0], "critic_q_mean": out[1]},
+                    {"critic_loss": "critic_lr", "critic_q_mean": "critic_lr"}, "the critic update")
+        return out
 
     # -- policy ----------------------------------------------------------------------------------------
     def learn_batch(self, trajs, chosen: list[tuple[int, int]]) -> tuple[LearnBatch, dict[str, float]]:

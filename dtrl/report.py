@@ -9,6 +9,8 @@ Reads ``<runs>/<method>/<task>/seed<seed>/summary.json`` (final score, budgets) 
     tables/aggregates.csv, .md       IQM / median / mean / optimality gap, stratified-bootstrap CIs
     tables/probability_of_improvement.csv   P(GRPO-DT > baseline) with CIs (grid has a grpo entry)
     tables/ablations.csv, .md        one row per GRPO-DT variant (grid.ablations), when present
+    tables/not_scored.csv, .md       runs of the grid left out of every score: diverged or failed
+                                     (summary status other than completed, or no finite score) and missing
     figures/aggregate_metrics.png|pdf, performance_profile.png|pdf,
     figures/probability_of_improvement.png|pdf, learning_curves_<task>.png|pdf
 
@@ -16,11 +18,15 @@ Scores are D4RL normalised scores (0 = random, 100 = expert). The optimality gap
 expert score, gamma = 100. Standard deviations over seeds are sample standard deviations (ddof=1;
 0 for a single seed). The rliable estimates use only the seeds a method finished on every task of
 the grid, so its score matrix is complete (rliable needs runs x tasks without holes).
+
+Only completed runs are scored. The runs of one cell (method x task) must have been made under one
+method config (as their summaries record it, :mod:`dtrl.provenance`): the report refuses, naming the
+runs and the keys that differ, to average runs made under different ones or made before dtrl
+recorded configs together with runs that record one.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from contextlib import contextmanager
@@ -32,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from dtrl.experiment import ExperimentConfig
+from dtrl.io import atomic_savefig, read_json
 from dtrl.reference import PUBLISHED_BUDGETS, PUBLISHED_METHODS, published_scores
 
 # Display names by algorithm.
@@ -124,9 +131,59 @@ def load_runs(runs_dir: Path, keys: list[tuple[str, str, int]]) -> tuple[dict[tu
         if not path.exists():
             missing.append(key)
             continue
-        with open(path) as f:
-            runs[key] = Run(method, task, seed, json.load(f), d)
+        runs[key] = Run(method, task, seed, read_json(path, fix=f"delete {d} and rerun that run"), d)
     return runs, missing
+
+
+def not_scored_reason(run: Run) -> str | None:
+    """Why a run that has a summary is left out of the scores, or None if it is scored."""
+    s = run.summary
+    status = s.get("status", "completed")  # summaries from before dtrl recorded a status
+    if status != "completed":
+        return str((s.get("divergence") or {}).get("message") or f"status {status}")
+    v = s.get("final_norm_return")
+    if v is None or not math.isfinite(float(v)):
+        return f"no finite final score (final_norm_return {v})"
+    return None
+
+
+def split_scored(runs: dict) -> tuple[dict, list[dict[str, Any]]]:
+    """(the runs to score, one row per run left out: method, task, seed, status, reason)."""
+    scored, left_out = {}, []
+    for key, run in runs.items():
+        reason = not_scored_reason(run)
+        if reason is None:
+            scored[key] = run
+        else:
+            left_out.append({"method": run.method, "task": run.task, "seed": run.seed,
+                             "status": run.summary.get("status", "completed"), "reason": reason})
+    return scored, left_out
+
+
+def check_cells_share_config(runs: dict) -> None:
+    """Refuse (ConfigError) if the runs of a (method, task) cell were made under different method configs."""
+    from dtrl.config import ConfigError
+    from dtrl.provenance import changed_keys, method_config
+
+    cells: dict[tuple[str, str], list[Run]] = {}
+    for (m, t, _), run in sorted(runs.items()):
+        cells.setdefault((m, t), []).append(run)
+    for (m, t), rs in cells.items():
+        ref = rs[0]
+        ref_cfg = method_config(ref.summary.get("config"))
+        for r in rs[1:]:
+            cfg = method_config(r.summary.get("config"))
+            if (cfg is None) != (ref_cfg is None):
+                old = ref if ref_cfg is None else r
+                raise ConfigError(f"{m} on {t}: seed {old.seed} ({old.run_dir}) records no config (made before dtrl "
+                                  "recorded configs) but other seeds do, so they cannot be shown to share one; rerun "
+                                  f"it (delete {old.run_dir}) or leave it out of the grid")
+            diff = [] if cfg is None else changed_keys(ref_cfg, cfg)
+            if diff:
+                shown = "; ".join(diff[:5]) + (f"; and {len(diff) - 5} more" if len(diff) > 5 else "")
+                raise ConfigError(f"{m} on {t}: seed {ref.seed} and seed {r.seed} were made under different method "
+                                  f"configs ({shown}); rerun the runs made under the old config (delete their run "
+                                  "directories) or give the variant its own method entry")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -471,7 +528,7 @@ def _save(fig, path_stem: Path) -> list[Path]:
     out = []
     for ext in ("png", "pdf"):
         p = path_stem.with_suffix(f".{ext}")
-        fig.savefig(p, dpi=150, bbox_inches="tight")
+        atomic_savefig(fig, p, dpi=150, bbox_inches="tight")
         out.append(p)
     return out
 
@@ -609,7 +666,9 @@ def report(exp: ExperimentConfig, out_root: Path | None = None, runs_dir: Path |
     runs_dir = Path(runs_dir) if runs_dir is not None else Path(exp.results) / "runs"
     tables_dir, fig_dir = out / "tables", out / "figures"
     runs, missing = load_runs(runs_dir, expected_runs(exp))
-    written: dict[str, list] = {"tables": [], "figures": [], "missing": missing}
+    runs, left_out = split_scored(runs)
+    check_cells_share_config(runs)  # before anything is written
+    written: dict[str, list] = {"tables": [], "figures": [], "missing": missing, "not_scored": left_out}
 
     def table(name: str, df: pd.DataFrame, md: str | None = None) -> None:
         _write_csv(tables_dir / f"{name}.csv", df)
@@ -618,7 +677,15 @@ def report(exp: ExperimentConfig, out_root: Path | None = None, runs_dir: Path |
 
     main = main_table(exp, runs)
     n_missing_main = sum(1 for k in missing if k[0] in exp.grid.methods and k[1] in exp.grid.tasks)
-    table("main", main, main_markdown(exp, main, n_missing_main))
+    left_out += [{"method": m, "task": t, "seed": s, "status": "missing", "reason": "no summary.json"}
+                 for m, t, s in missing]
+    main_md = main_markdown(exp, main, n_missing_main)
+    if left_out:
+        main_md += (f"\n**{len(left_out)} run(s) of the grid are not scored** (diverged, failed or missing): "
+                    "see not_scored.md.\n")
+    table("main", main, main_md)
+    table("not_scored", pd.DataFrame(left_out, columns=["method", "task", "seed", "status", "reason"]),
+          not_scored_markdown(left_out))
     if exp.grid.ablations:
         abl = ablation_table(exp, runs)
         table("ablations", abl, ablation_markdown(exp, abl))
@@ -647,8 +714,24 @@ def report(exp: ExperimentConfig, out_root: Path | None = None, runs_dir: Path |
     return written
 
 
+def not_scored_markdown(rows: list[dict[str, Any]]) -> str:
+    lines = ["# Runs not scored", "",
+             "Runs of the grid left out of every table and figure: diverged (a non-finite loss or parameter "
+             "stopped them), failed, or missing (no summary.json).", ""]
+    if not rows:
+        return "\n".join(lines + ["None: every run of the grid is scored."]) + "\n"
+    lines += ["| method | task | seed | status | reason |", "|---|---|---:|---|---|"]
+    lines += [f"| {r['method']} | {r['task']} | {r['seed']} | {r['status']} | {r['reason']} |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
 def cmd_report(exp: ExperimentConfig, out_root: Path | None, runs_dir: Path | None) -> int:
     res = report(exp, out_root, runs_dir)
+    bad = [r for r in res.get("not_scored", []) if r["status"] != "missing"]
+    if bad:
+        print(f"dtrl report: warning: {len(bad)} run(s) not scored (diverged or failed): "
+              + ", ".join(f"{r['method']}/{r['task']}/seed{r['seed']}" for r in bad[:5])
+              + (f" and {len(bad) - 5} more" if len(bad) > 5 else ""), file=sys.stderr)
     if res["missing"]:
         shown = ", ".join(f"{m}/{t}/seed{s}" for m, t, s in res["missing"][:5])
         more = f" and {len(res['missing']) - 5} more" if len(res["missing"]) > 5 else ""

@@ -9,11 +9,11 @@ in-process is faster than subprocess vector envs (MuJoCo steps take microseconds
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
-from dtrl.envs import get_sim_state, make_env, sim_state_size
+from dtrl.envs import get_sim_state, make_env, set_sim_state, sim_state_size
 from dtrl.tasks import Task
 
 
@@ -116,6 +116,20 @@ class VecStepper:
             else:
                 self.obs[i] = o
         return StepBatch(obs, actions, rewards, next_obs, terms, touts, sims, qpos, qvel, ep_returns, ep_lengths)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the next steps depend on (simulator states, episode counters, each env's RNG), so a
+        stepper restored with :meth:`load_state_dict` continues bit-identically."""
+        return {"sim": [get_sim_state(e) for e in self.envs], "obs": self.obs.copy(), "t": self.t.copy(),
+                "ret": self.ret.copy(), "episodes": self._episodes,
+                "np_random": [e.np_random.bit_generator.state for e in self.envs]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for env, sim, rng in zip(self.envs, state["sim"], state["np_random"]):
+            set_sim_state(env, sim)
+            env.np_random.bit_generator.state = rng
+        self.obs[:], self.t[:], self.ret[:] = state["obs"], state["t"], state["ret"]
+        self._episodes = int(state["episodes"])
 
 
 def evaluate_policy(act: Callable[[np.ndarray], np.ndarray], task: Task, episodes: int, seed: int = 0,

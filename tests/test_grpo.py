@@ -265,7 +265,8 @@ def test_grpo_resumes_exactly(tmp_path):
     whole = finetune(exp(400), "m", "hopper-medium", 0, out=tmp_path / "whole")
     finetune(exp(150), "m", "hopper-medium", 0, out=tmp_path / "cut")
     (tmp_path / "cut/summary.json").unlink()  # as if killed after its last checkpoint
-    resumed = finetune(exp(400), "m", "hopper-medium", 0, out=tmp_path / "cut")
+    resumed = finetune(exp(400), "m", "hopper-medium", 0, out=tmp_path / "cut",
+                       allow_config_change=True)  # the longer budget is a config change
     for k in ("env_steps", "grad_updates", "iterations", "final_returns"):
         assert whole[k] == resumed[k], k
 

@@ -223,7 +223,8 @@ def assert_resumes_to_the_same_result(tmp_path, method: str, params: dict, capsy
     assert 0 < part["iterations"] < full["iterations"]
     (tmp_path / "b/runs" / method / TASK / "seed0/summary.json").unlink()  # as if killed after its checkpoint
     capsys.readouterr()
-    resumed = finetune(experiment(tmp_path / "b", method, params, env_steps=250), method, TASK, 0)
+    resumed = finetune(experiment(tmp_path / "b", method, params, env_steps=250), method, TASK, 0,
+                       allow_config_change=True)  # the longer budget is a config change
     assert f"at iteration {part['iterations']}" in capsys.readouterr().err
     for k in ("iterations", "env_steps", "grad_updates", "step_counts", "final_returns"):
         assert resumed[k] == full[k], k

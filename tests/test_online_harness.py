@@ -98,8 +98,12 @@ def test_new_method_path_budget_and_resume(tmp_path, with_random_walk):
     exp2 = _exp(tmp_path, methods={"rw": {"algo": "random_walk", "steps_per_iteration": 30,
                                           "online": {"env_steps": 300}}},
                 grid={"methods": ["rw"], "tasks": ["hopper-medium"]})
-    s2 = finetune(exp2, "rw", "hopper-medium", 0)
+    # (a longer budget is a changed config: refused, then accepted with the explicit override, and recorded)
+    with pytest.raises(ConfigError, match=r"online.env_steps: 200 -> 300.*--allow-config-change"):
+        finetune(exp2, "rw", "hopper-medium", 0)
+    s2 = finetune(exp2, "rw", "hopper-medium", 0, allow_config_change=True)
     assert RandomWalk.calls == 3 and s2["env_steps"] == 300 and s2["iterations"] == 10
+    assert s2["config_changes"] == [{"iteration": 7, "changed": ["online.env_steps: 200 -> 300"]}]
     rows = list(csv.DictReader(open(run / "progress.csv")))
     its = [int(r["iteration"]) for r in rows if not r.get("final")]
     assert its == list(range(1, 11))

@@ -43,6 +43,12 @@ class GeneratorConfig:
     sac_cuda_graph: bool = doc(True, "On CUDA, capture the sac_envs*sac_utd updates of one env step as one CUDA "
                                      "graph (removes per-kernel launch cost, the bottleneck of small-MLP SAC).")
     eval_every: int = doc(10_000, "SAC env steps between evaluations (each a candidate 'medium' checkpoint).")
+    sac_checkpoint_every: int = doc(50_000, "SAC env steps between resumable checkpoints of the behaviour run "
+                                            "(sac_state.pt: networks, optimiser, replay buffer, env and RNG states, "
+                                            "the medium-replay log so far). A killed run resumes from the last one "
+                                            "and ends with the same policies as an uninterrupted run (bit for bit "
+                                            "on the CPU; on CUDA a resumed graph capture repeats its 3 warm-up "
+                                            "updates). 0 = only when paused at 'medium'. Does not change the data.")
     eval_episodes: int = doc(5, "Episodes per SAC evaluation (stepped together).")
     eval_stochastic: bool = doc(True, "Evaluate SAC checkpoints with sampled actions, the way the datasets are "
                                       "rolled out (D4RL), so 'medium' is judged on the behaviour the dataset will "
@@ -74,6 +80,8 @@ class GeneratorConfig:
                 "data.generator: need sac_lr > 0, 0 < sac_tau <= 1 and 0 <= sac_gamma < 1")
         require(self.sac_start_steps >= 0, "data.generator.sac_start_steps must be >= 0")
         require(self.eval_every >= 1, "data.generator.eval_every must be >= 1")
+        require(self.sac_checkpoint_every >= 0, "data.generator.sac_checkpoint_every must be >= 0 (0 = only at "
+                                                "the 'medium' pause)")
         require(self.rollout_workers >= 0, "data.generator.rollout_workers must be >= 0 (0 = one per core)")
         require(0 < self.medium_fraction <= 1, "data.generator.medium_fraction must be in (0, 1]")
 

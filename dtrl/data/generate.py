@@ -9,13 +9,15 @@ One SAC run per env family (``train_behaviour``) leaves in ``<data_root>/behavio
                       qpos/qvel/sim states (D4RL's medium-replay)
     expert.pt         the actor at the end of the run
     metadata.json     eval curve, SAC steps, seed, returns, settings, warnings
-    sac_state.pt      only while the run is paused after 'medium' (see below): everything to resume
+    sac_state.pt      while the run is unfinished: everything to resume it (written every
+                      ``sac_checkpoint_every`` steps and when paused after 'medium', see below)
 
 A task that needs no expert (random, medium, medium-replay) stops the run once 'medium' is saved
 and leaves it resumable; a task that needs the expert (or ``dtrl behaviour``) resumes or runs it to
 ``sac_steps``. The run up to 'medium' is the same either way, so the medium datasets do not depend
-on which command trained the policies. (A resumed run restarts its envs' episodes; its replay
-buffer, networks, optimiser and RNG states carry over.)
+on which command trained the policies. A run killed at any point resumes from its last
+``sac_state.pt`` (networks, optimiser, replay buffer, every RNG, the envs' simulator states and the
+medium-replay log so far) and continues exactly as the uninterrupted run would have.
 
 ``generate_task_dataset`` then rolls the right policy out with sampled actions, as D4RL did, in
 ``rollout_envs`` envs stepped together; each env gets an equal share of the transitions and is run
@@ -233,7 +235,8 @@ def train_behaviour(exp: Any, family: str, until: str = "expert") -> dict[str, A
             _check_settings(meta.get("generator"), exp.data.generator, BEHAVIOUR_KEYS, out)
             if meta["status"] == "complete" or (meta["status"] == "medium" and until == "medium"):
                 return meta
-        return _BehaviourRun(exp, fam, out, resume=meta is not None).run(until)
+        resume = meta is not None or (out / "sac_state.pt").exists()  # paused, or killed after a checkpoint
+        return _BehaviourRun(exp, fam, out, resume=resume).run(until)
 
 
 class _BehaviourRun:
@@ -279,9 +282,11 @@ class _BehaviourRun:
     def _state_path(self) -> Path:
         return self.out / "sac_state.pt"
 
-    def _save_state(self) -> None:
+    def _save_state(self, wall: float | None = None) -> None:
         state = {"agent": self.agent.state(), "step": self.step, "owed": self.owed, "curve": self.curve,
-                 "medium": self.medium, "warnings": self.warnings, "wall": self.wall,
+                 "medium": self.medium, "warnings": self.warnings, "wall": self.wall if wall is None else wall,
+                 "generator": _settings(self.gen, BEHAVIOUR_KEYS), "envs": self.envs.state_dict(),
+                 "log": None if self.log is None else self.log.chunks, "best": vars(self.best),
                  "env_time": self.env_time, "update_time": self.update_time, "resumed_at": self.resumed_at,
                  "np_rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
                  "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None}
@@ -292,7 +297,8 @@ class _BehaviourRun:
         if not path.exists():
             raise DataError(f"{self.out}: the behaviour run is marked paused but {path.name} is missing; delete "
                             f"{self.out} to train it again")
-        st = torch_load(path, map_location="cpu")
+        st = torch_load(path, map_location="cpu", fix=f"delete {self.out} to train the behaviour policies again")
+        _check_settings(st.get("generator"), self.gen, BEHAVIOUR_KEYS, path)
         self.agent.load_state(st["agent"])
         self.step, self.owed, self.curve = int(st["step"]), float(st["owed"]), st["curve"]
         self.medium, self.warnings, self.wall = st["medium"], st["warnings"], float(st["wall"])
@@ -302,8 +308,16 @@ class _BehaviourRun:
         torch.set_rng_state(st["torch_rng"])
         if st["cuda_rng"] is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state_all(st["cuda_rng"])
-        self.log = None  # the replay up to 'medium' is already saved
-        self.envs.reset([_seed(self.gen.seed, _PURPOSE["resume"], self.step, i) for i in range(self.envs.n)])
+        if "envs" in st:  # the envs, the log up to 'medium' (until it is saved) and the best checkpoint carry over
+            self.envs.load_state_dict(st["envs"])
+            self.log = None
+            if st["log"] is not None:
+                self.log = EpisodeLog()
+                self.log.chunks = st["log"]
+            self.best = _Best(**st["best"])
+        else:  # a paused state of an older dtrl: its envs restart their episodes
+            self.log = None  # the replay up to 'medium' is already saved
+            self.envs.reset([_seed(self.gen.seed, _PURPOSE["resume"], self.step, i) for i in range(self.envs.n)])
 
     def _metadata(self, status: str, expert: dict | None = None) -> dict[str, Any]:
         return {
@@ -360,6 +374,8 @@ class _BehaviourRun:
         if self.step == 0:
             self._save_policy("random", self._payload(self._evaluate()))
         next_eval = (self.step // gen.eval_every + 1) * gen.eval_every
+        every = gen.sac_checkpoint_every
+        next_ckpt = (self.step // every + 1) * every if every else None
         bar = _progress(gen.sac_steps, f"SAC {self.fam.name}", gen.progress)
         bar.update(self.step)
         last_ret = self.curve[-1][1] if self.curve else float("nan")
@@ -396,6 +412,9 @@ class _BehaviourRun:
                     if self.medium is not None and until == "medium" and self.step < gen.sac_steps:
                         paused = True
                         break
+                if next_ckpt is not None and self.step >= next_ckpt and self.step < gen.sac_steps:
+                    self._save_state(wall=self.wall + time.perf_counter() - start_wall)
+                    next_ckpt = (self.step // every + 1) * every
         finally:
             bar.close()
             if self.device.type == "cuda":

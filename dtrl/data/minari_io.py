@@ -45,6 +45,9 @@ def read_minari(dataset_id: str, download: bool = False, task: Any = None) -> Tr
 
     try:
         ds = minari.load_dataset(dataset_id, download=download)
+    except ImportError as e:  # Minari imports its download back end (huggingface_hub, ...) only when it downloads
+        raise DataError(f"{src}: Minari cannot download here: {e} (or put the dataset under {root} and set "
+                        "minari_download: false)") from None
     except (ValueError, FileNotFoundError, KeyError, OSError) as e:
         raise DataError(f"{src}: Minari could not load the dataset ({e})") from None
 

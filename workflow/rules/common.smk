@@ -205,3 +205,21 @@ SAC_GPU = 0 if EXP.data.generator.device == "cpu" else 1
 
 def cpus(wildcards, threads):
     return threads
+
+
+# -- job logs ----------------------------------------------------------------------------------------
+# Snakemake deletes a job's declared log before it reruns the job, which would lose the output of a
+# killed attempt. Every dtrl job therefore appends its output to `<log>.history` (undeclared, so
+# never deleted), each attempt headed by its start time and host, and copies that file to the
+# declared log when it ends: the log holds every attempt, and `<log>.history` is the live one.
+# dtrl finetune's exit code 3 (the run diverged; its summary.json records status: diverged, and the
+# report lists it as not scored) counts as success, so one diverged run does not stop the grid.
+
+EXIT_DIVERGED = 3
+
+
+def logged(command, ok_codes=(0,)):
+    ok = "|".join(str(c) for c in ok_codes)
+    return (f'echo "== attempt $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname) ==" >> {{log}}.history; rc=0; '
+            f"{command} >> {{log}}.history 2>&1 || rc=$?; cp {{log}}.history {{log}}; "
+            f"case $rc in {ok}) exit 0;; *) exit $rc;; esac")

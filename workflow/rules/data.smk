@@ -23,7 +23,7 @@ rule behaviour:
     conda:
         "../envs/dtrl.yaml"
     shell:
-        "python -m dtrl.cli behaviour {wildcards.family} --until {params.until} {params.cfg} --set threads={threads} >> {log} 2>&1"
+        logged("python -m dtrl.cli behaviour {wildcards.family} --until {params.until} {params.cfg} --set threads={threads}")
 
 
 rule data:
@@ -43,4 +43,4 @@ rule data:
     conda:
         "../envs/dtrl.yaml"
     shell:
-        "python -m dtrl.cli data {wildcards.task} {params.cfg} --set threads={threads} --out {output} >> {log} 2>&1"
+        logged("python -m dtrl.cli data {wildcards.task} {params.cfg} --set threads={threads} --out {output}")

@@ -22,8 +22,8 @@ rule pretrain:
     conda:
         "../envs/dtrl.yaml"
     shell:
-        "python -m dtrl.cli pretrain --task {wildcards.task} --seed {wildcards.seed} {params.cfg}"
-        " --set threads={threads} >> {log} 2>&1"
+        logged("python -m dtrl.cli pretrain --task {wildcards.task} --seed {wildcards.seed} {params.cfg}"
+               " --set threads={threads}")
 
 
 rule finetune:
@@ -44,5 +44,5 @@ rule finetune:
     conda:
         "../envs/dtrl.yaml"
     shell:
-        "python -m dtrl.cli finetune --method {wildcards.method} --task {wildcards.task} --seed {wildcards.seed}"
-        " {params.cfg} --set threads={threads} >> {log} 2>&1"
+        logged("python -m dtrl.cli finetune --method {wildcards.method} --task {wildcards.task} --seed {wildcards.seed}"
+               " {params.cfg} --set threads={threads}", ok_codes=(0, EXIT_DIVERGED))
