@@ -11,8 +11,10 @@ no timestep and no positional embedding -- ``main.py:479-480`` defaults ``orderi
 removes GPT-2's positional table -- so order reaches the model only through the causal mask; and
 ReLU in the MLPs (``main.py:476`` ``activation_function="relu"`` -> ``trajectory_gpt2.py:253``).
 ``ModelConfig.timestep_embedding`` (ODT's ``--ordering 1``, the original DT's timestep embedding),
-``slot_embedding`` (dtrl's own) and ``activation: gelu`` switch the alternatives on. The temperature of the entropy bonus is a real ``nn.Parameter``
-(``log_temperature``), so it lives in ``state_dict`` and checkpoints, unlike in ODT's code.
+``slot_embedding`` (dtrl's own) and ``activation: gelu`` switch the alternatives on.
+
+The temperature of the entropy bonus is a real ``nn.Parameter`` (``log_temperature``), so it
+lives in ``state_dict`` and checkpoints, unlike in ODT's code.
 
 Inputs are raw: the model owns the state normalisation (``state_mean``/``state_std`` buffers) and
 the RTG scale (``reward_scale``), so every method feeds environment quantities and no caller can
