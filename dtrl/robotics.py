@@ -242,7 +242,8 @@ class FlatGoalEnv:
         self.sim_env._dtrl_pre_state = value
 
     def _get_goal(self) -> np.ndarray:
-        return np.asarray(self.goal_env.goal, dtype=np.float64).copy()
+        goal = getattr(self.goal_env, "goal", None)  # none before the first reset; the size stays 2
+        return np.zeros(2) if goal is None else np.asarray(goal, dtype=np.float64).copy()
 
     def _set_goal(self, x: np.ndarray) -> None:
         self.goal_env.goal = np.array(x, dtype=np.float64)
