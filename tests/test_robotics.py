@@ -219,3 +219,41 @@ def test_human_data_cannot_be_generated_and_the_error_says_where_to_get_it(tmp_p
     for fn in (generate_task_dataset, load_task_dataset):
         with pytest.raises(DataError, match=r"D4RL/pen/human-v2.*minari download.*pen-human-v1\.hdf5"):
             fn(exp, get_task("pen-human"))
+
+
+# -- report ---------------------------------------------------------------------------------------------------
+
+def test_report_groups_tasks_by_family_with_family_averages_and_success(tmp_path):
+    import json
+
+    import pandas as pd
+
+    from dtrl.experiment import ExperimentConfig, GridConfig
+    from dtrl.report import BUDGET_ROWS, report
+    from test_report import write_run
+
+    scores = {"hopper-medium": [50.0, 70.0], "pen-human": [10.0, 30.0], "door-human": [0.0, 4.0],
+              "antmaze-umaze": [50.0, 100.0]}
+    for task, per_seed in scores.items():
+        for seed, sc in enumerate(per_seed):
+            write_run(tmp_path, "odt", task, seed, sc, 1000, 10)
+            if task.startswith("antmaze"):
+                p = tmp_path / "runs/odt" / task / f"seed{seed}/summary.json"
+                p.write_text(json.dumps({**json.loads(p.read_text()), "final_success_rate": sc / 100}))
+    grid = ["pen-human", "hopper-medium", "antmaze-umaze", "door-human"]  # families interleaved in the grid
+    exp = ExperimentConfig(results=str(tmp_path), grid=GridConfig(methods=["odt"], tasks=grid, seeds=[0, 1]))
+    report(exp, tmp_path, tmp_path / "runs", reps=50, figures=False)
+    table = pd.read_csv(tmp_path / "tables" / "main.csv").set_index("task")
+    assert list(table.index) == ["pen-human", "door-human", "average (adroit)", "hopper-medium",
+                                 "average (locomotion)", "antmaze-umaze", "average (antmaze)", "average",
+                                 *BUDGET_ROWS]
+    assert table.loc["average (adroit)", "odt_mean"] == pytest.approx((20.0 + 2.0) / 2)
+    assert table.loc["average (adroit)", "odt_std"] == pytest.approx(np.std([5.0, 17.0], ddof=1))
+    assert table.loc["average (antmaze)", "odt_mean"] == pytest.approx(75.0)
+    assert table.loc["average", "odt_mean"] == pytest.approx((20 + 2 + 60 + 75) / 4)
+    assert table.loc["antmaze-umaze", "odt_success"] == pytest.approx(0.75)
+    assert np.isnan(table.loc["pen-human", "odt_success"])
+    assert np.isnan(table.loc["pen-human", "odt_published"]) and table.loc["hopper-medium", "odt_published"] > 0
+    md = (tmp_path / "tables" / "main.md").read_text()
+    assert "| **average (adroit)** |" in md and "75.0 ± 35.4 (success 75%)" in md
+    assert "no published Adroit or AntMaze numbers" in md
