@@ -257,3 +257,15 @@ def test_report_groups_tasks_by_family_with_family_averages_and_success(tmp_path
     md = (tmp_path / "tables" / "main.md").read_text()
     assert "| **average (adroit)** |" in md and "75.0 ± 35.4 (success 75%)" in md
     assert "no published Adroit or AntMaze numbers" in md
+
+
+def test_core_imports_without_the_extra_and_the_env_names_it():
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['gymnasium_robotics'] = None\n"
+            "from dtrl.tasks import get_task; from dtrl.envs import make_env\n"
+            "make_env(get_task('hopper-medium'))\n"
+            "try:\n    make_env(get_task('pen-human'))\nexcept ImportError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "pip install 'dtrl[robotics]'" in out
