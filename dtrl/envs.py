@@ -9,6 +9,10 @@ Exact resets use ``mujoco.mj_getState/mj_setState`` with ``mjSTATE_INTEGRATION``
 warm-start accelerations, controls, time, ...) plus the sub-step trick described at
 ``_install_state_hooks``: replaying the same actions after a restore gives bit-identical
 observations and rewards, which ``env.set_state(qpos, qvel)`` does not.
+
+Envs whose resets also change what ``mj_getState`` does not hold (model fields, a goal) carry an
+extra-state hook ``env._dtrl_extra_state = (get, set)`` (dtrl.robotics): the snapshot appends
+``get()`` and a restore calls ``set`` before the physics is recomputed.
 """
 
 from __future__ import annotations
@@ -32,9 +36,15 @@ def _quiet_mujoco_log() -> None:
 def make_env(task: Task, seed: int | None = None) -> Any:
     """The unwrapped Gymnasium env of ``task``; the caller enforces ``task.max_episode_steps``."""
     _quiet_mujoco_log()
-    env = gym.make(task.env_id, disable_env_checker=True, **task.family.env_kwargs).unwrapped
-    if hasattr(env, "_step_mujoco_simulation"):
-        _install_state_hooks(env)
+    from dtrl.robotics import is_robotics, make_robotics_env
+
+    if is_robotics(task):
+        env = make_robotics_env(task)
+    else:
+        env = gym.make(task.env_id, disable_env_checker=True, **task.family.env_kwargs).unwrapped
+    sim = getattr(env, "sim_env", env)  # a goal env steps an inner MuJoCo env (dtrl.robotics.FlatGoalEnv)
+    if hasattr(sim, "_step_mujoco_simulation"):
+        _install_state_hooks(sim)
     _normalize_actions(env)
     if seed is not None:
         env.reset(seed=seed)
@@ -113,14 +123,20 @@ def _install_state_hooks(env: Any) -> None:
 def get_sim_state(env: Any) -> np.ndarray:
     """A float64 snapshot of a MuJoCo env made by :func:`make_env`, restorable bit-exactly."""
     mujoco, model, data = _mujoco_handles(env)
+    extra = _extra_state(env)
     pre = getattr(env, "_dtrl_pre_state", None)
     if pre is not None:
-        return np.concatenate([[_MODE_SUBSTEP], pre])
+        return np.concatenate([[_MODE_SUBSTEP], pre, extra])
     spec = mujoco.mjtState.mjSTATE_INTEGRATION
     state = np.empty(1 + mujoco.mj_stateSize(model, spec), dtype=np.float64)
     state[0] = _MODE_FORWARD
     mujoco.mj_getState(model, data, state[1:], spec)
-    return state
+    return np.concatenate([state, extra])
+
+
+def _extra_state(env: Any) -> np.ndarray:
+    hook = getattr(env, "_dtrl_extra_state", None)
+    return np.zeros(0) if hook is None else np.asarray(hook[0](), dtype=np.float64).ravel()
 
 
 def set_sim_state(env: Any, state: np.ndarray) -> None:
@@ -132,6 +148,11 @@ def set_sim_state(env: Any, state: np.ndarray) -> None:
     if state.shape != (size,) or state[0] not in (_MODE_FORWARD, _MODE_SUBSTEP):
         raise ValueError(f"simulator state has shape {state.shape}, expected ({size},) as saved by get_sim_state "
                          "for this environment")
+    n_mj = 1 + int(mujoco.mj_stateSize(model, spec))
+    hook = getattr(env, "_dtrl_extra_state", None)
+    if hook is not None:
+        hook[1](state[n_mj:])
+    state = state[:n_mj]
     mujoco.mj_setState(model, data, state[1:], spec)
     if state[0] == _MODE_SUBSTEP:
         mujoco.mj_step(model, data)
@@ -146,7 +167,7 @@ def set_sim_state(env: Any, state: np.ndarray) -> None:
 
 def sim_state_size(env: Any) -> int:
     mujoco, model, _ = _mujoco_handles(env)
-    return 1 + int(mujoco.mj_stateSize(model, mujoco.mjtState.mjSTATE_INTEGRATION))
+    return 1 + int(mujoco.mj_stateSize(model, mujoco.mjtState.mjSTATE_INTEGRATION)) + _extra_state(env).size
 
 
 def observe(env: Any) -> np.ndarray:

@@ -241,7 +241,7 @@ def run_online(method: OnlineMethod, ctx: RunContext, online: OnlineConfig, meta
         if c.env_steps >= next_eval:
             r = evaluate(ctx.eval_cfg.episodes, c.iterations)
             last_norm = float(np.mean(ctx.task.normalize(r)))
-            row.update(eval_return=float(r.mean()), eval_norm_return=last_norm)
+            row.update(eval_return=float(r.mean()), eval_norm_return=last_norm, **_success(ctx.task, r, "eval_success"))
             while next_eval <= c.env_steps:
                 next_eval += online.eval_every_env_steps
         logger.log(row)
@@ -258,7 +258,8 @@ def run_online(method: OnlineMethod, ctx: RunContext, online: OnlineConfig, meta
     c.wall_time = time.perf_counter() - t_start
     logger.log({"iteration": c.iterations, "env_steps": c.env_steps, "env_steps_eval": c.env_steps_eval,
                 "grad_updates": c.grad_updates, "wall_time": round(c.wall_time, 3),
-                "eval_return": float(r.mean()), "eval_norm_return": float(np.mean(norm)), "final": 1})
+                "eval_return": float(r.mean()), "eval_norm_return": float(np.mean(norm)), "final": 1,
+                **_success(ctx.task, r, "eval_success")})
     summary = {
         **meta,
         "status": "completed",
@@ -266,6 +267,7 @@ def run_online(method: OnlineMethod, ctx: RunContext, online: OnlineConfig, meta
         "final_norm_return": float(np.mean(norm)),
         "final_norm_return_std": float(np.std(norm)),
         "final_returns": r.tolist(),
+        **_success(ctx.task, r, "final_success_rate"),
         "eval_episodes": int(len(r)),
         "env_steps": c.env_steps,
         "env_steps_eval": c.env_steps_eval,
@@ -277,6 +279,14 @@ def run_online(method: OnlineMethod, ctx: RunContext, online: OnlineConfig, meta
     }
     record(summary)
     return summary
+
+
+def _success(task: Task, returns: np.ndarray, key: str) -> dict[str, float]:
+    """{key: fraction of episodes that reached the goal} for goal tasks (AntMaze), else {}."""
+    from dtrl.robotics import success_rate
+
+    rate = success_rate(task, returns)
+    return {} if rate is None else {key: rate}
 
 
 def _progress(online: OnlineConfig, start: int):

@@ -221,34 +221,64 @@ def budget_cell(runs: dict, method: str, tasks: list[str], seeds: list[int], key
     return _mean(vals), _std(vals), len(vals)
 
 
+def task_groups(tasks: list[str]) -> list[tuple[str, list[str]]]:
+    """The grid's tasks grouped by benchmark family (locomotion, adroit, antmaze), in grid order."""
+    from dtrl.tasks import get_task
+
+    groups: dict[str, list[str]] = {}
+    for t in tasks:
+        groups.setdefault(get_task(t).family.suite, []).append(t)
+    return list(groups.items())
+
+
+def group_average_row(suite: str) -> str:
+    return f"{AVERAGE_ROW} ({suite})"
+
+
+def _is_average(row: str) -> bool:
+    return row == AVERAGE_ROW or row.startswith(AVERAGE_ROW + " (")
+
+
 def main_table(exp: ExperimentConfig, runs: dict) -> pd.DataFrame:
-    """The main table: one row per task, then ``average``, then one row per budget.
+    """The main table: the tasks grouped by family, each group followed by its ``average (<family>)``
+    row when the grid has several families, then ``average`` over every task, then one row per budget.
 
     Columns: ``task``; per method ``<m>_mean``, ``<m>_std``, ``<m>_seeds`` (runs found; for budget
-    rows, runs averaged over); and ``<m>_published`` where the method's algorithm has published
-    numbers (Yan et al. 2024, D4RL v2). Budget rows hold per-run means in ``_mean`` and std over runs.
+    rows, runs averaged over); ``<m>_success`` (mean goal success rate over seeds, goal tasks only);
+    and ``<m>_published`` where the method's algorithm has published numbers (Yan et al. 2024, D4RL
+    v2). Budget rows hold per-run means in ``_mean`` and std over runs.
     """
     tasks, seeds, pub = list(exp.grid.tasks), list(exp.grid.seeds), published_scores()
+    groups = task_groups(tasks)
+    order: list[tuple[str, list[str]]] = []  # (row, the tasks an average row averages)
+    for suite, members in groups:
+        order += [(t, [t]) for t in members]
+        if len(groups) > 1:
+            order.append((group_average_row(suite), members))
+    order += [(AVERAGE_ROW, tasks)] + [(b, tasks) for b in BUDGET_ROWS]
     rows: list[dict[str, Any]] = []
-    for task in tasks + [AVERAGE_ROW] + list(BUDGET_ROWS):
+    for task, members in order:
         row: dict[str, Any] = {"task": task}
         for m in exp.grid.methods:
-            if task == AVERAGE_ROW:
-                mean, std, n = average_cell(runs, m, tasks, seeds)
+            if _is_average(task):
+                mean, std, n = average_cell(runs, m, members, seeds)
             elif task in BUDGET_ROWS:
                 mean, std, n = budget_cell(runs, m, tasks, seeds, task)
             else:
                 mean, std, n = score_cell(runs, m, task, seeds)
             row.update({f"{m}_mean": mean, f"{m}_std": std, f"{m}_seeds": n})
+            rates = [r.summary["final_success_rate"] for s in seeds
+                     if (r := runs.get((m, task, s))) is not None and "final_success_rate" in r.summary]
+            row[f"{m}_success"] = float(np.mean(rates)) if rates else float("nan")
             algo = algo_of(exp, m)
             if algo in PUBLISHED_METHODS:
-                row[f"{m}_published"] = _published_cell(pub, algo, task, tasks)
+                row[f"{m}_published"] = _published_cell(pub, algo, task, members)
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def _published_cell(pub, algo: str, task: str, tasks: list[str]) -> float:
-    if task == AVERAGE_ROW:  # only where every task of ours has a published number
+    if _is_average(task):  # only where every task averaged has a published number
         vals = [pub.score(algo, t) for t in tasks]
         return float(np.mean(vals)) if tasks and None not in vals else float("nan")
     v = pub.score(algo, task)
@@ -281,17 +311,21 @@ def main_markdown(exp: ExperimentConfig, table: pd.DataFrame, n_missing: int) ->
             align.append("---:")
     lines = ["# Main results", "",
              f"Final D4RL normalised score (0 = random, 100 = expert), mean ± std over seeds "
-             f"{list(exp.grid.seeds)} (sample std). Budget rows: mean per run.", "",
+             f"{list(exp.grid.seeds)} (sample std). Budget rows: mean per run. Tasks are grouped by benchmark "
+             "family, each family with its average when there are several; goal tasks (AntMaze) add the "
+             "success rate (goal reached) averaged over seeds.", "",
              "| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
     for _, r in table.iterrows():
         task = r["task"]
-        cells = [f"**{task}**" if task == AVERAGE_ROW else BUDGET_ROWS.get(task, task)]
+        cells = [f"**{task}**" if _is_average(task) else BUDGET_ROWS.get(task, task)]
         for m in methods:
             if task in BUDGET_ROWS:
                 v = r[f"{m}_mean"]
                 cells.append(f"{v:.0f}" if task == "wall_time" and not math.isnan(v) else _fmt_count(v))
             else:
-                cells.append(_fmt_score(r[f"{m}_mean"], r[f"{m}_std"], int(r[f"{m}_seeds"])))
+                cell = _fmt_score(r[f"{m}_mean"], r[f"{m}_std"], int(r[f"{m}_seeds"]))
+                sr = r.get(f"{m}_success", float("nan"))
+                cells.append(cell if math.isnan(sr) else f"{cell} (success {100 * sr:.0f}%)")
             if f"{m}_published" in table:
                 v = r[f"{m}_published"]
                 cells.append("" if task in BUDGET_ROWS or math.isnan(v) else f"*{v:.2f}*")
@@ -303,6 +337,9 @@ def main_markdown(exp: ExperimentConfig, table: pd.DataFrame, n_missing: int) ->
               "Each published header names the online budget it was measured at; ours is the env-steps row. "
               "Scores use D4RL's reference returns (ant: -325.6, 3879.7), the normalisation of the published numbers. "
               "The published average is shown only when every task of the table has a published number."]
+    if any(suite != "locomotion" for suite, _ in task_groups(list(exp.grid.tasks))):
+        lines += ["", "dtrl/reference holds no published Adroit or AntMaze numbers (Yan et al. 2024's tables for "
+                  "them were not available when it was written), so those published cells are empty."]
     if n_missing:
         lines += ["", f"**{n_missing} run(s) of the grid are missing**; cells average the seeds found."]
     return "\n".join(lines) + "\n"

@@ -52,6 +52,10 @@ class EnvFamily:
     qualities: tuple[str, ...] = QUALITIES
     note: str = ""
     v5_random_score: float | None = None  # random return re-measured on the v5 env, where it differs (REF_MEASUREMENTS)
+    suite: str = "locomotion"  # benchmark family the report groups by: locomotion, adroit, antmaze
+    d4rl_version: str = "v2"  # D4RL dataset version: 'hopper-medium-v2', Adroit 'pen-human-v1'
+    minari_version: str = "v0"  # Minari dataset version: 'mujoco/hopper/medium-v0', 'D4RL/pen/human-v2'
+    generatable: bool = True  # dtrl's generator can make its datasets (D4RL's SAC recipe)
 
 
 @dataclass(frozen=True)
@@ -98,12 +102,12 @@ class Task:
     @property
     def d4rl_name(self) -> str | None:
         p = self.family.d4rl_prefix
-        return f"{p}-{self.quality}-v2" if p else None
+        return f"{p}-{self.quality}-{self.family.d4rl_version}" if p else None
 
     @property
     def minari_id(self) -> str | None:
         p = self.family.minari_prefix
-        return f"{p}/{self.quality}-v0" if p else None
+        return f"{p}/{self.quality}-{self.family.minari_version}" if p else None
 
     def normalize(self, returns: Any) -> Any:
         """D4RL normalised score, 100 * (R - min) / (max - min); works on scalars and arrays."""
@@ -165,6 +169,11 @@ register_family(EnvFamily("ant", "Ant-v5", 1000, -325.6, 3879.7, 5000, 10000,
 register_family(EnvFamily("pendulum", "InvertedPendulum-v5", 1000, 5.63, 1000.0, 1000, 2000,
                           reward_scale=1e-2, qualities=("random", "medium", "medium-replay", "expert"),
                           note="test/quick-grid family, not in the paper; ref_min measured (REF_MEASUREMENTS)."))
+
+# Adroit and AntMaze (gymnasium-robotics, the `robotics` extra): their definitions and citations.
+from dtrl import robotics as _robotics  # noqa: E402  (needs the names above)
+
+_robotics.register_all(register_family, register_task)
 
 
 def known_tasks() -> list[str]:

@@ -7,7 +7,9 @@ Layout (flat arrays over all transitions, episodes one after another)::
     infos/qpos (N, nq)  infos/qvel (N, nv)  optional, the simulator state before each step
     infos/sim_state (N, S)                  dtrl's own: dtrl.envs.get_sim_state before each step
 
-Episodes end where ``terminals | timeouts``. dtrl writes its metadata as a JSON string in the root
+Episodes end where ``terminals | timeouts``. AntMaze files (D4RL's antmaze-*-v2) also hold
+``infos/goal`` (N, 2); read for an AntMaze task it is appended to the 29-d observation, the layout
+of dtrl's AntMaze env (:func:`dtrl.robotics.flatten_goal_obs`), and a file without it is an error. dtrl writes its metadata as a JSON string in the root
 attribute ``dtrl_metadata``; files from D4RL itself have none and read back with ``{}``.
 """
 
@@ -57,6 +59,13 @@ def read_d4rl(path: str | Path, task: Any = None) -> TrajectoryDataset:
         arrays = {k: _read_numeric(f, k, src) for k in REQUIRED_KEYS}
         extra = {name: _read_numeric(f, key, src) for key, name in OPTIONAL_KEYS.items() if key in f}
         metadata = _read_metadata(f, src)
+        goal = _read_goal(f, src, task)
+    if goal is not None and arrays["observations"].ndim == 2:
+        if goal.ndim != 2 or goal.shape != (arrays["observations"].shape[0], 2):
+            raise DataError(f"{src}: 'infos/goal' has shape {goal.shape}, expected ({arrays['observations'].shape[0]}, 2)")
+        arrays["observations"] = np.concatenate([arrays["observations"], goal], axis=1)
+        if "next_observations" in extra:
+            extra["next_observations"] = np.concatenate([extra["next_observations"], goal], axis=1)
 
     for name in ("observations", "actions", *extra):
         arr = arrays.get(name, extra.get(name))
@@ -80,6 +89,17 @@ def read_d4rl(path: str | Path, task: Any = None) -> TrajectoryDataset:
 
         obs_dim, act_dim = env_dims(task)
     return dataset.validate(obs_dim, act_dim)
+
+
+def _read_goal(f, src: str, task: Any) -> np.ndarray | None:
+    from dtrl.robotics import ANTMAZE
+
+    if task is None or task.family.suite != ANTMAZE:
+        return None
+    if "infos/goal" not in f:
+        raise DataError(f"{src}: an AntMaze file needs 'infos/goal' (N, 2), the goal of each step, as D4RL's "
+                        f"antmaze files have; task {task.name} observes it")
+    return _read_numeric(f, "infos/goal", src)
 
 
 def write_d4rl(path: str | Path, dataset: TrajectoryDataset) -> Path:

@@ -575,6 +575,10 @@ def generate_task_dataset(exp: Any, task: Task, force: bool = False) -> Path:
     An existing file made with the same settings is kept; one made with other settings is an error
     (delete it, or go back to its settings), so a changed config never mixes old and new data.
     """
+    if not task.family.generatable:
+        from dtrl.robotics import dataset_hint
+
+        raise DataError(dataset_hint(task))
     path = generated_path(exp, task)
     gen = exp.data.generator
     if path.exists() and not force:

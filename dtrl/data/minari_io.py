@@ -7,6 +7,12 @@ observations (the last one is the observation after the final step), so step t b
 (observation[t], action[t], reward[t], next_observation = observation[t+1]). ``terminations`` and
 ``truncations`` map to dtrl's ``terminals`` and ``timeouts``. Info arrays ``qpos``/``qvel`` of length
 T+1, when a dataset records them, are the states before each step and keep their first T rows.
+
+Dict observations (AntMaze: ``observation``, ``achieved_goal``, ``desired_goal``) are flattened by
+:func:`dtrl.robotics.flatten_goal_obs`, the same function the env uses, so data and env agree. For
+Adroit and AntMaze tasks the env id the dataset records is checked by
+:func:`dtrl.robotics.check_dataset_env` (an error for another task or observation layout, a warning
+for another version); for other tasks a different env id is a warning.
 """
 
 from __future__ import annotations
@@ -57,7 +63,12 @@ def read_minari(dataset_id: str, download: bool = False, task: Any = None) -> Tr
     env_spec = getattr(spec, "env_spec", None)
     if env_spec is not None:
         env_id = env_spec.id
-    if task is not None and env_id is not None and env_id != task.env_id:
+    from dtrl.robotics import check_dataset_env, is_robotics
+
+    if task is not None and is_robotics(task):
+        for w in check_dataset_env(task, env_id, src):
+            warnings.warn(w, stacklevel=2)
+    elif task is not None and env_id is not None and env_id != task.env_id:
         # The size check below catches other envs; a version mismatch (Hopper-v4 vs v5) has equal sizes
         # but different dynamics, which is worth knowing about, not necessarily an error.
         warnings.warn(f"{src}: collected on {env_id}, but task {task.name} runs {task.env_id}", stacklevel=2)
@@ -75,9 +86,16 @@ def read_minari(dataset_id: str, download: bool = False, task: Any = None) -> Tr
 def _episode_to_trajectory(ep: Any, src: str) -> Trajectory:
     where = f"{src}: episode {ep.id}"
     obs, act = ep.observations, ep.actions
+    if isinstance(obs, dict):
+        from dtrl.robotics import flatten_goal_obs
+
+        try:
+            obs = flatten_goal_obs(obs)
+        except ValueError as e:
+            raise DataError(f"{where}: {e}") from None
     if not isinstance(obs, np.ndarray) or not isinstance(act, np.ndarray):
-        raise DataError(f"{where}: observations and actions must be flat arrays (Box spaces); dict or tuple "
-                        "spaces are not supported")
+        raise DataError(f"{where}: observations and actions must be arrays (Box spaces) or AntMaze's goal dict; "
+                        "other dict or tuple spaces are not supported")
     n = len(ep.rewards)
     if obs.shape[0] != n + 1:
         raise DataError(f"{where}: has {n} steps but {obs.shape[0]} observations; Minari stores steps + 1")

@@ -40,6 +40,10 @@ def load_task_dataset(exp: Any, task: Any) -> TrajectoryDataset:
 
         return read_minari(src.minari, download=src.minari_download, task=task)
     path = generated_path(exp, task)
+    if not task.family.generatable:
+        from dtrl.robotics import dataset_hint
+
+        raise DataError(dataset_hint(task))
     if not path.exists():
         raise DataError(f"{task.name}: no dataset at {path}. Run `dtrl data {task.name}` (same --config/--set) to "
                         f"generate it, or set data.sources.{task.name}.d4rl or .minari")
