@@ -233,7 +233,8 @@ def test_a_nan_loss_term_stops_each_method_with_one_error(tmp_path, dataset_file
     monkeypatch.setattr(cls, "train_iteration", train_iteration)
     rc, lines = run_cli(capsys, ["finetune", "--method", method, "--task", TASK, "--seed", 0, "--config", cfg])
     assert rc == cli.EXIT_DIVERGED
-    line = assert_one_error_line(lines, f"{method} diverged at iteration 2", f"non-finite {term}", key)
+    line = assert_one_error_line(lines, f"{method} diverged at iteration 2", f"non-finite {term}", key,
+                                 "its last checkpoint (iteration 1, all finite) is kept")
     s = strict_json(run / "summary.json")
     assert s["status"] == "diverged" and s["final_norm_return"] is None and s["iterations"] == 1
     assert s["divergence"]["config_key"] == key and s["divergence"]["terms"][0] == term
@@ -257,7 +258,7 @@ def test_a_diverged_pretrained_model_is_not_evaluated(tmp_path, dataset_file, ca
     rc, lines = run_cli(capsys, ["finetune", "--method", "none", "--task", TASK, "--config", cfg])
     assert rc == cli.EXIT_DIVERGED
     assert_one_error_line(lines, "none diverged at iteration 0", "non-finite parameters model.",
-                          "the starting model", "pretrain.lr")
+                          "the starting model", "pretrain.lr", "no checkpoint had been written")
     s = strict_json(tmp_path / f"results/runs/none/{TASK}/seed0/summary.json")
     assert s["status"] == "diverged" and s["final_returns"] == []
     assert_reported_not_scored(cfg, "none")
@@ -282,7 +283,8 @@ def test_a_nan_loss_term_stops_pretraining(tmp_path, dataset_file, capsys, monke
     monkeypatch.setattr(dtrl.pretrain, "dt_supervised_loss", loss)
     rc, lines = run_cli(capsys, ["pretrain", "--task", TASK, "--config", cfg])
     assert rc == cli.EXIT_DIVERGED
-    assert_one_error_line(lines, "pretraining diverged at update 15", "non-finite loss, nll", "pretrain.lr")
+    assert_one_error_line(lines, "pretraining diverged at update 15", "non-finite loss, nll", "pretrain.lr",
+                          "its last checkpoint (update 10, all finite) is kept")
     s = strict_json(out / "summary.json")
     assert s["status"] == "diverged" and s["divergence"]["config_key"] == "pretrain.lr"
     assert not (out / "model.pt").exists()  # nothing downstream can start from it
