@@ -35,10 +35,13 @@ class DivergenceError(RuntimeError):
         self.method: str | None = None
         self.iteration: int | None = None
         self.key_prefix = ""
+        self.kept = ""
         super().__init__(self.message())
 
-    def qualify(self, method: str, iteration: int, key_prefix: str) -> "DivergenceError":
-        self.method, self.iteration, self.key_prefix = method, iteration, key_prefix
+    def qualify(self, method: str, iteration: int, key_prefix: str, kept: str = "") -> "DivergenceError":
+        """Add what the harness knows: the run's name, the iteration, the prefix of the method's config keys,
+        and what was kept of the run (its last checkpoint)."""
+        self.method, self.iteration, self.key_prefix, self.kept = method, iteration, key_prefix, kept
         self.args = (self.message(),)
         return self
 
@@ -52,8 +55,9 @@ class DivergenceError(RuntimeError):
         who = f"{self.method} diverged" if self.method else "training diverged"
         at = f" at iteration {self.iteration}" if self.iteration is not None else ""
         where = f" in {self.where}" if self.where else ""
+        kept = f"; {self.kept}" if self.kept else ""
         return (f"{who}{at}: non-finite {', '.join(self.terms)}{where}; most likely cause: {self.config_key} "
-                "too large (lower it). The last finite checkpoint is kept")
+                f"too large (lower it){kept}")
 
     def record(self) -> dict[str, Any]:
         """What ``summary.json`` keeps of the divergence."""

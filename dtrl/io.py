@@ -183,7 +183,8 @@ def torch_load(path: str | Path, map_location: Any = "cpu", fix: str | None = No
         # Checkpoints hold configs, numpy RNG state and counters besides tensors; they are our own files.
         return torch.load(path, map_location=map_location, weights_only=False)
     except Exception as e:  # noqa: BLE001 - torch raises RuntimeError, EOFError, UnpicklingError, ... for torn files
-        what = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
+        first = str(e).splitlines()[0].split(". ")[0] if str(e) else ""  # torch's hints run on for lines
+        what = f"{type(e).__name__}: {first}".rstrip(": ")
         raise InputError(f"{path} is not a readable torch file (truncated or corrupt? {what}); "
                          f"{fix or 'delete it and make it again'}") from None
 

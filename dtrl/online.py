@@ -182,7 +182,10 @@ def run_online(method: OnlineMethod, ctx: RunContext, online: OnlineConfig, meta
         returns = method.evaluate(episodes, eval_seed(ctx.eval_cfg, ctx.seed, index))
         return np.asarray(returns, dtype=np.float64)
 
+    saved = {"iteration": c.iterations if state is not None else None}  # of the checkpoint on disk
+
     def save_checkpoint() -> None:
+        saved["iteration"] = c.iterations
         atomic_torch_save(ckpt_path, {
             "method": method.state_dict(),
             "counters": {k: getattr(c, k) for k in ("env_steps", "env_steps_eval", "grad_updates", "iterations",
@@ -200,7 +203,9 @@ def run_online(method: OnlineMethod, ctx: RunContext, online: OnlineConfig, meta
         write_summary(summary_path, summary)
 
     def diverged(e: DivergenceError, iteration: int) -> DivergenceError:
-        e.qualify(str(meta.get("method", type(method).__name__)), iteration, key_prefix)
+        kept = (f"its last checkpoint (iteration {saved['iteration']}, all finite) is kept"
+                if saved["iteration"] is not None else "no checkpoint had been written")
+        e.qualify(str(meta.get("method", type(method).__name__)), iteration, key_prefix, kept)
         nan = None
         record({**meta, "status": "diverged", "divergence": e.record(), "final_return": nan,
                 "final_norm_return": nan, "final_norm_return_std": nan, "final_returns": [], "eval_episodes": 0,

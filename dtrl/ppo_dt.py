@@ -123,6 +123,8 @@ class PPODT(PolicyGradientDT):
         cfg = self.cfg
         trajs, finals = self.explore(record_contexts=True)
         adv, ret = self.advantages(trajs, finals)
+        check_terms({"advantages": float(adv.sum()), "value_targets": float(ret.sum())},
+                    {"advantages": "value_lr", "value_targets": "value_lr"}, "the GAE advantages")
         raw = adv
         if cfg.normalize_advantages:
             adv = (adv - adv.mean()) / (adv.std() + 1e-8)

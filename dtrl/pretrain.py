@@ -248,7 +248,10 @@ def pretrain(exp, task: Task, seed: int, dataset: TrajectoryDataset, out_dir: st
         logger.rows = []
     logger.columns = list(PRETRAIN_COLUMNS)
 
+    saved = {"updates": updates if ckpt_path.exists() else None}  # of the checkpoint on disk
+
     def save_checkpoint(wall: float) -> None:
+        saved["updates"] = updates
         atomic_torch_save(ckpt_path, {
             "model": model.state_dict(), "model_cfg": to_dict(model.cfg), "trainer": trainer.state_dict(),
             "rng": _rng_state(np_rng), "updates": updates, "wall_time": wall, "log_acc": acc.cpu(),
@@ -264,7 +267,10 @@ def pretrain(exp, task: Task, seed: int, dataset: TrajectoryDataset, out_dir: st
             finite.check(fault_keys, where)
             check_parameters(_Owner(model), "pretrain.lr", "the parameters after the update")
         except DivergenceError as e:
-            e.qualify("pretraining", updates, "pretrain.")
+            done = saved["updates"]
+            e.qualify("pretraining", updates, "pretrain.",
+                      f"its last checkpoint (update {done}, all finite) is kept" if done is not None else
+                      "no checkpoint had been written")
             msg = e.message().replace(" at iteration ", " at update ")
             e.args = (msg,)
             atomic_write_json(summary_path, {

@@ -1,0 +1,616 @@
+"""Trustworthy runs (issue 10): divergence caught per method, every bad input one clear error, no
+silent config drift on resume or in a report cell, exact SAC resume, strict JSON, safe file writes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from dtrl import cli
+from dtrl.data.d4rl_hdf5 import write_d4rl
+from dtrl.data.trajectories import TrajectoryDataset
+from dtrl.experiment import load_config
+from dtrl.io import atomic_write_json, atomic_write_text, remove_stale_temps, torch_load
+from dtrl.methods import get_algorithm
+from dtrl.rollout import RolloutEngine, collect_episodes
+from dtrl.tasks import get_task
+
+from helpers import tiny_dt, write_pretrained
+
+TASK = "pendulum-medium"
+REPO = Path(__file__).resolve().parents[1]
+NAN = float("nan")
+
+# Small settings per method: a few updates per iteration, short groups.
+PARAMS = {
+    "none": {},
+    "grpo": dict(group_size=2, reset_points=2, traj_len=3, eval_len=3, explore_episodes=1, minibatch_size=2,
+                 epochs=1, drop_zero_spread=False),
+    "qgrpo": dict(group_size=2, states_per_iteration=4, minibatch_size=4, epochs=1, critic_batch_size=8,
+                  critic_warmup_updates=0, critic_hidden=[16]),
+    "ppo_dt": dict(explore_episodes=1, minibatch_size=8, epochs=1, value_epochs=1, value_hidden=[16]),
+    "odt": dict(updates_per_iteration=3, batch_size=8, warmup_updates=5),
+    "odt_td3": dict(updates_per_iteration=4, batch_size=8, warmup_updates=5, critic_warmup_updates=2,
+                    critic_hidden=[16]),
+    "iql": dict(hidden_dims=[16], batch_size=16, offline_updates=30, offline_updates_per_iteration=10,
+                env_steps_per_iteration=10, n_envs=1, offline_eval_episodes=0),
+}
+
+
+def strict_json(path: Path):
+    """Parse as any JSON reader would: a bare NaN/Infinity token fails."""
+    def bad(token):
+        raise AssertionError(f"{path} holds the non-JSON token {token}")
+
+    return json.loads(path.read_text(), parse_constant=bad)
+
+
+def tree_hash(root: Path) -> dict[str, str]:
+    """Path -> (mode, content hash) of every file under ``root``."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            out[str(p.relative_to(root))] = f"{stat.S_IMODE(p.stat().st_mode):o}:" + \
+                hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def offline_dataset(n: int = 8) -> TrajectoryDataset:
+    model = tiny_dt(TASK, seed=1)
+    eng = RolloutEngine(get_task(TASK), n, model.cfg.context_len, seed=0)
+    return TrajectoryDataset(collect_episodes(eng, model, n, 100.0, seeds=range(n)))
+
+
+@pytest.fixture(scope="module")
+def dataset_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "pendulum.hdf5"
+    write_d4rl(path, offline_dataset())
+    return path
+
+
+def config_file(tmp_path: Path, dataset: Path, method: str, **over) -> Path:
+    """A YAML experiment: results under tmp_path/results, the dataset outside it, tiny everything."""
+    cfg = {"results": str(tmp_path / "results"), "device": "cpu",
+           "grid": {"methods": [method], "tasks": [TASK], "seeds": [0]},
+           "data": {"sources": {TASK: {"d4rl": str(dataset)}}},
+           "model": {"embed_dim": 16, "n_layers": 1, "n_heads": 2, "context_len": 4, "eval_context_len": 2},
+           "pretrain": {"updates": 20, "batch_size": 8, "warmup_updates": 5, "log_every": 5,
+                        "checkpoint_every": 10, "eval_episodes": 0},
+           "eval": {"episodes": 1, "final_episodes": 1},
+           "online": {"env_steps": 100_000, "max_iterations": 3, "eval_every_env_steps": 100_000,
+                      "progress": False},
+           "methods": {method: dict(PARAMS.get(method, {}))}}
+    for k, v in over.items():
+        cfg[k] = {**cfg[k], **v} if isinstance(v, dict) and isinstance(cfg.get(k), dict) else v
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def run_cli(capsys, argv: list[str]) -> tuple[int, list[str]]:
+    """``dtrl ARGV`` in-process: (exit code, the lines it wrote to stderr)."""
+    capsys.readouterr()
+    rc = cli.main([str(a) for a in argv])
+    return rc, [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+
+
+def assert_one_error_line(lines: list[str], *fragments: str) -> str:
+    errors = [ln for ln in lines if ": error: " in ln]
+    assert len(errors) == 1, lines
+    assert not any("Traceback" in ln for ln in lines), lines
+    for f in fragments:
+        assert f in errors[0], (f, errors[0])
+    return errors[0]
+
+
+def pretrained_path(tmp_path: Path) -> Path:
+    return tmp_path / f"results/pretrain/{TASK}/seed0/model.pt"
+
+
+# -- fault injection: a NaN in one loss term of each method ---------------------------------------------
+
+def _patch_entropy(mp):
+    from dtrl.model import SquashedGaussian
+
+    orig = SquashedGaussian.entropy
+    mp.setattr(SquashedGaussian, "entropy", lambda self, *a, **k: orig(self, *a, **k) * NAN)
+
+
+def _patch_value_loss(mp):
+    import types
+
+    import torch.nn.functional as F
+
+    import dtrl.ppo_dt
+
+    mp.setattr(dtrl.ppo_dt, "F", types.SimpleNamespace(mse_loss=lambda a, b: F.mse_loss(a, b) * NAN))
+
+
+def _patch_value_net(mp):
+    from dtrl.critic import ValueNet
+
+    orig = ValueNet.scaled
+    mp.setattr(ValueNet, "scaled", lambda self, *a: orig(self, *a) * NAN)
+
+
+def _patch_twin_q(mp):
+    from dtrl.critic import TwinQ
+
+    orig = TwinQ.forward
+    mp.setattr(TwinQ, "forward", lambda self, *a: tuple(q * NAN for q in orig(self, *a)))
+
+
+def _patch_supervised(term):
+    def patch(mp):
+        import dtrl.pretrain
+
+        orig = dtrl.pretrain.dt_supervised_loss
+
+        def loss(*a, **k):
+            terms = orig(*a, **k)
+            terms[term] = terms[term] * NAN
+            return terms
+
+        mp.setattr(dtrl.pretrain, "dt_supervised_loss", loss)
+    return patch
+
+
+def _patch_td3_critic(mp):
+    from baselines.odt_td3 import ODTTD3
+
+    orig = ODTTD3.critic_loss
+
+    def critic_loss(self, batch):
+        terms = orig(self, batch)
+        terms["critic_loss"] = terms["critic_loss"] * NAN
+        return terms
+
+    mp.setattr(ODTTD3, "critic_loss", critic_loss)
+
+
+def _patch_expectile(mp):
+    import baselines.iql
+
+    orig = baselines.iql.expectile_loss
+    mp.setattr(baselines.iql, "expectile_loss", lambda diff, e: orig(diff, e) * NAN)
+
+
+# method -> (fault applied from the 2nd iteration on, term named first, config key named)
+FAULTS = {
+    "grpo": (_patch_entropy, "entropy", "methods.grpo.entropy_coef"),
+    "qgrpo": (_patch_twin_q, "critic_loss", "methods.qgrpo.critic_lr"),
+    "ppo_dt": (_patch_value_loss, "value_loss", "methods.ppo_dt.value_lr"),
+    # a broken value net shows first in the advantages, before the policy update it would break
+    "ppo_dt-value-net": (_patch_value_net, "advantages", "methods.ppo_dt.value_lr"),
+    "odt": (_patch_supervised("loss_temperature"), "loss_temperature", "methods.odt.temperature_lr"),
+    "odt_td3": (_patch_td3_critic, "critic_loss", "methods.odt_td3.critic_lr"),
+    "iql": (_patch_expectile, "value_loss", "methods.iql.value_lr"),
+}
+
+
+def assert_reported_not_scored(cfg: Path, method: str, status: str = "diverged") -> None:
+    from dtrl.report import report
+
+    exp = load_config(cfg)
+    res = report(exp, figures=False, reps=10)
+    assert [(r["method"], r["seed"], r["status"]) for r in res["not_scored"]] == [(method, 0, status)]
+    root = Path(exp.results) / "tables"
+    main = root / "main.csv"
+    import pandas as pd
+
+    row = pd.read_csv(main).set_index("task").loc[TASK]
+    assert row[f"{method}_seeds"] == 0 and np.isnan(row[f"{method}_mean"])  # not scored
+    assert f"| {method} | {TASK} | 0 | {status} |" in (root / "not_scored.md").read_text()
+
+
+@pytest.mark.parametrize("case", sorted(FAULTS))
+def test_a_nan_loss_term_stops_each_method_with_one_error(tmp_path, dataset_file, capsys, monkeypatch, case):
+    method = case.split("-")[0]
+    cfg = config_file(tmp_path, dataset_file, method)
+    write_pretrained(pretrained_path(tmp_path), tiny_dt(TASK, embed_dim=16, n_heads=2))
+    run = tmp_path / f"results/runs/{method}/{TASK}/seed0"
+    patch, term, key = FAULTS[case]
+    cls = get_algorithm(method)
+    orig, seen = cls.train_iteration, {}
+
+    def train_iteration(self):  # the fault starts in iteration 2, after iteration 1's checkpoint
+        if self.ctx.counters.iterations >= 1:
+            seen["checkpoint"] = (run / "checkpoint.pt").read_bytes()  # the last one before each iteration
+            if self.ctx.counters.iterations == 1:
+                patch(monkeypatch)
+        return orig(self)
+
+    monkeypatch.setattr(cls, "train_iteration", train_iteration)
+    rc, lines = run_cli(capsys, ["finetune", "--method", method, "--task", TASK, "--seed", 0, "--config", cfg])
+    assert rc == cli.EXIT_DIVERGED
+    line = assert_one_error_line(lines, f"{method} diverged at iteration 2", f"non-finite {term}", key,
+                                 "its last checkpoint (iteration 1, all finite) is kept")
+    s = strict_json(run / "summary.json")
+    assert s["status"] == "diverged" and s["final_norm_return"] is None and s["iterations"] == 1
+    assert s["divergence"]["config_key"] == key and s["divergence"]["terms"][0] == term
+    assert s["divergence"]["message"] in line
+    # The checkpoint of iteration 1 is intact: the same bytes, finite, resumable.
+    assert (run / "checkpoint.pt").read_bytes() == seen["checkpoint"]
+    assert torch_load(run / "checkpoint.pt")["counters"]["iterations"] == 1
+    assert_reported_not_scored(cfg, method)
+    # Asked again, the run is not redone: the same error, from its summary.
+    rc, lines = run_cli(capsys, ["finetune", "--method", method, "--task", TASK, "--seed", 0, "--config", cfg])
+    assert rc == cli.EXIT_DIVERGED and assert_one_error_line(lines) == line
+
+
+def test_a_diverged_pretrained_model_is_not_evaluated(tmp_path, dataset_file, capsys):
+    """`none` trains nothing: a NaN pretrained DT (a diverged pretraining from before the checks) is refused."""
+    cfg = config_file(tmp_path, dataset_file, "none")
+    model = tiny_dt(TASK, embed_dim=16, n_heads=2)
+    with torch.no_grad():
+        next(model.parameters()).view(-1)[0] = NAN
+    write_pretrained(pretrained_path(tmp_path), model)
+    rc, lines = run_cli(capsys, ["finetune", "--method", "none", "--task", TASK, "--config", cfg])
+    assert rc == cli.EXIT_DIVERGED
+    assert_one_error_line(lines, "none diverged at iteration 0", "non-finite parameters model.",
+                          "the starting model", "pretrain.lr", "no checkpoint had been written")
+    s = strict_json(tmp_path / f"results/runs/none/{TASK}/seed0/summary.json")
+    assert s["status"] == "diverged" and s["final_returns"] == []
+    assert_reported_not_scored(cfg, "none")
+
+
+def test_a_nan_loss_term_stops_pretraining(tmp_path, dataset_file, capsys, monkeypatch):
+    cfg = config_file(tmp_path, dataset_file, "none")
+    out = tmp_path / f"results/pretrain/{TASK}/seed0"
+    import dtrl.pretrain
+
+    orig, calls, seen = dtrl.pretrain.dt_supervised_loss, {"n": 0}, {}
+
+    def loss(*a, **k):  # finite for the first 12 updates (a checkpoint at 10), then a NaN NLL
+        calls["n"] += 1
+        terms = orig(*a, **k)
+        if calls["n"] > 12:
+            seen.setdefault("checkpoint", (out / "checkpoint.pt").read_bytes())
+            terms["nll"] = terms["nll"] * NAN
+            terms["loss"] = terms["loss"] * NAN
+        return terms
+
+    monkeypatch.setattr(dtrl.pretrain, "dt_supervised_loss", loss)
+    rc, lines = run_cli(capsys, ["pretrain", "--task", TASK, "--config", cfg])
+    assert rc == cli.EXIT_DIVERGED
+    assert_one_error_line(lines, "pretraining diverged at update 15", "non-finite loss, nll", "pretrain.lr",
+                          "its last checkpoint (update 10, all finite) is kept")
+    s = strict_json(out / "summary.json")
+    assert s["status"] == "diverged" and s["divergence"]["config_key"] == "pretrain.lr"
+    assert not (out / "model.pt").exists()  # nothing downstream can start from it
+    assert (out / "checkpoint.pt").read_bytes() == seen["checkpoint"]
+    assert torch_load(out / "checkpoint.pt")["updates"] == 10
+
+
+# -- bad input: exit 2, one line, nothing under results changed -------------------------------------------
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _finished_run(tmp_path, dataset, capsys, method="none") -> Path:
+    cfg = config_file(tmp_path, dataset, method)
+    if not pretrained_path(tmp_path).exists():
+        write_pretrained(pretrained_path(tmp_path), tiny_dt(TASK, embed_dim=16, n_heads=2))
+    assert run_cli(capsys, ["finetune", "--method", method, "--task", TASK, "--config", cfg])[0] == 0
+    return cfg
+
+
+def _setup_truncated_resume_checkpoint(tmp_path, dataset, capsys):
+    cfg = _finished_run(tmp_path, dataset, capsys, "odt")
+    run = tmp_path / f"results/runs/odt/{TASK}/seed0"
+    (run / "summary.json").unlink()  # as if killed while running
+    _truncate(run / "checkpoint.pt")
+    return ["finetune", "--method", "odt", "--task", TASK, "--config", cfg], ["checkpoint.pt", "delete it"]
+
+
+def _setup_truncated_pretrained(tmp_path, dataset, capsys):
+    cfg = config_file(tmp_path, dataset, "odt")
+    write_pretrained(pretrained_path(tmp_path), tiny_dt(TASK, embed_dim=16, n_heads=2))
+    _truncate(pretrained_path(tmp_path))
+    return ["finetune", "--method", "odt", "--task", TASK, "--config", cfg], ["model.pt", "dtrl pretrain"]
+
+
+def _setup_truncated_given_pretrained(tmp_path, dataset, capsys):
+    cfg = config_file(tmp_path, dataset, "grpo")
+    other = tmp_path / "elsewhere/model.pt"
+    write_pretrained(other, tiny_dt(TASK, embed_dim=16, n_heads=2))
+    _truncate(other)
+    return (["finetune", "--method", "grpo", "--task", TASK, "--config", cfg, "--pretrained", other],
+            ["elsewhere/model.pt", "--pretrained"])
+
+
+def _setup_wrong_shape_pretrained(tmp_path, dataset, capsys):
+    cfg = config_file(tmp_path, dataset, "grpo")
+    write_pretrained(pretrained_path(tmp_path), tiny_dt("hopper-medium", embed_dim=16, n_heads=2))
+    return ["finetune", "--method", "grpo", "--task", TASK, "--config", cfg], ["11-d observations", TASK,
+                                                                                "dtrl pretrain"]
+
+
+def _kill_pretraining_after_first_checkpoint(cfg: Path, monkeypatch) -> None:
+    import dtrl.pretrain
+
+    real = dtrl.pretrain.atomic_torch_save
+
+    def save_then_die(path, obj):
+        real(path, obj)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dtrl.pretrain, "atomic_torch_save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(["pretrain", "--task", TASK, "--config", str(cfg)])
+    monkeypatch.setattr(dtrl.pretrain, "atomic_torch_save", real)
+
+
+def _setup_truncated_pretrain_checkpoint(tmp_path, dataset, capsys, monkeypatch):
+    cfg = config_file(tmp_path, dataset, "none")
+    _kill_pretraining_after_first_checkpoint(cfg, monkeypatch)
+    _truncate(tmp_path / f"results/pretrain/{TASK}/seed0/checkpoint.pt")
+    return ["pretrain", "--task", TASK, "--config", cfg], ["checkpoint.pt", "start pretraining over"]
+
+
+def _setup_truncated_evaluate(tmp_path, dataset, capsys):
+    write_pretrained(pretrained_path(tmp_path), tiny_dt(TASK, embed_dim=16, n_heads=2))
+    _truncate(pretrained_path(tmp_path))
+    return ["evaluate", "--checkpoint", pretrained_path(tmp_path), "--task", TASK], ["model.pt", "not a readable"]
+
+
+def _setup_wrong_shape_evaluate(tmp_path, dataset, capsys):
+    write_pretrained(pretrained_path(tmp_path), tiny_dt("hopper-medium", embed_dim=16, n_heads=2))
+    return ["evaluate", "--checkpoint", pretrained_path(tmp_path), "--task", TASK], ["11-d observations"]
+
+
+def _setup_yaml_error(tmp_path, dataset, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("online:\n  env_steps: [1, 2\n")
+    return ["finetune", "--method", "none", "--task", TASK, "--config", bad], ["bad.yaml", "not valid YAML",
+                                                                               "line"]
+
+
+def _setup_set_yaml_error(tmp_path, dataset, capsys):
+    cfg = config_file(tmp_path, dataset, "none")
+    return (["finetune", "--method", "none", "--task", TASK, "--config", cfg, "--set", "online.env_steps=[1"],
+            ["--set online.env_steps=[1", "not valid YAML"])
+
+
+def _setup_empty_config(tmp_path, dataset, capsys):
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing here\n")
+    return ["config", "--config", empty], ["empty.yaml is empty"]
+
+
+def _setup_method_validation(tmp_path, dataset, capsys):
+    cfg = config_file(tmp_path, dataset, "grpo")
+    return (["finetune", "--method", "grpo", "--task", TASK, "--config", cfg, "--set", "methods.grpo.clip_eps=2"],
+            ["methods.grpo: clip_eps must be in (0, 1)"])
+
+
+def _setup_truncated_summary(tmp_path, dataset, capsys):
+    cfg = _finished_run(tmp_path, dataset, capsys)
+    _truncate(tmp_path / f"results/runs/none/{TASK}/seed0/summary.json")
+    return ["report", "--config", cfg], ["summary.json is not valid JSON", "delete"]
+
+
+def _setup_changed_config_on_resume(tmp_path, dataset, capsys):
+    cfg = _finished_run(tmp_path, dataset, capsys, "grpo")
+    (tmp_path / f"results/runs/grpo/{TASK}/seed0/summary.json").unlink()  # as if killed
+    return (["finetune", "--method", "grpo", "--task", TASK, "--config", cfg, "--set", "methods.grpo.group_size=3"],
+            ["cannot resume", "params.group_size: 2 -> 3", "--allow-config-change"])
+
+
+def _setup_minari_download_without_hub(tmp_path, dataset, capsys, monkeypatch):
+    pytest.importorskip("minari")
+    try:
+        import huggingface_hub  # noqa: F401
+        pytest.skip("huggingface_hub is installed here")
+    except ImportError:
+        pass
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    cfg = config_file(tmp_path, dataset, "none",
+                      data={"sources": {TASK: {"minari": "mujoco/invertedpendulum/medium-v0", "minari_download": True}}})
+    return ["data", TASK, "--config", cfg], ["minari:mujoco/invertedpendulum/medium-v0", "huggingface_hub"]
+
+
+BAD_INPUTS = {
+    "finetune: truncated checkpoint.pt (resume)": _setup_truncated_resume_checkpoint,
+    "finetune: truncated pretrained model.pt": _setup_truncated_pretrained,
+    "finetune --pretrained: truncated file": _setup_truncated_given_pretrained,
+    "finetune: pretrained model of the wrong shape": _setup_wrong_shape_pretrained,
+    "pretrain: truncated checkpoint.pt": _setup_truncated_pretrain_checkpoint,
+    "evaluate: truncated model.pt": _setup_truncated_evaluate,
+    "evaluate: model of the wrong shape": _setup_wrong_shape_evaluate,
+    "YAML syntax error in a config file": _setup_yaml_error,
+    "YAML syntax error in a --set value": _setup_set_yaml_error,
+    "empty config file": _setup_empty_config,
+    "method validation names methods.<name>": _setup_method_validation,
+    "report: truncated summary.json": _setup_truncated_summary,
+    "finetune: resume under a changed config": _setup_changed_config_on_resume,
+    "data: minari_download without huggingface_hub": _setup_minari_download_without_hub,
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_is_one_line_exit_2_and_changes_nothing(tmp_path, dataset_file, capsys, monkeypatch, case):
+    setup = BAD_INPUTS[case]
+    kw = {"monkeypatch": monkeypatch} if "monkeypatch" in setup.__code__.co_varnames else {}
+    argv, fragments = setup(tmp_path, dataset_file, capsys, **kw)
+    (tmp_path / "results").mkdir(exist_ok=True)
+    before = tree_hash(tmp_path / "results")
+    rc, lines = run_cli(capsys, argv)
+    assert rc == cli.EXIT_INPUT, lines
+    line = assert_one_error_line(lines, *fragments)
+    assert line.startswith(f"dtrl {argv[0]}: error: ")
+    assert tree_hash(tmp_path / "results") == before
+
+
+def test_resume_with_the_override_continues_and_records_the_change(tmp_path, dataset_file, capsys):
+    argv, _ = _setup_changed_config_on_resume(tmp_path, dataset_file, capsys)
+    rc, _ = run_cli(capsys, argv + ["--allow-config-change"])
+    assert rc == 0
+    s = strict_json(tmp_path / f"results/runs/grpo/{TASK}/seed0/summary.json")
+    assert s["status"] == "completed" and s["config"]["params"]["group_size"] == 3
+    assert s["config_changes"] == [{"iteration": 3, "changed": ["params.group_size: 2 -> 3"]}]
+
+
+def test_pretrain_resume_refuses_a_changed_key_unless_overridden(tmp_path, dataset_file, capsys, monkeypatch):
+    cfg = config_file(tmp_path, dataset_file, "none")
+    _kill_pretraining_after_first_checkpoint(cfg, monkeypatch)
+    out = tmp_path / f"results/pretrain/{TASK}/seed0"
+    argv = ["pretrain", "--task", TASK, "--config", cfg, "--set", "pretrain.lr=0.002"]
+    before = tree_hash(tmp_path / "results")
+    rc, lines = run_cli(capsys, argv)
+    assert rc == cli.EXIT_INPUT and tree_hash(tmp_path / "results") == before
+    assert_one_error_line(lines, "cannot resume the pretraining", "pretrain.lr: 0.0001 -> 0.002",
+                          "--allow-config-change")
+    rc, _ = run_cli(capsys, argv + ["--allow-config-change"])
+    assert rc == 0 and (out / "model.pt").exists()
+    s = strict_json(out / "summary.json")
+    assert s["status"] == "completed" and s["config"]["pretrain"]["lr"] == 0.002
+    assert s["config_changes"] == [{"updates": 10, "changed": ["pretrain.lr: 0.0001 -> 0.002"]}]
+
+
+def test_subprocess_one_line_and_debug_traceback(tmp_path, dataset_file):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("grid: {methods: [none\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    base = [sys.executable, "-m", "dtrl.cli"]
+    p = subprocess.run(base + ["config", "--config", str(bad)], capture_output=True, text=True, env=env)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "Traceback" not in p.stderr
+    assert p.stderr.startswith(f"dtrl config: error: config file {bad}: not valid YAML")
+    p = subprocess.run(base + ["--debug", "config", "--config", str(bad)], capture_output=True, text=True, env=env)
+    assert p.returncode != 0 and "Traceback" in p.stderr and "ConfigError" in p.stderr
+
+
+# -- report: configs of one cell --------------------------------------------------------------------------
+
+def _fake_run(root: Path, seed: int, config: dict | None, score: float = 50.0, status: str = "completed"):
+    s = {"method": "grpo", "algo": "grpo", "task": TASK, "seed": seed, "final_return": score,
+         "final_norm_return": score, "final_norm_return_std": 0.0, "final_returns": [score], "eval_episodes": 1,
+         "env_steps": 10, "env_steps_eval": 5, "grad_updates": 1, "wall_time": 1.0, "iterations": 1,
+         "status": status}
+    if config is not None:
+        s["config"] = config
+    atomic_write_json(root / f"runs/grpo/{TASK}/seed{seed}/summary.json", s)
+
+
+def test_report_refuses_to_mix_method_configs_in_a_cell(tmp_path):
+    from dtrl.config import ConfigError
+    from dtrl.report import report
+
+    exp = load_config(None, {"results": str(tmp_path), "grid": {"methods": ["grpo"], "tasks": [TASK],
+                                                                 "seeds": [0, 1, 2]}})
+    cfg = {"method": "grpo", "algo": "grpo", "params": {"lr": 3e-5, "group_size": 8}, "online": {"env_steps": 100,
+           "progress": True}, "eval": {"episodes": 10}, "task": TASK, "seed": 0, "pretrained_with": None}
+    _fake_run(tmp_path, 0, cfg)
+    _fake_run(tmp_path, 1, {**cfg, "seed": 1, "online": {"env_steps": 100, "progress": False}})  # cosmetic only
+    _fake_run(tmp_path, 2, {**cfg, "seed": 2, "params": {"lr": 1e-4, "group_size": 8}})
+    with pytest.raises(ConfigError, match=r"grpo on pendulum-medium: seed 0 and seed 2 .*params.lr: 3e-05 -> 0.0001"):
+        report(exp, figures=False, reps=10)
+    assert not (tmp_path / "tables").exists()  # refused before writing anything
+    _fake_run(tmp_path, 2, None)  # a run from before dtrl recorded configs
+    with pytest.raises(ConfigError, match="seed 2 .* records no config"):
+        report(exp, figures=False, reps=10)
+    _fake_run(tmp_path, 2, {**cfg, "seed": 2})
+    res = report(exp, figures=False, reps=10)
+    assert res["not_scored"] == []
+    # A diverged seed is left out, so its (different) config does not matter.
+    _fake_run(tmp_path, 2, {**cfg, "params": {"lr": 1e10}}, score=NAN, status="diverged")
+    res = report(exp, figures=False, reps=10)
+    assert [r["seed"] for r in res["not_scored"]] == [2]
+
+
+# -- the behaviour SAC resumes exactly from any checkpoint --------------------------------------------------
+
+SAC_TINY = {"transitions": 200, "sac_steps": 1600, "sac_envs": 4, "sac_batch_size": 32, "sac_hidden": 16,
+            "sac_utd": 0.5, "sac_start_steps": 200, "eval_every": 400, "eval_episodes": 1,
+            "medium_fraction": 0.9, "rollout_envs": 1, "rollout_workers": 1, "sac_init_alpha": 0.1, "seed": 0,
+            "device": "cpu", "progress": False, "sac_checkpoint_every": 300}
+
+
+def test_sac_killed_after_a_checkpoint_resumes_to_the_same_policies(tmp_path, monkeypatch):
+    from dtrl.data import generate
+    from dtrl.data.d4rl_hdf5 import read_d4rl
+
+    def exp(root):
+        return load_config(overrides={"results": str(root), "data": {"generator": SAC_TINY}})
+
+    whole = generate.train_behaviour(exp(tmp_path / "whole"), "pendulum")
+    assert whole["status"] == "complete" and not whole["medium"]["reached"]  # pre-'medium' all the way
+
+    real, saves = generate._BehaviourRun._save_state, []
+
+    def save_then_die(self, *a, **k):
+        real(self, *a, **k)
+        saves.append(self.step)
+        if len(saves) == 2:  # killed right after its second checkpoint (step 604 of 1600)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(generate._BehaviourRun, "_save_state", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        generate.train_behaviour(exp(tmp_path / "cut"), "pendulum")
+    monkeypatch.setattr(generate._BehaviourRun, "_save_state", real)
+    assert saves == [300, 600]
+    resumed = generate.train_behaviour(exp(tmp_path / "cut"), "pendulum")
+    assert resumed["resumed_at"] == [600]
+    for k in ("eval_curve", "medium", "expert", "sac_updates", "sac_steps_done"):
+        assert resumed[k] == whole[k], k
+    a, b = generate.behaviour_dir(exp(tmp_path / "whole"), "pendulum"), generate.behaviour_dir(exp(tmp_path / "cut"),
+                                                                                             "pendulum")
+    for name in ("expert.pt", "medium.pt"):
+        wa, wb = torch_load(a / name)["state_dict"], torch_load(b / name)["state_dict"]
+        assert all(torch.equal(wa[k], wb[k]) for k in wa), name
+    ra, rb = read_d4rl(a / "medium_replay.hdf5"), read_d4rl(b / "medium_replay.hdf5")
+    for ta, tb in zip(ra, rb, strict=True):
+        np.testing.assert_array_equal(ta.observations, tb.observations)
+        np.testing.assert_array_equal(ta.sim_states, tb.sim_states)
+
+
+# -- files: strict JSON, modes from the umask, stale temps ------------------------------------------------
+
+def test_json_writer_turns_non_finite_floats_into_null(tmp_path):
+    p = atomic_write_json(tmp_path / "s.json", {"a": NAN, "b": [1.0, float("inf"), np.float32("nan")],
+                                                "c": np.array([1.5, -np.inf]), "d": 2})
+    assert strict_json(p) == {"a": None, "b": [1.0, None, None], "c": [1.5, None], "d": 2}
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_written_files_get_the_mode_of_the_umask(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        p = atomic_write_text(tmp_path / "x.txt", "hi")
+        q = atomic_write_json(tmp_path / "y.json", {})
+        from dtrl.io import atomic_torch_save
+
+        r = atomic_torch_save(tmp_path / "z.pt", {"a": 1})
+    finally:
+        os.umask(old)
+    for f in (p, q, r):
+        assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~umask
+
+
+def test_stale_temp_files_of_killed_writes_are_removed(tmp_path):
+    import socket
+
+    host = socket.gethostname().replace(".", "_")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    stale = tmp_path / f".x.json.{host}.{dead}.abcd1234.tmp"
+    live = tmp_path / f".x.json.{host}.{os.getppid()}.abcd1234.tmp"  # a running process's write in flight
+    other = tmp_path / ".y.json.somehost.1.abcd1234.tmp"  # another file's temp: left alone
+    for f in (stale, live, other):
+        f.write_text("torn")
+    atomic_write_json(tmp_path / "x.json", {"ok": True})
+    assert not stale.exists() and live.exists() and other.exists()
+    assert remove_stale_temps(tmp_path / "x.json") == []
+    assert strict_json(tmp_path / "x.json") == {"ok": True}
