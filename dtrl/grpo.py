@@ -279,7 +279,7 @@ class PolicyGradientDT(DTMethod):
                     break
             if stop:
                 break
-        self.ctx.counters.grad_updates += updates
+        self.ctx.counters.policy_updates += updates
         r_all = np.concatenate(acc["ratio"])
         first = self.first_minibatch_ratios
         return {

@@ -107,7 +107,7 @@ class QGRPO(PolicyGradientDT):
         self.critic_opt.step()
         soft_update(self.critic_target, self.critic, cfg.tau)
         self.critic_updates += 1
-        self.ctx.counters.grad_updates += 1
+        self.ctx.counters.critic_updates += 1
         return loss.item(), q1.mean().item()
 
     # -- policy ----------------------------------------------------------------------------------------

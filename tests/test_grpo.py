@@ -204,7 +204,8 @@ def test_qgrpo_counts_critic_and_policy_updates(tmp_path):
                     critic_batch_size=16, critic_hidden=[16], states_per_iteration=6, group_size=3, minibatch_size=6)
     d = q.train_iteration()  # still warming up: critic only
     c = q.ctx.counters
-    assert d["policy_updates"] == 0 and c.grad_updates == d["critic_updates"] == c.env_steps // 2
+    assert d["policy_updates"] == c.policy_updates == c.grad_updates == 0
+    assert c.critic_updates == d["critic_updates"] == c.env_steps // 2
     assert c.env_steps == c.extra["explore"]
 
 

@@ -34,7 +34,7 @@ class RandomWalk(OnlineMethod):
     def train_iteration(self):
         RandomWalk.calls += 1
         self.ctx.counters.env_steps += self.cfg.steps_per_iteration
-        self.ctx.counters.grad_updates += 1
+        self.ctx.counters.policy_updates += 1
         self.total += 1.0
         return {"my_diag": self.total}
 
