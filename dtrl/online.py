@@ -32,7 +32,7 @@ import torch
 from dtrl.config import ConfigError, to_dict
 from dtrl.data.trajectories import TrajectoryDataset
 from dtrl.io import atomic_torch_save, read_json, torch_load
-from dtrl.logger import RunLogger, Throughput, write_summary
+from dtrl.logger import CORE_COLUMNS, RunLogger, Throughput, write_summary
 from dtrl.online_config import EvalConfig, OnlineConfig
 from dtrl.tasks import Task
 
@@ -205,6 +205,10 @@ def run_online(method: OnlineMethod, ctx: RunContext, online: OnlineConfig, meta
         if c.env_steps == steps_before and c.policy_updates == 0 and c.critic_updates == 0:
             raise RuntimeError(f"{type(method).__name__}.train_iteration took no env step and no update; "
                                "the run would never end")
+        clash = sorted(set(diag) & set(CORE_COLUMNS))
+        if clash:
+            raise RuntimeError(f"{type(method).__name__}.train_iteration returned diagnostics named like the "
+                               f"harness's columns {clash}; rename them (e.g. iter_<name>)")
         c.iterations += 1
         c.wall_time = time.perf_counter() - t_start
         sps, ups = rate.rates(c.env_steps, c.policy_updates)

@@ -162,7 +162,7 @@ class QGRPO(PolicyGradientDT):
         diag: dict[str, float] = {
             "explore_return": float(np.mean([t.total_return for t in trajs])),
             "explore_len": float(np.mean([len(t) for t in trajs])),
-            "critic_updates": n_critic,
+            "iter_critic_updates": n_critic,
             "critic_loss": float(np.mean(closs)) if closs else nan,
             "critic_q_mean": float(np.mean(qmean)) if qmean else nan,
             "buffer_size": self.buffer.size,
