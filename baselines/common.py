@@ -3,10 +3,12 @@
 ODT's online phase (Zheng, Zhang & Grover 2022), one iteration:
 
 1. roll out ``rollouts_per_iteration`` whole episodes with *sampled* actions, conditioned on the
-   task's online RTG target (decremented by the rewards received, as at evaluation);
+   task's online RTG target (decremented by the rewards received, as at evaluation), and repeat
+   until the iteration holds at least ``min_env_steps_per_iteration`` env steps (1000 on the
+   random datasets, as the code behind the published ODT and ODT+TD3 numbers);
 2. store them in a replay buffer of whole trajectories (capacity counted in trajectories, FIFO),
    which was seeded with the best offline trajectories;
-3. make ``updates_per_iteration`` updates on context minibatches from the buffer. The RTG tokens of
+3. make ``updates_per_iteration`` DT updates on context minibatches from the buffer. The RTG tokens of
    stored trajectories are their *achieved* returns-to-go (hindsight relabeling): the buffer keeps
    rewards, never the RTG the policy was fed, and :class:`dtrl.batching.ContextSampler` computes
    each trajectory's return-to-go once when it is added.
@@ -182,7 +184,18 @@ class TrajectoryReplay:
 @dataclass
 class ODTConfig:
     rollouts_per_iteration: int = doc(1, "Exploration episodes per online iteration, stepped together (ODT: 1).")
-    updates_per_iteration: int = doc(300, "Gradient updates (minibatches) per online iteration (ODT: 300).")
+    updates_per_iteration: int = doc(300, "DT (policy) updates per online iteration (ODT: 300, "
+                                          "`--num_updates_per_online_iter`). ODT+TD3 draws policy_delay times as "
+                                          "many minibatches: every one trains the critic, every policy_delay-th "
+                                          "also the DT.")
+    min_env_steps_per_iteration: int | None = doc(
+        None, "An iteration keeps rolling out batches of rollouts_per_iteration episodes until it has collected at "
+              "least this many env steps, then updates. null = the task's default: 1000 on the random datasets, "
+              "0 (one batch) otherwise. That is `--minimum_sapairs_per_iter` of the code behind the published ODT "
+              "and ODT+TD3 numbers (KaiYan289/RL_as_Vitamin_for_Online_Decision_Transformers main.py:531-541); "
+              "main.py:724-726 refuses random datasets without it (halfcheetah excepted), and the readme passes "
+              "1000 on every random MuJoCo command (readme.md:104, 107, 110, 111). Without it a 20-step episode "
+              "buys a whole iteration of updates.")
     batch_size: int = doc(256, "Contexts per minibatch (ODT: 256); the context length K is the model's (ODT: 20).")
     buffer_size: int = doc(1000, "Replay capacity in whole trajectories, FIFO, seeded with the best offline "
                                  "trajectories (ODT: 1000).")
@@ -218,6 +231,8 @@ class ODTConfig:
     def validate(self) -> None:
         require(self.rollouts_per_iteration >= 1, "rollouts_per_iteration must be >= 1")
         require(self.updates_per_iteration >= 0, "updates_per_iteration must be >= 0")
+        require(self.min_env_steps_per_iteration is None or self.min_env_steps_per_iteration >= 0,
+                "min_env_steps_per_iteration must be >= 0 (or null for the task's default)")
         require(self.batch_size >= 1, "batch_size must be >= 1")
         require(self.buffer_size >= 1, "buffer_size must be >= 1")
         require(self.rollout_context_len >= 0, "rollout_context_len must be >= 0 (0 = the model's eval context)")
@@ -247,6 +262,8 @@ def continue_pretraining(trainer: SupervisedTrainer, path, optimizer: str) -> in
     if not state or pre_opt != optimizer:
         return 0
     for opt, key in ((trainer.optimizer, "optimizer"), (trainer.temperature_optimizer, "temperature_optimizer")):
+        if opt is None:  # the deterministic DT has no temperature
+            continue
         hyper = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
         opt.load_state_dict(state[key])
         for g, h in zip(opt.param_groups, hyper):
@@ -258,6 +275,13 @@ def continue_pretraining(trainer: SupervisedTrainer, path, optimizer: str) -> in
         g["lr"] = base * sched.lr_lambdas[0](n)
     trainer.last_lr = trainer.optimizer.param_groups[0]["lr"]
     return n
+
+
+def min_env_steps_per_iteration(cfg: ODTConfig, task) -> int:
+    """The configured minimum, or the task's default: 1000 env steps on random datasets, else 0."""
+    if cfg.min_env_steps_per_iteration is not None:
+        return int(cfg.min_env_steps_per_iteration)
+    return 1000 if task.quality == "random" else 0
 
 
 class MeanTerms:
@@ -327,6 +351,7 @@ class ODTFamily(DTMethod):
                                        transitions=self.buffer_transitions)
         self.online_rtg = float(ctx.task.online_rtg if cfg.online_rtg is None else cfg.online_rtg)
         self.rollout_context = min(cfg.rollout_context_len or model.cfg.eval_context_len, self.K)
+        self.min_env_steps = min_env_steps_per_iteration(cfg, ctx.task)
         self.engine = RolloutEngine(ctx.task, cfg.rollouts_per_iteration, self.K, ctx.device,
                                     seed=10**8 + 10**4 * ctx.seed)
 
@@ -361,10 +386,14 @@ class ODTFamily(DTMethod):
         diag: dict[str, float] = {}
         if c.iterations == 0:
             diag.update(self._before_first_iteration())
-        trajs = self.explore()
-        for t in trajs:
-            self.buffer.add(t)
-        steps = int(sum(len(t) for t in trajs))
+        trajs: list[RolloutTrajectory] = []
+        steps = 0
+        while not trajs or steps < self.min_env_steps:
+            batch = self.explore()
+            for t in batch:
+                self.buffer.add(t)
+            trajs += batch
+            steps += int(sum(len(t) for t in batch))
         c.env_steps += steps
         returns = np.array([t.total_return for t in trajs], dtype=np.float64)
         diag.update(self._update_many(self.cfg.updates_per_iteration))
@@ -372,6 +401,7 @@ class ODTFamily(DTMethod):
             "explore_return": float(returns.mean()),
             "explore_norm_return": float(np.mean(self.ctx.task.normalize(returns))),
             "explore_length": steps / len(trajs),
+            "explore_episodes": len(trajs),
             # Hindsight relabeling replaces the RTG the policy was fed (online_rtg at step 0) with
             # the return achieved; this is the size of that change at the first step.
             "relabel_gap": float(self.online_rtg - returns.mean()),

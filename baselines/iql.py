@@ -526,7 +526,8 @@ class IQL(OnlineMethod):
                 self.online_done += 1
             else:
                 self.offline_done += 1
-        self.ctx.counters.grad_updates += n
+        self.ctx.counters.policy_updates += n  # each update steps the actor, Q and V once
+        self.ctx.counters.critic_updates += n
         self.ctx.counters.add("online_updates" if online else "offline_updates", n)
 
     def _diagnostics(self, acc: dict[str, torch.Tensor], phase: int) -> dict[str, float]:

@@ -33,7 +33,6 @@ class ODT(ODTFamily):
         acc = MeanTerms()
         for _ in range(n):
             acc.add(self.trainer.update(self.buffer.sample(self.cfg.batch_size)))
-        self.ctx.counters.grad_updates += n
-        self.ctx.counters.add("dt_updates", n)
+        self.ctx.counters.policy_updates += n
         acc.check(SUPERVISED_FAULT_KEYS, "ODT's update")
         return acc.means()

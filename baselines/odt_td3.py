@@ -1,18 +1,30 @@
 """ODT+TD3 (Yan, Schwing & Wang, NeurIPS 2024, "RL gradients as vitamin"): `--method odt_td3`.
 
-ODT's online phase (``baselines.common.ODTFamily``: same buffer, relabeling, supervised loss,
-LAMB) with a TD3 critic whose gradient is added to the DT's loss:
+ODT's online phase (``baselines.common.ODTFamily``: same buffer, relabeling, LAMB) on a
+*deterministic* DT, with a TD3 critic whose gradient is added to the DT's supervised loss:
 
-    DT loss     = ODT's loss - alpha * mean_{real context positions} Q1(s_t, pi(context_t))
+    DT loss     = MSE(pi(context), a) - alpha * mean_{real context positions} Q1(s_t, pi(context_t))
     critic loss = sum_i mean (Q_i(s_t, a_t) - y_t)^2
     y_t         = r_t + gamma * (1 - terminal_t) * min_i Q_i'(s_{t+1}, a'_{t+1})
     a'_{t+1}    = clip(pi'(context_{t+1}) + clip(N(0, 0.2), -0.5, 0.5), -1, 1)
 
-where pi(context) = tanh(mean) is the DT's deterministic (mean) action, Q' the target critic,
-pi' the target DT (Polyak-averaged copies, tau = 0.005), and the twin critic is an MLP 256-256
-(``dtrl.critic.TwinQ``) on the DT's normalised state. The critic is updated on every minibatch;
-the DT and both targets every ``policy_delay``-th (TD3's delayed policy updates). Exploration
-rollouts act with the mean action plus N(0, 0.1) noise instead of sampling the DT's distribution.
+where pi(context) is the action of the DT's deterministic head (``model.action_head:
+deterministic``: linear + tanh, no temperature), MSE the masked mean squared error over real
+positions and action dims (``dtrl.losses.dt_mse_loss``), Q' the target critic, pi' the target DT
+(Polyak-averaged copies, tau = 0.005), and the twin critic is an MLP 256-256
+(``dtrl.critic.TwinQ``) on the DT's normalised state. Every MuJoCo command of the reference passes
+``--stoc 0 --use_entropy_reg 0`` (KaiYan289/RL_as_Vitamin_for_Online_Decision_Transformers
+readme.md:102-114), so the supervised term is the MSE of a deterministic head (main.py:647-648,
+trainer.py:891-893), not ODT's NLL and entropy: the workflow pretrains that DT with MSE per (task,
+seed), under ``pretrain_det/``, and this method refuses a stochastic one.
+
+Per iteration the reference draws ``num_updates_per_online_iter * num_actor_update_interval`` =
+300 * 2 = 600 minibatches (main.py:549); every one trains the critic, the DT (and both targets)
+learns on every second (trainer.py:175-188): here ``updates_per_iteration`` (300) DT updates and
+``updates_per_iteration * policy_delay`` (600) critic updates. Exploration rollouts act with the
+deterministic action plus N(0, 0.1) noise added after the tanh and clipped to the action bounds
+(evaluation.py:172-174, ``--expl_noise 0.1``), in eval mode as the reference's default
+``--online_data_mode eval`` (evaluation.py:87).
 
 Timeouts are not terminals: only ``terminal`` zeroes the bootstrap. A time-limit cut bootstraps
 from the observation after it (recorded for online episodes; ``next_observations`` of offline
@@ -28,16 +40,16 @@ Reconstruction choices (not published, or cheaper variants; each is a config fie
   than a rollout's context would be, as every context position's prediction is in ODT's training.
 * The target action comes from a Polyak-averaged target copy of the DT (``target_dt: true``, as
   TD3's target actor); ``false`` uses the current DT (in eval mode, no dropout).
-* ``updates_per_iteration`` counts minibatches (ODT: 300): each trains the critic, every
-  ``policy_delay``-th (TD3: 2) also the DT, so the DT gets 150 updates per iteration by default.
-* Exploration noise is added to the pre-tanh mean (a = tanh(mu + 0.1 eps)), the form the batched
-  rollout engine samples in; for |a| well inside the bounds this is TD3's additive N(0, 0.1), and
-  near the bounds the noise shrinks where a clipped additive noise would be cut anyway.
 * The critic is warmed up on the offline-seeded buffer for ``critic_warmup_updates`` critic-only
-  updates before the first online iteration (policy evaluation of the pretrained DT), so the
-  first actor gradients come from a critic that knows the data; 0 switches it off. These updates
-  are counted in ``grad_updates``.
-* Critic optimizer: Adam, lr 3e-4 (TD3's); no gradient clipping of the critic.
+  updates before the first online iteration (policy evaluation of the pretrained DT); 0 switches
+  it off. The reference trains the critic during pretraining instead: its pretraining draws
+  ``num_updates_per_pretrain_iter * num_actor_update_interval`` = 10k minibatches, the critic
+  learning on each (main.py:424, 438), so the critic also has 10k updates when the online phase
+  starts, but learnt them while the DT was still being pretrained. These updates are counted in
+  ``critic_updates``.
+* Critic optimizer: AdamW, lr 1e-3, torch's default weight decay 0.01 (main.py:134,
+  get_args.py:62; the readme pins torch 2.0.1, whose AdamW default is 0.01); no gradient clipping
+  of the critic (trainer.py:665-668).
 """
 
 from __future__ import annotations
@@ -56,8 +68,8 @@ from dtrl.batching import ContextBatch
 from dtrl.config import doc, require
 from dtrl.critic import TwinQ, soft_update
 from dtrl.dt_method import set_requires_grad
-from dtrl.losses import dt_supervised_loss, masked_mean
-from dtrl.model import SquashedGaussian
+from dtrl.losses import dt_mse_loss, masked_mean
+from dtrl.model import DeterministicAction
 from dtrl.online import RunContext
 
 
@@ -70,13 +82,23 @@ class ODTTD3Config(ODTConfig):
     policy_noise: float = doc(0.2, "Std of the target policy smoothing noise on a' (TD3: 0.2).")
     noise_clip: float = doc(0.5, "Clip of the target policy smoothing noise (TD3: 0.5).")
     policy_delay: int = doc(2, "Critic updates per DT (actor) and target update: TD3's delayed policy updates "
-                               "(TD3: 2). Every minibatch trains the critic.")
-    exploration_noise: float = doc(0.1, "Std of the Gaussian exploration noise added to the DT's mean action in "
-                                        "exploration rollouts (TD3 / Yan et al.: 0.1; 0 = the mean action).")
+                               "(Yan et al.: `--num_actor_update_interval 2`, get_args.py:77). Every minibatch "
+                               "trains the critic; an iteration draws updates_per_iteration * policy_delay "
+                               "minibatches (main.py:549), the DT learning on the first of every policy_delay "
+                               "(trainer.py:187).")
+    exploration_noise: float = doc(0.1, "Std of the Gaussian exploration noise added to the DT's action after the "
+                                        "tanh, clipped to the action bounds, in exploration rollouts (Yan et al.: "
+                                        "`--expl_noise 0.1`, get_args.py:79, evaluation.py:172-174; 0 = the "
+                                        "deterministic action).")
     critic_hidden: list[int] = doc([256, 256], "Hidden widths of each Q MLP (Yan et al.: 256-256).")
-    critic_lr: float = doc(3e-4, "Adam learning rate of the critic (TD3's 3e-4; not stated by Yan et al.).")
+    critic_lr: float = doc(1e-3, "AdamW learning rate of the critic (Yan et al.: `--critic_learning_rate` "
+                                 "default 1e-3, get_args.py:62; AdamW at main.py:134).")
+    critic_weight_decay: float = doc(0.01, "AdamW weight decay of the critic: torch's default, which the reference "
+                                           "leaves in place (main.py:134 passes only the lr; torch 2.0.1).")
     critic_warmup_updates: int = doc(10_000, "Critic-only updates on the offline-seeded buffer before the first "
-                                             "online iteration (our reconstruction; 0 = off).")
+                                             "online iteration (0 = off). The reference's critic gets its 10k "
+                                             "pretraining updates (5000 x 2 minibatches, main.py:424, 438) "
+                                             "alongside the DT's pretraining instead.")
     target_dt: bool = doc(True, "Target actions a' from a Polyak-averaged target copy of the DT (TD3's target "
                                 "actor); false = from the current DT.")
 
@@ -91,11 +113,12 @@ class ODTTD3Config(ODTConfig):
         require(len(self.critic_hidden) >= 1 and all(h >= 1 for h in self.critic_hidden),
                 "critic_hidden must list at least one positive width")
         require(self.critic_lr > 0, "critic_lr must be > 0")
+        require(self.critic_weight_decay >= 0, "critic_weight_decay must be >= 0")
         require(self.critic_warmup_updates >= 0, "critic_warmup_updates must be >= 0")
 
 
-class NoisyMean(nn.Module):
-    """The DT acting with its mean action plus N(0, std) noise (pre-tanh), in the form the rollout engine samples."""
+class NoisyAction(nn.Module):
+    """The deterministic DT acting with clamp(action + N(0, std)) (post-tanh), in the form the rollout engine samples."""
 
     def __init__(self, dt: nn.Module, std: float):
         super().__init__()
@@ -103,9 +126,9 @@ class NoisyMean(nn.Module):
         self.log_std = math.log(std)
         self.train(dt.training)  # the engine restores this mode on the DT after the rollout
 
-    def forward(self, *args, **kwargs) -> SquashedGaussian:
+    def forward(self, *args, **kwargs) -> DeterministicAction:
         dist = self.dt(*args, **kwargs)
-        return SquashedGaussian(dist.mean, torch.full_like(dist.mean, self.log_std))
+        return DeterministicAction(dist.mean, torch.full_like(dist.mean, self.log_std))
 
 
 @contextlib.contextmanager
@@ -140,22 +163,24 @@ class ODTTD3(ODTFamily):
     # ODT's part broken -> lr; ODT's part finite but the total not -> the TD3 term's weight alpha.
     ACTOR_FAULT_KEYS = {"loss_supervised": "lr", "nll": "lr", "entropy": "lr", "actor_q": "alpha", "loss": "alpha",
                         "grad_norm": "lr", "loss_temperature": "temperature_lr", "temperature": "temperature_lr"}
+    pretrained_head = "deterministic"
 
     def __init__(self, cfg: ODTTD3Config, ctx: RunContext):
         super().__init__(cfg, ctx)
         m = self.model
         self.critic = TwinQ(ctx.obs_dim, ctx.act_dim, cfg.critic_hidden, m.state_mean, m.state_std).to(ctx.device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr)
+        self.critic_opt = torch.optim.AdamW(self.critic.parameters(), lr=cfg.critic_lr,
+                                            weight_decay=cfg.critic_weight_decay)
         self.target = copy.deepcopy(m).requires_grad_(False).eval() if cfg.target_dt else None
         self.minibatches = 0  # critic updates made online (the policy delay counts these)
         self.warmed_up = cfg.critic_warmup_updates == 0
 
-    # -- exploration: mean action + Gaussian noise -------------------------------------------------
+    # -- exploration: deterministic action + Gaussian noise -----------------------------------------
     def _explorer(self) -> tuple[nn.Module, bool]:
         if self.cfg.exploration_noise == 0:
             return self.model, False
-        return NoisyMean(self.model, self.cfg.exploration_noise), True
+        return NoisyAction(self.model, self.cfg.exploration_noise), True
 
     # -- the critic ---------------------------------------------------------------------------------
     @torch.no_grad()
@@ -199,12 +224,11 @@ class ODTTD3(ODTFamily):
 
     # -- the actor (the DT) ---------------------------------------------------------------------------
     def actor_loss(self, batch: ContextBatch) -> dict[str, torch.Tensor]:
-        """ODT's terms plus the TD3 term; ``loss`` reaches the DT's policy parameters only."""
+        """The masked MSE plus the TD3 term; ``loss`` reaches the DT's policy parameters only."""
         m = self.model
         with amp_context(m, self.cfg.amp):
             dist = m(batch.states, batch.actions, batch.rtg, batch.timesteps, batch.mask)
-        terms = dt_supervised_loss(dist, batch.actions, batch.mask, m.log_temperature, m.target_entropy,
-                                   self.cfg.entropy_samples)
+        terms = dt_mse_loss(dist, batch.actions, batch.mask)
         pi = torch.tanh(dist.mean.float())
         params = list(self.critic.parameters())
         set_requires_grad(params, False)  # the actor term moves the DT, never the critic
@@ -220,15 +244,12 @@ class ODTTD3(ODTFamily):
         tr = self.trainer
         terms = self.actor_loss(batch)
         tr.zero_grad()
-        # One backward: the detaches in the losses keep each gradient on its own parameters.
-        (terms["loss"] + terms["loss_temperature"]).backward()
+        terms["loss"].backward()
         grad_norm = tr.step()
         soft_update(self.critic_target, self.critic, self.cfg.tau)
         if self.target is not None:
             soft_update(self.target, self.model, self.cfg.tau)
-        return {"loss": terms["loss"].detach(), "loss_supervised": terms["loss_supervised"],
-                "loss_temperature": terms["loss_temperature"].detach(), "nll": terms["nll"],
-                "entropy": terms["entropy"], "temperature": terms["temperature"],
+        return {"loss": terms["loss"].detach(), "loss_supervised": terms["loss_supervised"], "mse": terms["mse"],
                 "actor_q": terms["actor_q"].detach(), "grad_norm": grad_norm.detach()}
 
     # -- one iteration --------------------------------------------------------------------------------
@@ -240,26 +261,26 @@ class ODTTD3(ODTFamily):
         for _ in range(n):
             acc.add(self._critic_step(self.buffer.sample(self.cfg.batch_size)))
         self.warmed_up = True
-        c = self.ctx.counters
-        c.grad_updates += n
-        c.add("critic_updates", n)
+        self.ctx.counters.critic_updates += n
         acc.check(self.CRITIC_FAULT_KEYS, "the critic warmup")
         return acc.means(prefix="warmup_")
 
     def _update_many(self, n: int) -> dict[str, float]:
+        """``n`` DT updates: ``n * policy_delay`` minibatches, each a critic update, the DT learning on
+        the first of every ``policy_delay`` (the reference's ``_ % actor_update_interval == 0``)."""
         critic_acc, actor_acc = MeanTerms(), MeanTerms()
         n_actor = 0
-        for _ in range(n):
+        n_minibatches = n * self.cfg.policy_delay
+        for _ in range(n_minibatches):
             batch = self.buffer.sample(self.cfg.batch_size)
             critic_acc.add(self._critic_step(batch))
-            self.minibatches += 1
             if self.minibatches % self.cfg.policy_delay == 0:
                 actor_acc.add(self._actor_step(batch))
                 n_actor += 1
+            self.minibatches += 1
         c = self.ctx.counters
-        c.grad_updates += n
-        c.add("critic_updates", n)
-        c.add("dt_updates", n_actor)
+        c.critic_updates += n_minibatches
+        c.policy_updates += n_actor
         critic_acc.check(self.CRITIC_FAULT_KEYS, "the critic update")
         actor_acc.check(self.ACTOR_FAULT_KEYS, "the actor (DT) update")
         return {**critic_acc.means(), **actor_acc.means()}

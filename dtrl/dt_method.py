@@ -8,6 +8,8 @@ import numpy as np
 import torch
 
 from dtrl.checkpoint import check_dims, dt_payload, load_pretrained_dt
+from dtrl.config import ConfigError
+from dtrl.pretrain_config import HEAD_DIRS
 from dtrl.evaluate import evaluate_dt_episodes
 from dtrl.online import OnlineMethod, RunContext
 from dtrl.rollout import RolloutEngine
@@ -26,6 +28,12 @@ class DTMethod(OnlineMethod):
             raise ValueError(f"{type(self).__name__} needs a pretrained DT (dtrl pretrain) but none was given")
         self.model = load_pretrained_dt(ctx.pretrained_path, ctx.device, dropout=getattr(cfg, "dropout", None))
         check_dims(self.model, ctx.task, ctx.obs_dim, ctx.act_dim, ctx.pretrained_path)
+        head = self.model.cfg.action_head
+        if head != self.pretrained_head:
+            raise ConfigError(f"{type(self).__name__} finetunes a DT with the {self.pretrained_head} action head, but "
+                              f"{ctx.pretrained_path} holds a {head} one; pretrain it with "
+                              f"`--set model.action_head={self.pretrained_head}` (the workflow writes it under "
+                              f"{HEAD_DIRS[self.pretrained_head]}/)")
         self._eval_engine: RolloutEngine | None = None
 
     def evaluate(self, episodes: int, seed: int) -> np.ndarray:

@@ -16,8 +16,11 @@ def run_dir(exp: ExperimentConfig, method: str, task: str, seed: int) -> Path:
     return Path(exp.results) / "runs" / method / task / f"seed{seed}"
 
 
-def pretrained_path(exp: ExperimentConfig, task: str, seed: int) -> Path:
-    return Path(exp.results) / "pretrain" / task / f"seed{seed}" / "model.pt"
+def pretrained_path(exp: ExperimentConfig, task: str, seed: int, head: str = "gaussian") -> Path:
+    """The model.pt of the (task, seed) pretraining with action head ``head``."""
+    from dtrl.pretrain import default_out_dir
+
+    return default_out_dir(exp.results, task, seed, head) / "model.pt"
 
 
 def run_config(exp: ExperimentConfig, spec, task: str, seed: int, pretrained: Path | None) -> dict:
@@ -43,10 +46,12 @@ def finetune(exp: ExperimentConfig, method: str, task_name: str, seed: int, pret
     task = get_task(task_name)
     cls = get_algorithm(spec.algo)
     if cls.needs_pretrained_dt:
-        pretrained = Path(pretrained) if pretrained else pretrained_path(exp, task_name, seed)
+        head = cls.pretrained_head
+        pretrained = Path(pretrained) if pretrained else pretrained_path(exp, task_name, seed, head)
         if not pretrained.exists():
+            extra = "" if head == "gaussian" else f" --set model.action_head={head}"
             raise FileNotFoundError(f"pretrained model {pretrained} not found; run `dtrl pretrain --task {task_name} "
-                                    f"--seed {seed}` first (or pass --pretrained)")
+                                    f"--seed {seed}{extra}` first (or pass --pretrained)")
     else:
         pretrained = None
     out = Path(out) if out else run_dir(exp, method, task_name, seed)
@@ -77,6 +82,7 @@ def cmd_finetune(exp: ExperimentConfig, method: str, task: str, seed: int, pretr
 
         raise RecordedDivergence((s.get("divergence") or {}).get("message", f"the run's status is {s.get('status')}"))
     print(f"{s['method']} {s['task']} seed {s['seed']}: normalised return {s['final_norm_return']:.2f} "
-          f"(raw {s['final_return']:.1f}) after {s['env_steps']} env steps, {s['grad_updates']} updates, "
+          f"(raw {s['final_return']:.1f}) after {s['env_steps']} env steps, {s['policy_updates']} policy and "
+          f"{s['critic_updates']} critic updates, "
           f"{s['wall_time']:.0f}s")
     return 0

@@ -284,11 +284,11 @@ class PolicyGradientDT(DTMethod):
                     break
             if stop:
                 break
-        self.ctx.counters.grad_updates += updates
+        self.ctx.counters.policy_updates += updates
         r_all = np.concatenate(acc["ratio"])
         first = self.first_minibatch_ratios
         return {
-            "policy_updates": updates,
+            "iter_policy_updates": updates,  # this iteration's; the harness logs the running total
             "ratio_mean": float(r_all.mean()),
             "ratio_max": float(r_all.max()),
             "ratio_min": float(r_all.min()),
@@ -309,7 +309,7 @@ class PolicyGradientDT(DTMethod):
         nan = float("nan")
         return {k: nan for k in ("ratio_mean", "ratio_max", "ratio_min", "ratio_first_absdev", "log_ratio_absmax",
                                  "clip_frac", "approx_kl", "entropy", "gaussian_entropy", "policy_loss", "grad_norm",
-                                 "grad_norm_max", "early_stop")} | {"policy_updates": 0}
+                                 "grad_norm_max", "early_stop")} | {"iter_policy_updates": 0}
 
     # -- state -----------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

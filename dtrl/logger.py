@@ -21,7 +21,9 @@ CORE_COLUMNS = [
     "iteration",
     "env_steps",  # training env steps: exploration + group scoring (everything but evaluation)
     "env_steps_eval",  # env steps spent in evaluation episodes, counted apart
-    "grad_updates",
+    "policy_updates",  # optimizer steps of the acting policy (DT or actor): the update axis of tables and curves
+    "critic_updates",  # optimizer steps of critics / value functions (0 for methods without)
+    "grad_updates",  # = policy_updates, kept for older readers
     "eval_return",
     "eval_norm_return",
     "wall_time",
@@ -31,7 +33,8 @@ CORE_COLUMNS = [
 
 SUMMARY_KEYS = [
     "method", "algo", "task", "seed", "final_return", "final_norm_return", "final_norm_return_std",
-    "eval_episodes", "env_steps", "env_steps_eval", "grad_updates", "wall_time", "iterations",
+    "eval_episodes", "env_steps", "env_steps_eval", "policy_updates", "critic_updates", "grad_updates", "wall_time",
+    "iterations",
 ]
 
 

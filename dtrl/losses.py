@@ -1,4 +1,6 @@
-"""ODT's supervised objective for the stochastic Decision Transformer, returned term by term.
+"""The supervised objectives of the Decision Transformer, returned term by term.
+
+ODT's, for the stochastic (tanh-Gaussian) head (``dt_supervised_loss``):
 
     loss             = NLL - temperature.detach() * H       (reaches the policy only)
     loss_temperature = temperature * (H.detach() - target)  (reaches log_temperature only)
@@ -11,13 +13,17 @@ reparameterised draws per position), as in ODT.
 
 Keeping the two losses apart by ``detach`` means their sum can be back-propagated in one pass
 and still give each parameter set only its own gradient.
+
+ODT+TD3's, for the deterministic head (``dt_mse_loss``): the mean squared error of the action over
+real context positions and action dimensions, ``((a_hat - a) ** 2)[mask > 0].mean()``
+(KaiYan289/RL_as_Vitamin_for_Online_Decision_Transformers, main.py:647-648); no entropy term.
 """
 
 from __future__ import annotations
 
 import torch
 
-from dtrl.model import SquashedGaussian
+from dtrl.model import DeterministicAction, SquashedGaussian
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -47,6 +53,8 @@ def dt_supervised_loss(
         raise ValueError(f"mask has shape {tuple(mask.shape)}, expected {tuple(actions.shape[:-1])}")
     if entropy_samples < 1:
         raise ValueError(f"entropy_samples must be >= 1, got {entropy_samples}")
+    if isinstance(dist, DeterministicAction):
+        raise TypeError("dt_supervised_loss needs the stochastic head; a deterministic DT trains with dt_mse_loss")
     if dist.mean.dtype != torch.float32:
         # Under bf16 autocast the heads emit bf16; log-densities near the tanh bounds need fp32.
         dist = SquashedGaussian(dist.mean.float(), dist.log_std.float())
@@ -63,3 +71,19 @@ def dt_supervised_loss(
         "entropy": entropy.detach(),
         "temperature": temperature.detach(),
     }
+
+
+def dt_mse_loss(dist: SquashedGaussian, actions: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """ODT+TD3's supervised term by name: loss (reaches the policy), mse (detached diagnostic).
+
+    The squared error of tanh(mean) (the deterministic head's action) against the dataset actions,
+    averaged over real positions and action dims.
+    """
+    if actions.shape != dist.mean.shape:
+        raise ValueError(f"actions have shape {tuple(actions.shape)} but the policy predicts "
+                         f"{tuple(dist.mean.shape)}")
+    if mask.shape != actions.shape[:-1]:
+        raise ValueError(f"mask has shape {tuple(mask.shape)}, expected {tuple(actions.shape[:-1])}")
+    err = (torch.tanh(dist.mean.float()) - actions.float()).pow(2).mean(-1)
+    loss = masked_mean(err, mask)
+    return {"loss": loss, "mse": loss.detach()}

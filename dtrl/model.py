@@ -65,6 +65,14 @@ class ModelConfig:
                                                        "main.py:476 -> trajectory_gpt2.py:253; gelu = GPT-2's).")
     max_timestep: int = doc(1000, "Size of the timestep embedding table (used only with timestep_embedding); later "
                                   "timesteps share the last entry.")
+    action_head: Literal["gaussian", "deterministic"] = doc(
+        "gaussian", "Action head. 'gaussian': ODT's tanh-squashed Gaussian with a learned temperature, trained with "
+                    "NLL - temperature x entropy. 'deterministic': a linear layer + tanh (no log-std head, no "
+                    "temperature), trained with masked MSE: the DT of ODT+TD3, whose every MuJoCo command passes "
+                    "`--stoc 0 --use_entropy_reg 0` (KaiYan289/RL_as_Vitamin_for_Online_Decision_Transformers "
+                    "readme.md:102-114; head decision_transformer/models/decision_transformer.py:173-181; loss "
+                    "main.py:647-648). The workflow pretrains the deterministic DT separately, under "
+                    "pretrain_det/, for the methods that need it.")
 
     def validate(self) -> None:
         from dtrl.config import require
@@ -75,6 +83,8 @@ class ModelConfig:
                 "model.eval_context_len must be between 1 and model.context_len")
         require(self.log_std_min < self.log_std_max, "model.log_std_min must be below model.log_std_max")
         require(0.0 <= self.dropout < 1.0, "model.dropout must be in [0, 1)")
+        require(self.action_head in ("gaussian", "deterministic"),
+                f"model.action_head must be 'gaussian' or 'deterministic', got {self.action_head!r}")
 
 
 class SquashedGaussian:
@@ -115,7 +125,11 @@ class SquashedGaussian:
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
         with torch.no_grad():
             noise = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
-            return torch.tanh(self.mean + self.std * noise)
+            return self.action_from_noise(noise)
+
+    def action_from_noise(self, noise: torch.Tensor) -> torch.Tensor:
+        """The sampled action for standard-normal ``noise`` (how the rollout engine samples)."""
+        return torch.tanh(self.mean + self.std * noise)
 
     @property
     def mode(self) -> torch.Tensor:
@@ -133,6 +147,36 @@ class SquashedGaussian:
     def gaussian_entropy(self) -> torch.Tensor:
         """Entropy of the pre-squash Gaussian, summed over action dims (a cheap, exact diagnostic)."""
         return (self.log_std + 0.5 * (1.0 + math.log(2 * math.pi))).sum(-1)
+
+
+class DeterministicAction(SquashedGaussian):
+    """The deterministic head's output: the action tanh(mean); ``log_std`` (default -inf, std 0) is
+    the std of exploration noise added *after* the tanh and clipped to the action bounds, as
+    ODT+TD3 explores: ``clamp(a + expl_noise * N(0, 1), action_range)`` with action_range the
+    env's bounds shrunk by 1e-6 (RL_as_Vitamin..., evaluation.py:172-174, main.py:152-155).
+
+    ``log_prob`` is the density of that Gaussian noise (a diagnostic; 0 with no noise). A point
+    action has no entropy: losses of the stochastic head refuse it.
+    """
+
+    def __init__(self, mean: torch.Tensor, log_std: torch.Tensor | None = None):
+        super().__init__(mean, torch.full_like(mean, -math.inf) if log_std is None else log_std)
+
+    def action_from_noise(self, noise: torch.Tensor) -> torch.Tensor:
+        return (torch.tanh(self.mean) + self.std * noise).clamp(-1.0 + self.EPS, 1.0 - self.EPS)
+
+    def log_prob(self, action: torch.Tensor) -> torch.Tensor:
+        noisy = self.std > 0
+        std = torch.where(noisy, self.std, torch.ones_like(self.std))
+        z = (action - torch.tanh(self.mean)) / std
+        lp = -0.5 * z.pow(2) - std.log() - 0.5 * math.log(2 * math.pi)
+        return torch.where(noisy, lp, torch.zeros_like(lp)).sum(-1)
+
+    def rsample(self):
+        raise TypeError("a deterministic DT has no action distribution to sample (model.action_head=deterministic)")
+
+    def entropy(self, n_samples: int = 1):
+        raise TypeError("a deterministic DT has no entropy (model.action_head=deterministic)")
 
 
 class Block(nn.Module):
@@ -176,8 +220,13 @@ class DecisionTransformer(nn.Module):
         self.blocks = nn.ModuleList(Block(d, cfg.n_heads, cfg.dropout, cfg.activation) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(d)
         self.mean_head = nn.Linear(d, act_dim)
-        self.log_std_head = nn.Linear(d, act_dim)
-        self.log_temperature = nn.Parameter(torch.tensor(math.log(cfg.init_temperature)))
+        self.deterministic = cfg.action_head == "deterministic"
+        if self.deterministic:  # no log-std head and no temperature at all (ODT+TD3's --stoc 0)
+            self.log_std_head = None
+            self.register_parameter("log_temperature", None)
+        else:
+            self.log_std_head = nn.Linear(d, act_dim)
+            self.log_temperature = nn.Parameter(torch.tensor(math.log(cfg.init_temperature)))
         self.target_entropy = -float(act_dim)
         self.apply(self._init_weights)
 
@@ -193,8 +242,8 @@ class DecisionTransformer(nn.Module):
         return [p for n, p in self.named_parameters() if n != "log_temperature"]
 
     @property
-    def temperature(self) -> torch.Tensor:
-        return self.log_temperature.exp()
+    def temperature(self) -> torch.Tensor | None:
+        return None if self.log_temperature is None else self.log_temperature.exp()
 
     def set_state_normalization(self, mean, std) -> None:
         self.state_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
@@ -203,7 +252,8 @@ class DecisionTransformer(nn.Module):
     # -- forward ------------------------------------------------------------------------------------
     def forward(self, states: torch.Tensor, actions: torch.Tensor, rtg: torch.Tensor, timesteps: torch.Tensor,
                 mask: torch.Tensor | None = None) -> SquashedGaussian:
-        """Action distribution at every context position, predicted from the state token."""
+        """Action distribution at every context position, predicted from the state token
+        (a :class:`DeterministicAction` for the deterministic head)."""
         B, T, _ = states.shape
         if T > self.cfg.context_len:
             raise ValueError(f"context of {T} steps exceeds model.context_len={self.cfg.context_len}")
@@ -224,6 +274,8 @@ class DecisionTransformer(nn.Module):
             x = block(x, attn_mask)
         h = self.ln_f(x).reshape(B, T, 3, -1)[:, :, 1]  # hidden state at each state token
         mean = self.mean_head(h)
+        if self.deterministic:
+            return DeterministicAction(mean)
         # Squash log-std smoothly into [min, max] (ODT's parameterisation).
         lo, hi = self.cfg.log_std_min, self.cfg.log_std_max
         log_std = lo + 0.5 * (hi - lo) * (torch.tanh(self.log_std_head(h)) + 1.0)

@@ -4,6 +4,12 @@ A method is a class with a typed ``Config`` dataclass that implements :class:`On
 harness owns the loop, so every method counts env steps and gradient updates the same way, writes
 the same ``progress.csv`` and ``summary.json``, and resumes from ``checkpoint.pt`` after a kill.
 
+Gradient updates are counted in two columns, the same way for every method: ``policy_updates``
+(optimizer steps of the acting policy: the DT, or IQL's actor) and ``critic_updates`` (steps of
+a critic or value function: ODT+TD3's and QGRPO's twin Q, PPO-DT's value net, IQL's Q and V;
+0 for methods without). Tables and curves use ``policy_updates`` for every method;
+``grad_updates`` is kept in progress.csv and summary.json as an alias of ``policy_updates``.
+
 Run directory layout (``out_dir``)::
 
     progress.csv    one row per iteration (dtrl.logger.CORE_COLUMNS first, then diagnostics)
@@ -23,11 +29,11 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from dtrl.config import to_dict
+from dtrl.config import ConfigError, to_dict
 from dtrl.data.trajectories import TrajectoryDataset
 from dtrl.guard import DivergenceError, check_parameters
 from dtrl.io import atomic_torch_save, read_json, torch_load
-from dtrl.logger import RunLogger, Throughput, write_summary
+from dtrl.logger import CORE_COLUMNS, RunLogger, Throughput, write_summary
 from dtrl.online_config import EvalConfig, OnlineConfig
 from dtrl.tasks import Task
 
@@ -36,13 +42,23 @@ from dtrl.tasks import Task
 class Counters:
     env_steps: int = 0  # training env steps (exploration + scoring); the budget counts these
     env_steps_eval: int = 0  # evaluation env steps, reported apart
-    grad_updates: int = 0
+    policy_updates: int = 0  # optimizer steps of the acting policy (DT or actor): the update axis
+    critic_updates: int = 0  # optimizer steps of critics / value functions
     iterations: int = 0
     wall_time: float = 0.0  # seconds spent in this run, summed over resumes
     extra: dict[str, int] = field(default_factory=dict)  # method-specific step counts, e.g. sampled vs scoring
 
     def add(self, name: str, n: int) -> None:
         self.extra[name] = self.extra.get(name, 0) + int(n)
+
+    @property
+    def grad_updates(self) -> int:
+        """Kept for older readers: the policy updates (not policy + critic)."""
+        return self.policy_updates
+
+
+CHECKPOINT_COUNTERS = ("env_steps", "env_steps_eval", "policy_updates", "critic_updates", "iterations",
+                       "wall_time", "extra")
 
 
 @dataclass
@@ -69,6 +85,9 @@ class OnlineMethod:
     needs_pretrained_dt: ClassVar[bool] = True  # False for MLP methods (IQL), which pretrain themselves
     # Config field named when a parameter goes non-finite without a loss term showing it first.
     fault_key: ClassVar[str] = "lr"
+    # model.action_head of the pretrained DT it finetunes: 'deterministic' (ODT+TD3) is pretrained
+    # separately, under pretrain_det/ (dtrl.pretrain.HEAD_DIRS)
+    pretrained_head: ClassVar[str] = "gaussian"
 
     def __init__(self, cfg: Any, ctx: RunContext):
         self.cfg, self.ctx = cfg, ctx
@@ -167,9 +186,12 @@ def run_online(method: OnlineMethod, ctx: RunContext, online: OnlineConfig, meta
     c = ctx.counters
     key_prefix = f"methods.{meta.get('method', '')}."
     if state is not None:
+        if "policy_updates" not in state["counters"]:
+            raise ConfigError(f"{ckpt_path} was written by an older dtrl that counted one mixed 'grad_updates'; "
+                              f"it cannot be resumed with policy/critic update counts. Delete {out} to rerun")
         method.load_state_dict(state["method"])
-        for k, v in state["counters"].items():
-            setattr(c, k, v)
+        for k in CHECKPOINT_COUNTERS:
+            setattr(c, k, state["counters"][k])
         _set_rng_state(state["rng"], ctx.np_rng)
         logger.truncate_after(c.iterations)
         next_eval = state["next_eval"]
@@ -188,8 +210,7 @@ def run_online(method: OnlineMethod, ctx: RunContext, online: OnlineConfig, meta
         saved["iteration"] = c.iterations
         atomic_torch_save(ckpt_path, {
             "method": method.state_dict(),
-            "counters": {k: getattr(c, k) for k in ("env_steps", "env_steps_eval", "grad_updates", "iterations",
-                                                      "wall_time", "extra")},
+            "counters": {k: getattr(c, k) for k in CHECKPOINT_COUNTERS},
             "rng": _rng_state(ctx.np_rng),
             "next_eval": next_eval,
             "config": config,
@@ -209,7 +230,7 @@ def run_online(method: OnlineMethod, ctx: RunContext, online: OnlineConfig, meta
         nan = None
         record({**meta, "status": "diverged", "divergence": e.record(), "final_return": nan,
                 "final_norm_return": nan, "final_norm_return_std": nan, "final_returns": [], "eval_episodes": 0,
-                "env_steps": c.env_steps, "env_steps_eval": c.env_steps_eval, "grad_updates": c.grad_updates,
+                "env_steps": c.env_steps, "env_steps_eval": c.env_steps_eval, **update_counts(c),
                 "wall_time": c.wall_time, "iterations": c.iterations, "step_counts": dict(c.extra),
                 "budget_env_steps": online.env_steps})
         return e
@@ -221,7 +242,7 @@ def run_online(method: OnlineMethod, ctx: RunContext, online: OnlineConfig, meta
         raise diverged(e, c.iterations) from None
 
     rate = Throughput()
-    rate.steps, rate.updates = c.env_steps, c.grad_updates
+    rate.steps, rate.updates = c.env_steps, c.policy_updates
     t_start = time.perf_counter() - c.wall_time
     bar = _progress(online, c.env_steps)
     last_norm = float("nan")
@@ -233,14 +254,18 @@ def run_online(method: OnlineMethod, ctx: RunContext, online: OnlineConfig, meta
             check_parameters(method, method.fault_key, "the parameters after the update")
         except DivergenceError as e:
             raise diverged(e, c.iterations + 1) from None
-        if c.env_steps == steps_before and c.grad_updates == 0:
+        if c.env_steps == steps_before and c.policy_updates == 0 and c.critic_updates == 0:
             raise RuntimeError(f"{type(method).__name__}.train_iteration took no env step and no update; "
                                "the run would never end")
+        clash = sorted(set(diag) & set(CORE_COLUMNS))
+        if clash:
+            raise RuntimeError(f"{type(method).__name__}.train_iteration returned diagnostics named like the "
+                               f"harness's columns {clash}; rename them (e.g. iter_<name>)")
         c.iterations += 1
         c.wall_time = time.perf_counter() - t_start
-        sps, ups = rate.rates(c.env_steps, c.grad_updates)
+        sps, ups = rate.rates(c.env_steps, c.policy_updates)
         row = {"iteration": c.iterations, "env_steps": c.env_steps, "env_steps_eval": c.env_steps_eval,
-               "grad_updates": c.grad_updates, "wall_time": round(c.wall_time, 3),
+               **update_counts(c), "wall_time": round(c.wall_time, 3),
                "env_steps_per_s": sps, "updates_per_s": ups, **{f"steps_{k}": v for k, v in c.extra.items()},
                **diag}
         if c.env_steps >= next_eval:
@@ -262,7 +287,7 @@ def run_online(method: OnlineMethod, ctx: RunContext, online: OnlineConfig, meta
     norm = ctx.task.normalize(r)
     c.wall_time = time.perf_counter() - t_start
     logger.log({"iteration": c.iterations, "env_steps": c.env_steps, "env_steps_eval": c.env_steps_eval,
-                "grad_updates": c.grad_updates, "wall_time": round(c.wall_time, 3),
+                **update_counts(c), "wall_time": round(c.wall_time, 3),
                 "eval_return": float(r.mean()), "eval_norm_return": float(np.mean(norm)), "final": 1,
                 **_success(ctx.task, r, "eval_success")})
     summary = {
@@ -276,7 +301,7 @@ def run_online(method: OnlineMethod, ctx: RunContext, online: OnlineConfig, meta
         "eval_episodes": int(len(r)),
         "env_steps": c.env_steps,
         "env_steps_eval": c.env_steps_eval,
-        "grad_updates": c.grad_updates,
+        **update_counts(c),
         "wall_time": c.wall_time,
         "iterations": c.iterations,
         "step_counts": dict(c.extra),
@@ -292,6 +317,11 @@ def _success(task: Task, returns: np.ndarray, key: str) -> dict[str, float]:
 
     rate = success_rate(task, returns)
     return {} if rate is None else {key: rate}
+
+
+def update_counts(c: Counters) -> dict[str, int]:
+    """The update columns of progress.csv and summary.json (see the module docstring)."""
+    return {"policy_updates": c.policy_updates, "critic_updates": c.critic_updates, "grad_updates": c.grad_updates}
 
 
 def _progress(online: OnlineConfig, start: int):

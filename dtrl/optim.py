@@ -1,20 +1,30 @@
 """Optimizers of DT training: LAMB as ODT used it, AdamW, and ODT's linear warmup.
 
-:class:`Lamb` follows ``torch_optimizer.Lamb`` (the implementation ODT trained with), step for
-step:
+:class:`Lamb` computes the step of ODT's own ``lamb.py`` (facebookresearch/online-dt, lamb.py, the
+NVLAMB variant of timm's Lamb; ODT constructs it as ``Lamb(params, lr, weight_decay, eps=1e-8)``,
+online-dt main.py, so every other argument keeps its default: bias correction on, betas
+(0.9, 0.999), global grad-norm scaling at 1.0, no trust clipping, no adaptation without decay):
 
-    m = b1 m + (1 - b1) g;   v = b2 v + (1 - b2) g^2        (no bias correction: LAMB paper v3)
-    u = m / (sqrt(v) + eps) + weight_decay * w              (decay decoupled, added to the update)
-    r = clamp(||w||, 0, clamp_value) / ||u||,  r = 1 if either norm is 0
-    w = w - lr * r * u
+    c = max(1, ||g||_global / max_grad_norm);  g = g / c          (lamb.py:108-127, 151)
+    m = b1 m + (1 - b1) g;   v = b2 v + (1 - b2) g^2              (lamb.py:164-165)
+    u = (m / (1 - b1^t)) / (sqrt(v) / sqrt(1 - b2^t) + eps)       (lamb.py:142-146, 167-168)
+    u = u + weight_decay * w                                      (lamb.py:170-172)
+    if weight_decay != 0:  u = u * ||w|| / ||u||,  1 if either norm is 0, unclamped  (lamb.py:174-188)
+    w = w - lr * u                                                (lamb.py:190)
 
-Note that ``torch_optimizer`` clamps the *weight norm* to [0, 10], not the ratio; that is kept.
+``||g||_global`` is taken over every parameter with a gradient in every group. Parameters with
+zero weight decay take plain bias-corrected Adam steps (ODT's ``always_adapt=False``). One
+difference that never matters here: the step count ``t`` is kept per parameter (as torch's
+optimizers do, so a checkpoint carries it), where ``lamb.py`` counts steps per group; the two
+differ only for a parameter that had no gradient on some step.
+
 No step synchronises with the host (the "norm is 0" cases are a ``torch.where``), so a GPU
 training step is never stalled by the optimizer.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Iterable, Literal
 
 import torch
@@ -23,9 +33,11 @@ from torch.optim.lr_scheduler import LambdaLR
 
 
 class Lamb(Optimizer):
-    """LAMB (``torch_optimizer.Lamb`` semantics, see the module docstring).
+    """LAMB with the semantics of ODT's ``lamb.py`` (see the module docstring).
 
-    ``impl`` picks the kernel layout; all three compute the same step:
+    ``max_grad_norm=None`` switches the global gradient scaling off; ``bias_correction=False``
+    gives the LAMB paper's v3 update. ``impl`` picks the kernel layout; all three compute the same
+    step:
 
     - ``"flat"``: the moments of a parameter group live in one flat buffer (each parameter's state
       is a view into it), so the update and the per-tensor trust-ratio scaling are a few large
@@ -37,8 +49,8 @@ class Lamb(Optimizer):
     """
 
     def __init__(self, params: Iterable, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-6, weight_decay: float = 0.0, clamp_value: float = 10.0,
-                 impl: Literal["auto", "flat", "foreach", "loop"] = "auto"):
+                 eps: float = 1e-6, weight_decay: float = 0.0, bias_correction: bool = True,
+                 max_grad_norm: float | None = 1.0, impl: Literal["auto", "flat", "foreach", "loop"] = "auto"):
         if lr < 0.0:
             raise ValueError(f"invalid learning rate {lr}")
         if eps < 0.0:
@@ -47,11 +59,13 @@ class Lamb(Optimizer):
             raise ValueError(f"invalid betas {betas}")
         if weight_decay < 0.0:
             raise ValueError(f"invalid weight_decay {weight_decay}")
-        if clamp_value <= 0.0:
-            raise ValueError(f"invalid clamp_value {clamp_value}")
+        if max_grad_norm is not None and max_grad_norm <= 0.0:
+            raise ValueError(f"invalid max_grad_norm {max_grad_norm} (None switches the scaling off)")
         if impl not in ("auto", "flat", "foreach", "loop"):
             raise ValueError(f"invalid impl {impl!r}: expected auto, flat, foreach or loop")
-        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, clamp_value=clamp_value)
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                        bias_correction=bool(bias_correction))
+        self.max_grad_norm = max_grad_norm  # global over all groups, as lamb.py's self.defaults['max_grad_norm']
         self.impl = impl
         self._flat: dict[int, dict[str, Any]] = {}  # per group index: flat buffers, rebuilt after a load
         super().__init__(params, defaults)
@@ -65,12 +79,23 @@ class Lamb(Optimizer):
         if hasattr(self, "_flat"):
             self._flat.clear()
 
+    def _grad_divisor(self) -> torch.Tensor | None:
+        """max(1, ||g|| / max_grad_norm) over every gradient of every group (lamb.py:108-127)."""
+        if self.max_grad_norm is None:
+            return None
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        if not grads:
+            return None
+        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        return (norm / self.max_grad_norm).clamp_min(1.0)
+
     @torch.no_grad()
     def step(self, closure=None):
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        divisor = self._grad_divisor()
         for gi, group in enumerate(self.param_groups):
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
@@ -90,11 +115,21 @@ class Lamb(Optimizer):
             else:
                 for p in params:
                     self._init_state(p)
+            beta1, beta2 = group["betas"]
+            steps = []
             for p in params:
                 self.state[p]["step"] += 1
-            kw = dict(lr=group["lr"], beta1=group["betas"][0], beta2=group["betas"][1], eps=group["eps"],
-                      weight_decay=group["weight_decay"], clamp_value=group["clamp_value"])
+                steps.append(self.state[p]["step"])
+            if group["bias_correction"]:
+                bc1 = [1.0 - beta1 ** t for t in steps]
+                bc2_sqrt = [math.sqrt(1.0 - beta2 ** t) for t in steps]
+            else:
+                bc1 = bc2_sqrt = [1.0] * len(steps)
+            kw = dict(lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
+                      weight_decay=group["weight_decay"], bc1=bc1, bc2_sqrt=bc2_sqrt)
             grads = [p.grad for p in params]
+            if divisor is not None:
+                grads = torch._foreach_div(grads, divisor)
             if impl == "flat":
                 _lamb_flat(params, grads, flat, **kw)
             else:
@@ -133,56 +168,69 @@ class Lamb(Optimizer):
         return out
 
 
-def _trust_ratio(w_norm: torch.Tensor, u_norm: torch.Tensor, clamp_value: float) -> torch.Tensor:
-    w_norm = w_norm.clamp(0.0, clamp_value)
+def _trust_ratio(w_norm: torch.Tensor, u_norm: torch.Tensor) -> torch.Tensor:
     ok = (w_norm > 0) & (u_norm > 0)
     return torch.where(ok, w_norm / torch.where(ok, u_norm, torch.ones_like(u_norm)), torch.ones_like(w_norm))
 
 
-def _lamb_flat(params, grads, flat, *, lr, beta1, beta2, eps, weight_decay, clamp_value):
+def _lamb_flat(params, grads, flat, *, lr, beta1, beta2, eps, weight_decay, bc1, bc2_sqrt):
     m, v, u = flat["exp_avg"], flat["exp_avg_sq"], flat["update"]
     torch._foreach_mul_(flat["exp_avg_views"], beta1)
     torch._foreach_add_(flat["exp_avg_views"], grads, alpha=1.0 - beta1)
     torch._foreach_mul_(flat["exp_avg_sq_views"], beta2)
     torch._foreach_addcmul_(flat["exp_avg_sq_views"], grads, grads, value=1.0 - beta2)
     torch.sqrt(v, out=u)
-    u.add_(eps)
-    torch.div(m, u, out=u)
+    same_step = len(set(bc1)) == 1  # the usual case: one scalar per group, no per-tensor kernels
+    if same_step:
+        u.div_(bc2_sqrt[0]).add_(eps)
+        torch.div(m, u, out=u)
+        u.div_(bc1[0])
+    else:
+        torch._foreach_div_(flat["update_views"], bc2_sqrt)
+        u.add_(eps)
+        torch.div(m, u, out=u)
+        torch._foreach_div_(flat["update_views"], bc1)
     if weight_decay != 0.0:
         torch._foreach_add_(flat["update_views"], params, alpha=weight_decay)
-    w_norm = torch.stack(torch._foreach_norm(params))
-    u_norm = torch.segment_reduce(u.square(), "sum", lengths=flat["lengths"]).sqrt()
-    scale = _trust_ratio(w_norm, u_norm, clamp_value) * -lr
-    u.mul_(torch.repeat_interleave(scale, flat["lengths"], output_size=flat["numel"]))
+        w_norm = torch.stack(torch._foreach_norm(params))
+        u_norm = torch.segment_reduce(u.square(), "sum", lengths=flat["lengths"]).sqrt()
+        scale = _trust_ratio(w_norm, u_norm) * -lr
+        u.mul_(torch.repeat_interleave(scale, flat["lengths"], output_size=flat["numel"]))
+    else:
+        u.mul_(-lr)
     torch._foreach_add_(params, flat["update_views"])
 
 
-def _lamb_foreach(params, grads, exp_avgs, exp_avg_sqs, *, lr, beta1, beta2, eps, weight_decay, clamp_value):
+def _lamb_foreach(params, grads, exp_avgs, exp_avg_sqs, *, lr, beta1, beta2, eps, weight_decay, bc1, bc2_sqrt):
     torch._foreach_mul_(exp_avgs, beta1)
     torch._foreach_add_(exp_avgs, grads, alpha=1.0 - beta1)
     torch._foreach_mul_(exp_avg_sqs, beta2)
     torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
     denom = torch._foreach_sqrt(exp_avg_sqs)
+    torch._foreach_div_(denom, bc2_sqrt)
     torch._foreach_add_(denom, eps)
-    updates = torch._foreach_div(exp_avgs, denom)
+    updates = torch._foreach_div(exp_avgs, bc1)
+    torch._foreach_div_(updates, denom)
     if weight_decay != 0.0:
         torch._foreach_add_(updates, params, alpha=weight_decay)
-    w_norm = torch.stack(torch._foreach_norm(params))
-    u_norm = torch.stack(torch._foreach_norm(updates))
-    scale = _trust_ratio(w_norm, u_norm, clamp_value) * -lr
-    torch._foreach_mul_(updates, list(scale.unbind()))
+        w_norm = torch.stack(torch._foreach_norm(params))
+        u_norm = torch.stack(torch._foreach_norm(updates))
+        scale = _trust_ratio(w_norm, u_norm) * -lr
+        torch._foreach_mul_(updates, list(scale.unbind()))
+    else:
+        torch._foreach_mul_(updates, -lr)
     torch._foreach_add_(params, updates)
 
 
-def _lamb_loop(params, grads, exp_avgs, exp_avg_sqs, *, lr, beta1, beta2, eps, weight_decay, clamp_value):
-    for p, g, m, v in zip(params, grads, exp_avgs, exp_avg_sqs):
+def _lamb_loop(params, grads, exp_avgs, exp_avg_sqs, *, lr, beta1, beta2, eps, weight_decay, bc1, bc2_sqrt):
+    for p, g, m, v, c1, c2 in zip(params, grads, exp_avgs, exp_avg_sqs, bc1, bc2_sqrt):
         m.mul_(beta1).add_(g, alpha=1.0 - beta1)
         v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
-        u = m / (v.sqrt() + eps)
+        u = (m / c1) / (v.sqrt() / c2 + eps)
         if weight_decay != 0.0:
             u.add_(p, alpha=weight_decay)
-        ratio = _trust_ratio(p.norm(), u.norm(), clamp_value)
-        p.add_(u * (ratio * -lr))
+            u.mul_(_trust_ratio(p.norm(), u.norm()))
+        p.add_(u, alpha=-lr)
 
 
 def make_optimizer(params: Iterable, name: str, lr: float, weight_decay: float, eps: float = 1e-8) -> Optimizer:

@@ -99,7 +99,7 @@ class PPODT(PolicyGradientDT):
                 self.value_opt.zero_grad(set_to_none=True)
                 loss.backward()
                 self.value_opt.step()
-                self.ctx.counters.grad_updates += 1
+                self.ctx.counters.critic_updates += 1
                 losses.append(loss.item())
                 check_terms({"value_loss": losses[-1]}, {"value_loss": "value_lr"}, "the value update")
         return float(np.mean(losses))

@@ -1,8 +1,14 @@
-"""Offline supervised pretraining of the stochastic Decision Transformer (ODT's objective).
+"""Offline supervised pretraining of the Decision Transformer.
 
-One run per (task, seed), writing under ``<results>/pretrain/<task>/seed<seed>/``::
+The objective follows ``model.action_head``: ODT's NLL - temperature x entropy for the stochastic
+head (``dtrl.losses.dt_supervised_loss``), ODT+TD3's masked MSE for the deterministic one
+(``dtrl.losses.dt_mse_loss``; no temperature, no entropy).
 
-    pretrain.csv     updates, loss, nll, entropy, temperature, lr, grad_norm, updates_per_s, wall_time
+One run per (task, seed) and head, writing under ``<results>/pretrain/<task>/seed<seed>/``
+(stochastic) or ``<results>/pretrain_det/<task>/seed<seed>/`` (deterministic)::
+
+    pretrain.csv     updates, loss, nll, entropy, temperature (stochastic) or mse (deterministic),
+                     lr, grad_norm, updates_per_s, wall_time
     checkpoint.pt    resumable state every ``pretrain.checkpoint_every`` updates (removed when done)
     summary.json     updates, wall time, throughput, final loss terms, evaluation returns
     model.pt         written last, its presence marks the run complete:
@@ -44,40 +50,45 @@ from dtrl.data.trajectories import DataError, TrajectoryDataset
 from dtrl.guard import SUPERVISED_FAULT_KEYS, DivergenceError, FiniteSince, check_parameters
 from dtrl.io import atomic_torch_save, atomic_write_json, read_json, torch_load
 from dtrl.logger import RunLogger
-from dtrl.losses import dt_supervised_loss
+from dtrl.losses import dt_mse_loss, dt_supervised_loss
 from dtrl.model import DecisionTransformer, ModelConfig, build_model
 from dtrl.online import _rng_state, _set_rng_state, eval_seed, resolve_device, seed_everything
 from dtrl.optim import make_optimizer, warmup_schedule
-from dtrl.pretrain_config import PretrainConfig
+from dtrl.pretrain_config import HEAD_DIRS, PretrainConfig
 from dtrl.tasks import Task
 
 PRETRAIN_COLUMNS = ["updates", "loss", "nll", "entropy", "temperature", "lr", "grad_norm", "updates_per_s",
                     "wall_time"]
-# Per-update diagnostics summed on the device between log rows (one host sync per row, not per update).
-_ACC_TERMS = ("loss", "nll", "entropy", "temperature", "grad_norm")
+PRETRAIN_COLUMNS_DETERMINISTIC = ["updates", "loss", "mse", "lr", "grad_norm", "updates_per_s", "wall_time"]
 
 
 class SupervisedTrainer:
     """ODT's update on one context minibatch: policy loss -> clipped LAMB/AdamW step with warmup;
-    temperature loss -> Adam step on ``log_temperature``. Returns detached tensors (no host sync)."""
+    temperature loss -> Adam step on ``log_temperature``. Returns detached tensors (no host sync).
+
+    A deterministic DT (``model.action_head``) trains with the masked MSE and has no temperature
+    (``temperature_optimizer`` is None); its terms are ``DETERMINISTIC_TERMS``."""
 
     TERMS = ("loss", "loss_temperature", "nll", "entropy", "temperature", "grad_norm")
+    DETERMINISTIC_TERMS = ("loss", "mse", "grad_norm")
 
     def __init__(self, model: DecisionTransformer, *, optimizer: str = "lamb", lr: float = 1e-4,
                  weight_decay: float = 5e-4, eps: float = 1e-8, warmup_updates: int = 10_000,
                  grad_clip: float = 0.25, temperature_lr: float = 1e-4, entropy_samples: int = 1,
                  amp_dtype: torch.dtype | None = None, compile: str = "off"):
         self.model = model
+        self.deterministic = bool(getattr(model, "deterministic", False))
+        self.terms = self.DETERMINISTIC_TERMS if self.deterministic else self.TERMS
         self.policy_params = model.policy_parameters()
         self.optimizer = make_optimizer(self.policy_params, optimizer, lr, weight_decay, eps)
         self.scheduler = warmup_schedule(self.optimizer, warmup_updates)
-        on_cuda = model.log_temperature.is_cuda
+        self.device_type = self.policy_params[0].device.type
         # fused: one kernel instead of a dozen for a single scalar parameter.
-        self.temperature_optimizer = torch.optim.Adam([model.log_temperature], lr=temperature_lr, betas=(0.9, 0.999),
-                                                      fused=True if on_cuda else None)
+        self.temperature_optimizer = None if self.deterministic else torch.optim.Adam(
+            [model.log_temperature], lr=temperature_lr, betas=(0.9, 0.999),
+            fused=True if self.device_type == "cuda" else None)
         self.grad_clip = float(grad_clip)
         self.entropy_samples = int(entropy_samples)
-        self.device_type = model.log_temperature.device.type
         # Autocast only where it pays: bf16 on CUDA. CPU bf16 matmuls are slower than fp32 on most hosts.
         self.amp_dtype = amp_dtype if self.device_type == "cuda" else None
         if compile not in ("off", "default", "reduce-overhead"):
@@ -103,6 +114,10 @@ class SupervisedTrainer:
                else contextlib.nullcontext())
         with amp:
             dist = model(states, actions, rtg, timesteps, mask)
+        if self.deterministic:
+            terms = dt_mse_loss(dist, actions, mask)
+            terms["total"] = terms["loss"]
+            return terms
         terms = dt_supervised_loss(dist, actions, mask, model.log_temperature, model.target_entropy,
                                    self.entropy_samples)
         # One backward for both: the detaches inside the loss keep each gradient on its own parameters.
@@ -117,13 +132,13 @@ class SupervisedTrainer:
         grad_norm = self.step()
         # Copied out in one kernel: CUDA-graph outputs are overwritten by the next update, and
         # callers may keep these across updates.
-        values = torch.stack([terms["loss"].detach(), terms["loss_temperature"].detach(), terms["nll"],
-                              terms["entropy"], terms["temperature"], grad_norm.detach().float()])
-        return dict(zip(self.TERMS, values.unbind()))
+        values = torch.stack([terms[k].detach().float() for k in self.terms[:-1]] + [grad_norm.detach().float()])
+        return dict(zip(self.terms, values.unbind()))
 
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
-        self.temperature_optimizer.zero_grad(set_to_none=True)
+        if self.temperature_optimizer is not None:
+            self.temperature_optimizer.zero_grad(set_to_none=True)
 
     def step(self) -> torch.Tensor:
         """After a backward: clip the policy gradient, step both optimizers and the warmup schedule.
@@ -138,7 +153,8 @@ class SupervisedTrainer:
             grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
         self.last_lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
-        self.temperature_optimizer.step()
+        if self.temperature_optimizer is not None:
+            self.temperature_optimizer.step()
         self.scheduler.step()
         self.updates += 1
         return grad_norm
@@ -164,13 +180,15 @@ class SupervisedTrainer:
             return self._forward_backward(batch)
 
     def state_dict(self) -> dict[str, Any]:
+        temp = self.temperature_optimizer
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "temperature_optimizer": self.temperature_optimizer.state_dict(), "updates": self.updates}
+                "temperature_optimizer": None if temp is None else temp.state_dict(), "updates": self.updates}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.temperature_optimizer.load_state_dict(state["temperature_optimizer"])
+        if self.temperature_optimizer is not None:
+            self.temperature_optimizer.load_state_dict(state["temperature_optimizer"])
         self.updates = int(state["updates"])
         self.last_lr = self.scheduler.get_last_lr()[0]
 
@@ -184,8 +202,9 @@ def build_dt(model_cfg: ModelConfig, task: Task, dataset: TrajectoryDataset) -> 
     return build_model(dataset.obs_dim, dataset.act_dim, cfg, task.reward_scale, mean, std)
 
 
-def default_out_dir(results: str | Path, task_name: str, seed: int) -> Path:
-    return Path(results) / "pretrain" / task_name / f"seed{seed}"
+def default_out_dir(results: str | Path, task_name: str, seed: int, head: str = "gaussian") -> Path:
+    """Where pretraining of ``task_name``/``seed`` with action head ``head`` writes (model.pt etc.)."""
+    return Path(results) / HEAD_DIRS[head] / task_name / f"seed{seed}"
 
 
 def pretrain(exp, task: Task, seed: int, dataset: TrajectoryDataset, out_dir: str | Path | None = None,
@@ -202,7 +221,8 @@ def pretrain(exp, task: Task, seed: int, dataset: TrajectoryDataset, out_dir: st
 
     exp = exp.for_task(task.name)
     cfg: PretrainConfig = exp.pretrain
-    out = Path(out_dir) if out_dir is not None else default_out_dir(exp.results, task.name, seed)
+    out = Path(out_dir) if out_dir is not None else default_out_dir(exp.results, task.name, seed,
+                                                                      exp.model.action_head)
     model_path, summary_path, ckpt_path = out / "model.pt", out / "summary.json", out / "checkpoint.pt"
     if model_path.exists():
         return read_json(summary_path) if summary_path.exists() else {"task": task.name, "seed": seed}
@@ -223,7 +243,9 @@ def pretrain(exp, task: Task, seed: int, dataset: TrajectoryDataset, out_dir: st
     sampler = ContextSampler(dataset.trajectories, model.cfg.context_len, device=device, rng=np_rng,
                              anchor=cfg.context_anchor)
     logger = RunLogger(out / "pretrain.csv")
-    acc = torch.zeros(len(_ACC_TERMS), device=device)
+    # Per-update diagnostics summed on the device between log rows (one host sync per row, not per update).
+    acc_terms = [k for k in trainer.terms if k != "loss_temperature"]
+    acc = torch.zeros(len(acc_terms), device=device)
     n_acc, updates, wall_before = 0, 0, 0.0
     run_config = pretrain_config(exp)
     config_changes: list[dict[str, Any]] = []
@@ -246,7 +268,7 @@ def pretrain(exp, task: Task, seed: int, dataset: TrajectoryDataset, out_dir: st
         print(f"[dtrl] resumed pretraining {out} at update {updates}", file=sys.stderr)
     else:
         logger.rows = []
-    logger.columns = list(PRETRAIN_COLUMNS)
+    logger.columns = list(PRETRAIN_COLUMNS_DETERMINISTIC if trainer.deterministic else PRETRAIN_COLUMNS)
 
     saved = {"updates": updates if ckpt_path.exists() else None}  # of the checkpoint on disk
 
@@ -284,15 +306,15 @@ def pretrain(exp, task: Task, seed: int, dataset: TrajectoryDataset, out_dir: st
     t_row, u_row = t_start, updates
     while updates < cfg.updates:
         out_terms = trainer.update(sampler.sample(cfg.batch_size))
-        acc += torch.stack([out_terms[k] for k in _ACC_TERMS])
-        finite.add_stacked(list(_ACC_TERMS), acc)
+        acc += torch.stack([out_terms[k] for k in acc_terms])
+        finite.add_stacked(acc_terms, acc)
         n_acc += 1
         updates += 1
         if updates % cfg.log_every == 0 or updates == cfg.updates:
             check_finite("pretraining")
             means = (acc / n_acc).tolist()  # the one host sync per log row
             now = time.perf_counter()
-            logger.log({"updates": updates, **dict(zip(_ACC_TERMS, means)), "lr": trainer.last_lr,
+            logger.log({"updates": updates, **dict(zip(acc_terms, means)), "lr": trainer.last_lr,
                         "updates_per_s": (updates - u_row) / max(now - t_row, 1e-9),
                         "wall_time": round(wall_before + now - t_start, 3)})
             t_row, u_row = now, updates
@@ -309,7 +331,8 @@ def pretrain(exp, task: Task, seed: int, dataset: TrajectoryDataset, out_dir: st
         "task": task.name, "seed": seed, "updates": updates, "wall_time": wall,
         "updates_per_s": updates / max(wall, 1e-9), "device": str(device),
         "final_loss": last.get("loss"), "final_nll": last.get("nll"), "final_entropy": last.get("entropy"),
-        "final_temperature": last.get("temperature"),
+        "final_temperature": last.get("temperature"), "final_mse": last.get("mse"),
+        "action_head": model.cfg.action_head,
         "dataset_episodes": len(dataset), "dataset_transitions": dataset.num_transitions,
         "eval_episodes": cfg.eval_episodes, "status": "completed", "config": to_dict(exp),
         "code_version": code_version(),
@@ -361,7 +384,7 @@ def cmd_pretrain(exp, task_name: str, seed: int, out: str | Path | None, allow_c
     from dtrl.tasks import get_task
 
     task = get_task(task_name)
-    out_dir = Path(out) if out is not None else default_out_dir(exp.results, task.name, seed)
+    out_dir = Path(out) if out is not None else default_out_dir(exp.results, task.name, seed, exp.model.action_head)
     if (out_dir / "model.pt").exists():
         print(f"{out_dir / 'model.pt'} exists; pretraining of {task.name} seed {seed} is done, nothing to do")
         return 0

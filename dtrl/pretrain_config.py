@@ -8,6 +8,12 @@ from typing import Literal
 from dtrl.config import doc, require
 
 
+# Where each action head's pretraining lives: <results>/<dir>/<task>/seed<seed>/. One (task, seed)
+# has a stochastic DT for ODT and the RL methods, and a deterministic one for ODT+TD3 when the
+# grid runs it (model.action_head says which one a run trains).
+HEAD_DIRS = {"gaussian": "pretrain", "deterministic": "pretrain_det"}
+
+
 @dataclass
 class PretrainConfig:
     updates: int = doc(5_000, "DT updates of offline pretraining. The reference commands make 5000 (online-dt "

@@ -108,7 +108,7 @@ class QGRPO(PolicyGradientDT):
         self.critic_opt.step()
         soft_update(self.critic_target, self.critic, cfg.tau)
         self.critic_updates += 1
-        self.ctx.counters.grad_updates += 1
+        self.ctx.counters.critic_updates += 1
         out = loss.item(), q1.mean().item()
         check_terms({"critic_loss": out[0], "critic_q_mean": out[1]},
                     {"critic_loss": "critic_lr", "critic_q_mean": "critic_lr"}, "the critic update")
@@ -166,7 +166,7 @@ class QGRPO(PolicyGradientDT):
         diag: dict[str, float] = {
             "explore_return": float(np.mean([t.total_return for t in trajs])),
             "explore_len": float(np.mean([len(t) for t in trajs])),
-            "critic_updates": n_critic,
+            "iter_critic_updates": n_critic,
             "critic_loss": float(np.mean(closs)) if closs else nan,
             "critic_q_mean": float(np.mean(qmean)) if qmean else nan,
             "buffer_size": self.buffer.size,

@@ -47,8 +47,12 @@ ALGO_LABELS = {"none": "DT (offline)", "grpo": "GRPO-DT", "qgrpo": "QGRPO", "ppo
 MAIN_ALGO = "grpo"  # the method the probability-of-improvement figure compares against each baseline
 AGGREGATE_METRICS = ("IQM", "Median", "Mean", "Optimality Gap")
 OPTIMALITY_GAMMA = 100.0  # D4RL normalised scores: the expert is 100
+# The update axis of every table and curve: optimizer steps of the acting policy (DT or actor),
+# counted the same way for every method (dtrl.online); critic steps are reported apart.
+UPDATE_AXIS = "policy_updates"
 BUDGET_ROWS = {"env_steps": "env steps / run", "env_steps_eval": "eval env steps / run",
-               "grad_updates": "gradient updates / run", "wall_time": "wall time / run (s)"}
+               UPDATE_AXIS: "policy (DT / actor) updates / run", "critic_updates": "critic updates / run",
+               "wall_time": "wall time / run (s)"}
 AVERAGE_ROW = "average"
 REPS = 2000  # bootstrap replications for the aggregate metrics
 PROFILE_REPS = 1000
@@ -398,7 +402,7 @@ def ablation_table(exp: ExperimentConfig, runs: dict) -> pd.DataFrame:
             row.update({f"{t}_mean": mean, f"{t}_std": std, f"{t}_seeds": n})
         mean, std, n = average_cell(runs, m, tasks, seeds)
         row.update({"average_mean": mean, "average_std": std, "average_seeds": n})
-        for key in ("env_steps", "grad_updates"):
+        for key in ("env_steps", UPDATE_AXIS):
             row[key] = budget_cell(runs, m, tasks, seeds, key)[0]
         rows.append(row)
     return pd.DataFrame(rows)
@@ -406,7 +410,7 @@ def ablation_table(exp: ExperimentConfig, runs: dict) -> pd.DataFrame:
 
 def ablation_markdown(exp: ExperimentConfig, table: pd.DataFrame) -> str:
     tasks = list(exp.grid.ablation_tasks)
-    header = ["variant", "changes"] + tasks + ["average", "env steps / run", "gradient updates / run"]
+    header = ["variant", "changes"] + tasks + ["average", "env steps / run", BUDGET_ROWS[UPDATE_AXIS]]
     lines = ["# Ablations", "",
              "GRPO-DT switches (relabel, ratio level, reset sampling, L_eval, ...): each row changes the listed "
              f"settings of its base entry. Final D4RL normalised score, mean ± std over seeds {list(exp.grid.seeds)}.",
@@ -415,7 +419,7 @@ def ablation_markdown(exp: ExperimentConfig, table: pd.DataFrame) -> str:
         cells = [method_label(exp, r["method"]), r["changes"] or "–"]
         cells += [_fmt_score(r[f"{t}_mean"], r[f"{t}_std"], int(r[f"{t}_seeds"])) for t in tasks]
         cells.append(_fmt_score(r["average_mean"], r["average_std"], int(r["average_seeds"])))
-        cells += [_fmt_count(r["env_steps"]), _fmt_count(r["grad_updates"])]
+        cells += [_fmt_count(r["env_steps"]), _fmt_count(r[UPDATE_AXIS])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -639,7 +643,7 @@ def plot_learning_curves(exp: ExperimentConfig, task: str, runs: dict, stem: Pat
     from matplotlib.ticker import EngFormatter
 
     colors = _colors(list(exp.grid.methods))
-    axes_keys = (("env_steps", "training env steps"), ("grad_updates", "gradient updates"))
+    axes_keys = (("env_steps", "training env steps"), (UPDATE_AXIS, "policy (DT / actor) updates"))
     fig = Figure(figsize=(11, 4))
     axes = fig.subplots(1, 2)
     drawn = False

@@ -183,7 +183,7 @@ class RolloutEngine:
             dist = self.policy(model, rows, k_ctx)
             sample = torch.as_tensor(sample_all | (taken[rows_np] < sample_budget[rows_np]), device=self.device)
             noise = torch.randn(dist.mean.shape, generator=self.generator, device=self.device)
-            action = torch.where(sample[:, None], torch.tanh(dist.mean + dist.std * noise), dist.mode)
+            action = torch.where(sample[:, None], dist.action_from_noise(noise), dist.mode)
             logp = dist.log_prob(action)
             var = (2.0 * dist.log_std).exp().mean(-1)
             if record_contexts:

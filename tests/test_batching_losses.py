@@ -215,28 +215,83 @@ def test_bf16_distribution_is_scored_in_fp32():
 
 # -- optimizer ----------------------------------------------------------------------------------
 
-def _lamb_by_hand(w, g, lr, wd, eps=1e-8, b1=0.9, b2=0.999, clamp=10.0):
-    m = [(1 - b1) * x for x in g]
-    v = [(1 - b2) * x * x for x in g]
-    u = [mi / (math.sqrt(vi) + eps) + wd * wi for mi, vi, wi in zip(m, v, w)]
-    wn = min(math.sqrt(sum(x * x for x in w)), clamp)
-    un = math.sqrt(sum(x * x for x in u))
-    ratio = wn / un if wn > 0 and un > 0 else 1.0
-    return [wi - lr * ratio * ui for wi, ui in zip(w, u)]
+class _PaperLamb:
+    """Test oracle written independently from the LAMB paper (You et al. 2020, Algorithm 2: bias-corrected
+    Adam ratio r = m_hat / (sqrt(v_hat) + eps), update (r + wd * w) scaled by ||w|| / ||r + wd * w||) plus
+    NVLAMB's global gradient pre-normalisation g / max(1, ||g|| / max_grad_norm), in plain Python floats,
+    one scalar at a time. No package implements ODT's configuration exactly: torch-optimizer's Lamb
+    clamps ||w|| and puts the bias correction outside the trust ratio, pytorch_optimizer's has no bias
+    correction, timm's (the source of ODT's lamb.py) cannot be imported here without torchvision."""
+
+    def __init__(self, tensors, lr, wd, eps=1e-8, b1=0.9, b2=0.999, max_grad_norm=1.0):
+        self.w = [[float(x) for x in t.flatten()] for t in tensors]
+        self.m = [[0.0] * len(w) for w in self.w]
+        self.v = [[0.0] * len(w) for w in self.w]
+        self.lr, self.wd, self.eps, self.b1, self.b2, self.max = lr, wd, eps, b1, b2, max_grad_norm
+        self.t = 0
+
+    def step(self, grads):
+        self.t += 1
+        g = [[float(x) for x in t.flatten()] for t in grads]
+        norm = math.sqrt(sum(x * x for gi in g for x in gi))
+        c = max(1.0, norm / self.max)
+        for w, m, v, gi in zip(self.w, self.m, self.v, g):
+            r = []
+            for j in range(len(w)):
+                gj = gi[j] / c
+                m[j] = self.b1 * m[j] + (1 - self.b1) * gj
+                v[j] = self.b2 * v[j] + (1 - self.b2) * gj * gj
+                m_hat, v_hat = m[j] / (1 - self.b1 ** self.t), v[j] / (1 - self.b2 ** self.t)
+                r.append(m_hat / (math.sqrt(v_hat) + self.eps) + self.wd * w[j])
+            if self.wd != 0:
+                wn, rn = math.sqrt(sum(x * x for x in w)), math.sqrt(sum(x * x for x in r))
+                ratio = wn / rn if wn > 0 and rn > 0 else 1.0
+            else:
+                ratio = 1.0  # ODT's lamb.py adapts only parameters with weight decay
+            for j in range(len(w)):
+                w[j] -= self.lr * ratio * r[j]
 
 
 @pytest.mark.parametrize("impl", ["flat", "foreach", "loop"])
-@pytest.mark.parametrize("w0", [[3.0, 4.0], [30.0, -40.0], [0.0, 0.0]])  # plain, clamped weight norm, zero weights
-def test_lamb_single_step_matches_hand_computation(impl, w0):
-    g0, lr, wd = [1.0, -2.0], 0.1, 0.01
-    p = torch.tensor(w0, dtype=torch.float64, requires_grad=True)
-    q = torch.tensor([[0.5]], dtype=torch.float64, requires_grad=True)  # a second tensor in the same group
-    opt = Lamb([p, q], lr=lr, weight_decay=wd, eps=1e-8, impl=impl)
-    p.grad = torch.tensor(g0, dtype=torch.float64)
-    q.grad = torch.tensor([[0.25]], dtype=torch.float64)
-    opt.step()
-    assert p.detach().tolist() == pytest.approx(_lamb_by_hand(w0, g0, lr, wd), rel=1e-12, abs=1e-12)
-    assert q.detach().flatten().tolist() == pytest.approx(_lamb_by_hand([0.5], [0.25], lr, wd), rel=1e-12)
+@pytest.mark.parametrize("wd", [5e-4, 0.0])
+@pytest.mark.parametrize("steps", [1, 5])
+def test_lamb_matches_an_independent_implementation(impl, wd, steps):
+    # ||w|| below 10, far above 10 (the old clamp), zero; gradients once above max_grad_norm 1.0
+    torch.manual_seed(0)
+    w0 = [torch.randn(3, 2, dtype=torch.float64) * 0.5, torch.randn(7, dtype=torch.float64) * 20.0,
+          torch.zeros(4, dtype=torch.float64)]
+    assert w0[0].norm() < 10 < w0[1].norm()
+    grads = [[torch.randn_like(x) * (3.0 if s == 0 else 0.05) for x in w0] for s in range(steps)]
+    params = [x.clone().requires_grad_() for x in w0]
+    opt = Lamb(params, lr=0.01, weight_decay=wd, eps=1e-8, impl=impl)
+    oracle = _PaperLamb(w0, lr=0.01, wd=wd)
+    for gs in grads:
+        for p, g in zip(params, gs):
+            p.grad = g.clone()
+        opt.step()
+        oracle.step(gs)
+        for p, w in zip(params, oracle.w):
+            assert p.detach().flatten().tolist() == pytest.approx(w, rel=1e-10, abs=1e-12)
+    moved = [(p.detach() - x).norm().item() for p, x in zip(params, w0)]
+    if wd:  # the trust ratio makes a step's size proportional to ||w||, unclamped
+        assert moved[1] > 10 * moved[0]
+
+
+def test_lamb_in_float32_matches_in_float64_and_without_clipping():
+    torch.manual_seed(1)
+    w0 = [torch.randn(16, 16) * 3.0, torch.randn(16) * 0.1]
+    grads = [[torch.randn_like(x) * 0.01 for x in w0] for _ in range(3)]
+    for max_grad_norm in (1.0, None):
+        params = [x.clone().requires_grad_() for x in w0]
+        opt = Lamb(params, lr=1e-3, weight_decay=5e-4, eps=1e-8, max_grad_norm=max_grad_norm)
+        oracle = _PaperLamb(w0, lr=1e-3, wd=5e-4, max_grad_norm=float("inf") if max_grad_norm is None else 1.0)
+        for gs in grads:
+            for p, g in zip(params, gs):
+                p.grad = g.clone()
+            opt.step()
+            oracle.step(gs)
+        for p, w in zip(params, oracle.w):
+            assert p.detach().flatten().tolist() == pytest.approx(w, rel=1e-5, abs=1e-6)
 
 
 def _run_lamb(opt, params, grad_seq):

@@ -204,7 +204,8 @@ def test_qgrpo_counts_critic_and_policy_updates(tmp_path):
                     critic_batch_size=16, critic_hidden=[16], states_per_iteration=6, group_size=3, minibatch_size=6)
     d = q.train_iteration()  # still warming up: critic only
     c = q.ctx.counters
-    assert d["policy_updates"] == 0 and c.grad_updates == d["critic_updates"] == c.env_steps // 2
+    assert d["iter_policy_updates"] == c.policy_updates == c.grad_updates == 0
+    assert c.critic_updates == d["iter_critic_updates"] == c.env_steps // 2
     assert c.env_steps == c.extra["explore"]
 
 
@@ -239,7 +240,7 @@ def test_smoke_run_writes_csv_and_summary(tmp_path, method):
     assert cols[:len(CORE_COLUMNS)] == CORE_COLUMNS
     want = DIAG_COLUMNS + (GRPO_COLUMNS if method == "grpo" else [])
     assert set(want) <= set(cols), set(want) - set(cols)
-    trained = [r for r in rows if not r["final"] and r["policy_updates"] not in ("", "0")]
+    trained = [r for r in rows if not r["final"] and r["iter_policy_updates"] not in ("", "0")]
     assert trained and all(math.isfinite(float(r["ratio_mean"])) for r in trained)
 
 
@@ -250,7 +251,7 @@ def test_grpo_refuses_tasks_that_cannot_be_reset_and_qgrpo_runs_there(tmp_path):
     q = make_method(QGRPO, tmp_path, task=task, explore_episodes=2, critic_warmup_updates=0, states_per_iteration=4,
                     group_size=3, critic_batch_size=16, critic_hidden=[16], minibatch_size=4)
     q.engine.restore = None  # QGRPO never restores a simulator state
-    assert q.train_iteration()["policy_updates"] > 0
+    assert q.train_iteration()["iter_policy_updates"] > 0
 
 
 def test_grpo_resumes_exactly(tmp_path):
@@ -339,5 +340,5 @@ def test_zero_spread_groups_are_left_out_of_the_update(tmp_path, monkeypatch):
     monkeypatch.setattr(grpo_mod, "group_advantages", lambda r, *a: (np.zeros_like(r), np.ones(len(r), bool)))
     steps, updates = g.ctx.counters.env_steps, g.ctx.counters.grad_updates
     d = g.train_iteration()
-    assert d["policy_updates"] == 0 and g.ctx.counters.grad_updates == updates
+    assert d["iter_policy_updates"] == 0 and g.ctx.counters.grad_updates == updates
     assert g.ctx.counters.env_steps > steps

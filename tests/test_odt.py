@@ -7,13 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from baselines.common import ODTConfig, TrajectoryReplay, transition_arrays
+from baselines.common import ODTConfig, TrajectoryReplay, min_env_steps_per_iteration, transition_arrays
 from baselines.odt import ODT
 from dtrl.config import from_dict
 from dtrl.data.d4rl_hdf5 import write_d4rl
 from dtrl.data.trajectories import Trajectory, TrajectoryDataset
 from dtrl.experiment import load_config
 from dtrl.finetune import finetune
+from dtrl.config import ConfigError
 from dtrl.logger import CORE_COLUMNS, SUMMARY_KEYS
 from dtrl.losses import dt_supervised_loss
 from dtrl.online import build_context
@@ -36,13 +37,15 @@ def offline_dataset(task_name: str = TASK, n: int = 12) -> TrajectoryDataset:
 
 
 def experiment(tmp_path, method: str, params: dict, env_steps: int = 120, task_name: str = TASK):
-    """An experiment whose dataset is a D4RL file in tmp_path and whose pretrained DT is tiny_dt."""
+    """An experiment whose dataset is a D4RL file in tmp_path and whose pretrained DTs are tiny_dt's
+    (stochastic under pretrain/, deterministic under pretrain_det/)."""
     data = tmp_path / "data.hdf5"
     if not data.exists():
         write_d4rl(data, offline_dataset(task_name))
-    model_pt = tmp_path / f"pretrain/{task_name}/seed0/model.pt"
-    if not model_pt.exists():
-        write_pretrained(model_pt, tiny_dt(task_name))
+    for pdir, head in (("pretrain", "gaussian"), ("pretrain_det", "deterministic")):
+        model_pt = tmp_path / f"{pdir}/{task_name}/seed0/model.pt"
+        if not model_pt.exists():
+            write_pretrained(model_pt, tiny_dt(task_name, action_head=head))
     return load_config(None, {
         "results": str(tmp_path), "device": "cpu", "grid": {"methods": [method], "tasks": [task_name]},
         "data": {"sources": {task_name: {"d4rl": str(data)}}},
@@ -52,8 +55,8 @@ def experiment(tmp_path, method: str, params: dict, env_steps: int = 120, task_n
 
 
 def method_instance(cls, tmp_path, dataset=None, **params):
-    """A method built directly (no harness), with an in-memory dataset."""
-    path = write_pretrained(tmp_path / "model.pt", tiny_dt())
+    """A method built directly (no harness), with an in-memory dataset and the DT head the method finetunes."""
+    path = write_pretrained(tmp_path / "model.pt", tiny_dt(action_head=cls.pretrained_head))
     ctx = build_context(get_task(TASK), 0, torch.device("cpu"), dataset or offline_dataset(), path,
                         tmp_path / "run", EvalConfig(episodes=1, final_episodes=1))
     return cls(from_dict(cls.Config, {**FAST, **params}), ctx)
@@ -144,7 +147,7 @@ def test_updates_are_counted_and_the_loss_reaches_only_its_parameters(tmp_path):
     odt = method_instance(ODT, tmp_path, updates_per_iteration=3)
     diag = odt.train_iteration()
     c = odt.ctx.counters
-    assert c.grad_updates == 3 and c.extra == {"dt_updates": 3} and odt.trainer.updates == 3
+    assert c.policy_updates == c.grad_updates == 3 and c.critic_updates == 0 and odt.trainer.updates == 3
     for k in ("loss", "nll", "entropy", "temperature", "loss_temperature", "grad_norm"):
         assert np.isfinite(diag[k]), k
     # gradient isolation of ODT's two losses on a buffer batch
@@ -158,6 +161,42 @@ def test_updates_are_counted_and_the_loss_reaches_only_its_parameters(tmp_path):
     assert any(x is not None and x.abs().sum() > 0 for x in g[:-1])
     g = torch.autograd.grad(terms["loss_temperature"], policy + [m.log_temperature], allow_unused=True)
     assert all(x is None for x in g[:-1]) and g[-1] is not None and g[-1] != 0
+
+
+def test_an_iteration_collects_at_least_the_minimum_env_steps(tmp_path):
+    # the tiny random DT falls within a few dozen steps, so 150 steps take several episodes
+    odt = method_instance(ODT, tmp_path, updates_per_iteration=1, min_env_steps_per_iteration=150)
+    assert odt.min_env_steps == 150
+    n_traj = len(odt.buffer.trajectories)
+    diag = odt.train_iteration()
+    steps = odt.ctx.counters.env_steps
+    assert steps >= 150 and diag["explore_episodes"] > 1
+    assert diag["explore_length"] * diag["explore_episodes"] == steps
+    new = list(odt.buffer.trajectories)[n_traj:]  # every episode of the iteration went into the buffer
+    assert len(new) == diag["explore_episodes"] and sum(len(t) for t in new) == steps
+    assert steps - len(new[-1]) < 150  # it stopped at the episode that reached the minimum
+    assert odt.ctx.counters.policy_updates == 1  # one iteration's updates for all of them
+
+
+def test_random_datasets_default_to_1000_env_steps_per_iteration():
+    cfg = ODTConfig()
+    assert cfg.min_env_steps_per_iteration is None
+    for task in ("hopper-random", "halfcheetah-random", "walker2d-random", "ant-random", "pendulum-random"):
+        assert min_env_steps_per_iteration(cfg, get_task(task)) == 1000, task
+    for task in ("hopper-medium", "hopper-medium-replay", "pendulum-expert"):
+        assert min_env_steps_per_iteration(cfg, get_task(task)) == 0, task
+    assert min_env_steps_per_iteration(from_dict(ODTConfig, {"min_env_steps_per_iteration": 0}),
+                                       get_task("hopper-random")) == 0
+    with pytest.raises(ConfigError, match="min_env_steps_per_iteration"):
+        from_dict(ODTConfig, {"min_env_steps_per_iteration": -1})
+
+
+def test_odt_refuses_a_deterministic_dt(tmp_path):
+    path = write_pretrained(tmp_path / "det.pt", tiny_dt(action_head="deterministic"))
+    ctx = build_context(get_task(TASK), 0, torch.device("cpu"), offline_dataset(), path, tmp_path / "run",
+                        EvalConfig())
+    with pytest.raises(ConfigError, match="gaussian action head.*deterministic"):
+        ODT(from_dict(ODTConfig, FAST), ctx)
 
 
 def test_online_phase_continues_the_pretraining_optimizer(tmp_path):
@@ -205,7 +244,8 @@ def test_odt_run_writes_documented_outputs(tmp_path):
     s = finetune(exp, "odt", TASK, 0)
     run = tmp_path / "runs/odt" / TASK / "seed0"
     assert set(SUMMARY_KEYS) <= set(json.loads((run / "summary.json").read_text()))
-    assert s["env_steps"] >= 120 and s["grad_updates"] == 4 * s["iterations"]
+    assert s["env_steps"] >= 120 and s["policy_updates"] == s["grad_updates"] == 4 * s["iterations"]
+    assert s["critic_updates"] == 0
     rows = list(csv.DictReader(open(run / "progress.csv")))
     assert list(rows[0])[:len(CORE_COLUMNS)] == CORE_COLUMNS
     for col in ("nll", "entropy", "temperature", "loss_temperature", "grad_norm", "explore_return",
@@ -226,11 +266,11 @@ def assert_resumes_to_the_same_result(tmp_path, method: str, params: dict, capsy
     resumed = finetune(experiment(tmp_path / "b", method, params, env_steps=250), method, TASK, 0,
                        allow_config_change=True)  # the longer budget is a config change
     assert f"at iteration {part['iterations']}" in capsys.readouterr().err
-    for k in ("iterations", "env_steps", "grad_updates", "step_counts", "final_returns"):
+    for k in ("iterations", "env_steps", "policy_updates", "critic_updates", "step_counts", "final_returns"):
         assert resumed[k] == full[k], k
     a = list(csv.DictReader(open(tmp_path / "a/runs" / method / TASK / "seed0/progress.csv")))
     b = list(csv.DictReader(open(tmp_path / "b/runs" / method / TASK / "seed0/progress.csv")))
-    for col in ("explore_return", "nll", "grad_norm"):
+    for col in ("explore_return", "loss", "grad_norm"):
         assert [r[col] for r in a] == [r[col] for r in b], col
 
 

@@ -1,4 +1,5 @@
-"""ODT+TD3 (`--method odt_td3`): TD targets, next contexts, gradient isolation, harness run, resume."""
+"""ODT+TD3 (`--method odt_td3`): deterministic DT, TD targets, next contexts, gradient isolation, update counts,
+harness run, resume."""
 
 import csv
 import dataclasses
@@ -8,15 +9,20 @@ import numpy as np
 import pytest
 import torch
 
-from baselines.odt_td3 import NoisyMean, ODTTD3, ODTTD3Config, next_window
+from baselines.odt_td3 import NoisyAction, ODTTD3, ODTTD3Config, next_window
+from dtrl.config import ConfigError, from_dict
 from dtrl.data.trajectories import Trajectory, TrajectoryDataset
 from dtrl.finetune import finetune
+from dtrl.losses import masked_mean
+from dtrl.model import DeterministicAction
+from dtrl.online import build_context
+from dtrl.online_config import EvalConfig
 from dtrl.tasks import get_task
 
-from helpers import tiny_dt
-from test_odt import TASK, assert_resumes_to_the_same_result, experiment, method_instance
+from helpers import tiny_dt, write_pretrained
+from test_odt import TASK, assert_resumes_to_the_same_result, experiment, method_instance, offline_dataset
 
-# 3 minibatches per iteration with a policy delay of 2: the DT update falls on alternating iterations' ends.
+# 3 DT updates per iteration with a policy delay of 2: 6 minibatches, each a critic update.
 TD3_FAST = {"updates_per_iteration": 3, "batch_size": 16, "warmup_updates": 10, "critic_warmup_updates": 6}
 
 
@@ -82,26 +88,99 @@ def test_next_window_is_the_context_one_step_later(td3):
     assert K == td3.model.cfg.context_len
 
 
+def test_the_dt_is_deterministic_with_no_temperature(td3):
+    m = td3.model
+    assert m.cfg.action_head == "deterministic" and m.log_std_head is None
+    assert m.log_temperature is None and m.temperature is None
+    assert not any("temperature" in n or "log_std" in n for n, _ in m.named_parameters())
+    assert td3.trainer.temperature_optimizer is None
+    b = td3.buffer.sample(4)
+    d = m(b.states, b.actions, b.rtg, b.timesteps, b.mask)
+    assert isinstance(d, DeterministicAction) and torch.all(d.std == 0)
+    assert torch.equal(d.mode, torch.tanh(d.mean))
+
+
+def test_supervised_term_is_the_mse_over_real_positions(td3):
+    m = td3.model
+    m.eval()  # no dropout: the same function in both losses
+    b = _all_contexts(td3)
+    assert (~b.mask).any()  # some windows are left-padded
+    a = td3.actor_loss(b)
+    with torch.no_grad():
+        pred = torch.tanh(m(b.states, b.actions, b.rtg, b.timesteps, b.mask).mean)
+    sq = (pred - b.actions).pow(2)
+    expected = sq[b.mask].mean()  # the reference's ((a_hat - a) ** 2)[mask > 0].mean()
+    torch.testing.assert_close(a["loss_supervised"], expected)
+    torch.testing.assert_close(a["loss"], expected - td3.cfg.alpha * a["actor_q"].detach())
+    # the target actions at padded positions do not enter the loss
+    actions = b.actions.clone()
+    actions[~b.mask] = 0.9
+    moved = dataclasses.replace(b, actions=actions)
+    with torch.no_grad():
+        pred2 = torch.tanh(m(moved.states, moved.actions, moved.rtg, moved.timesteps, moved.mask).mean)
+    torch.testing.assert_close(pred2[b.mask], pred[b.mask])  # padded tokens are masked out of attention too
+    torch.testing.assert_close(td3.actor_loss(moved)["loss_supervised"], expected)
+    assert "nll" not in a and "entropy" not in a and "loss_temperature" not in a
+
+
+def test_odt_td3_refuses_a_stochastic_dt(tmp_path):
+    path = write_pretrained(tmp_path / "stoc.pt", tiny_dt())
+    ctx = build_context(get_task(TASK), 0, torch.device("cpu"), offline_dataset(), path, tmp_path / "run",
+                        EvalConfig())
+    with pytest.raises(ConfigError, match="deterministic action head.*gaussian"):
+        ODTTD3(from_dict(ODTTD3Config, TD3_FAST), ctx)
+
+
 def test_each_loss_reaches_only_its_own_parameters(td3):
     b = td3.buffer.sample(8)
     m = td3.model
     policy, critic = m.policy_parameters(), list(td3.critic.parameters())
-    temp = [m.log_temperature]
+    assert len(policy) == len(list(m.parameters()))
     targets = list(td3.critic_target.parameters()) + list(td3.target.parameters())
     assert not any(p.requires_grad for p in targets)
 
     def grads(loss):
-        g = torch.autograd.grad(loss, policy + critic + temp, allow_unused=True, retain_graph=True)
+        g = torch.autograd.grad(loss, policy + critic, allow_unused=True, retain_graph=True)
         nz = [x is not None and bool(x.abs().sum() > 0) for x in g]
-        return any(nz[:len(policy)]), any(nz[len(policy):len(policy) + len(critic)]), nz[-1]
+        return any(nz[:len(policy)]), any(nz[len(policy):])
 
     c = td3.critic_loss(b)
-    assert grads(c["critic_loss"]) == (False, True, False)
+    assert grads(c["critic_loss"]) == (False, True)
     a = td3.actor_loss(b)
-    assert grads(a["loss"]) == (True, False, False)
-    assert grads(-a["actor_q"]) == (True, False, False)  # the TD3 term alone reaches the DT
-    assert grads(a["loss_temperature"]) == (False, False, True)
+    assert grads(a["loss"]) == (True, False)
+    assert grads(-a["actor_q"]) == (True, False)  # the TD3 term alone reaches the DT
     assert all(p.requires_grad for p in critic)  # the critic is trainable again after the actor loss
+
+
+def _count_iteration(m):
+    c = m.ctx.counters
+    before = (c.critic_updates, c.policy_updates, m.trainer.updates)
+    m.train_iteration()
+    return c.critic_updates - before[0], c.policy_updates - before[1], m.trainer.updates - before[2]
+
+
+def test_published_setting_makes_600_critic_and_300_dt_updates_per_iteration(td3):
+    cfg = ODTTD3Config()
+    assert (cfg.updates_per_iteration, cfg.policy_delay) == (300, 2)
+    # the schedule of one iteration at the published setting, with the steps themselves replaced by a log
+    td3.cfg = dataclasses.replace(td3.cfg, updates_per_iteration=300, policy_delay=2)
+    calls = []
+    td3._critic_step = lambda batch: calls.append("critic") or {"critic_loss": torch.tensor(0.0)}
+    td3._actor_step = lambda batch: calls.append("actor") or {"loss": torch.tensor(0.0)}
+    td3.buffer.sample = lambda n: None
+    c = td3.ctx.counters
+    td3._update_many(td3.cfg.updates_per_iteration)
+    assert (calls.count("critic"), calls.count("actor")) == (600, 300)
+    assert (c.critic_updates, c.policy_updates) == (600, 300)
+    # the DT learns on the first minibatch of every pair, after its critic update (trainer.py:181-188)
+    assert calls[:6] == ["critic", "actor", "critic", "critic", "actor", "critic"]
+
+
+def test_each_iteration_trains_the_critic_policy_delay_times_as_often(td3):
+    assert _count_iteration(td3) == (6 + 6, 3, 3)  # the first iteration also makes the 6 warmup updates
+    assert _count_iteration(td3) == (6, 3, 3)
+    td3.cfg = dataclasses.replace(td3.cfg, policy_delay=3)
+    assert _count_iteration(td3) == (9, 3, 3)
 
 
 def test_actor_term_moves_the_dt_towards_higher_q(td3):
@@ -128,6 +207,7 @@ def test_actor_term_moves_the_dt_towards_higher_q(td3):
         g["lr"] = 1e-2
     m.eval()  # no dropout: compare the same function before and after
     with torch.no_grad():
+        m.mean_head.bias.zero_()  # actions away from the tanh's saturation, where a step moves them most
         before = torch.tanh(m(b.states, b.actions, b.rtg, b.timesteps, b.mask).mean)[b.mask].mean()
     for _ in range(3):
         td3._actor_step(b)
@@ -136,13 +216,18 @@ def test_actor_term_moves_the_dt_towards_higher_q(td3):
     assert after > before + 0.05
 
 
-def test_exploration_acts_with_mean_plus_noise(tmp_path):
-    model = tiny_dt()
+def test_exploration_adds_clipped_noise_after_the_tanh(tmp_path):
+    model = tiny_dt(action_head="deterministic")
     s, a = torch.randn(2, 4, 11), torch.zeros(2, 4, 3)
     rtg, ts = torch.full((2, 4), 100.0), torch.arange(4).repeat(2, 1)
-    d, nd = model(s, a, rtg, ts), NoisyMean(model, 0.1)(s, a, rtg, ts)
+    d, nd = model(s, a, rtg, ts), NoisyAction(model, 0.1)(s, a, rtg, ts)
     assert torch.equal(d.mean, nd.mean) and torch.allclose(nd.std, torch.full_like(nd.std, 0.1))
-    # same episode seed with and without noise: identical first state, first actions 0.1 * eps apart (pre-tanh)
+    # clamp(tanh(mu) + 0.1 eps) to the bounds shrunk by 1e-6, as the reference's evaluation.py:172-174
+    eps = torch.tensor([[1.0, -2.0, 30.0]])
+    one = DeterministicAction(torch.tensor([[0.5, -0.2, 3.0]]), torch.full((1, 3), math.log(0.1)))
+    expected = torch.tensor([[math.tanh(0.5) + 0.1, math.tanh(-0.2) - 0.2, 1 - 1e-6]])
+    torch.testing.assert_close(one.action_from_noise(eps), expected)
+    # same episode seed with and without noise: identical first state, first actions 0.1 * eps apart (post-tanh)
     m = method_instance(ODTTD3, tmp_path, critic_warmup_updates=0)
     state = m.ctx.np_rng.bit_generator.state
     (noisy,) = m.explore()
@@ -151,14 +236,16 @@ def test_exploration_acts_with_mean_plus_noise(tmp_path):
     assert m._explorer() == (m.model, False)
     (mean,) = m.explore()
     assert np.array_equal(noisy.observations[0], mean.observations[0])
-    pre = [np.arctanh(np.clip(t.actions[0], -1 + 1e-6, 1 - 1e-6)) for t in (noisy, mean)]
-    assert 0 < np.abs(pre[0] - pre[1]).max() < 0.5
+    diff = noisy.actions[0] - mean.actions[0]
+    assert 0 < np.abs(diff).max() < 0.5 and np.all(np.abs(noisy.actions) < 1)
 
 
 def test_defaults_are_the_published_values():
     c = ODTTD3Config()
     assert (c.alpha, c.gamma, c.tau, c.policy_noise, c.noise_clip, c.policy_delay) == (0.1, 0.99, 0.005, 0.2, 0.5, 2)
     assert c.exploration_noise == 0.1 and c.critic_hidden == [256, 256]
+    assert (c.critic_lr, c.critic_weight_decay) == (1e-3, 0.01)
+    assert ODTTD3.pretrained_head == "deterministic"
     assert (c.batch_size, c.updates_per_iteration, c.buffer_size, c.lr) == (256, 300, 1000, 1e-4)
     assert all(f.metadata.get("doc") for f in dataclasses.fields(ODTTD3Config))
     assert math.isclose(get_task(TASK).online_rtg, 7200)
@@ -168,12 +255,17 @@ def test_odt_td3_run_writes_documented_outputs(tmp_path):
     s = finetune(experiment(tmp_path, "odt_td3", TD3_FAST), "odt_td3", TASK, 0)
     rows = list(csv.DictReader(open(tmp_path / "runs/odt_td3" / TASK / "seed0/progress.csv")))
     its = s["iterations"]
-    assert s["grad_updates"] == 6 + 3 * its
-    assert s["step_counts"] == {"critic_updates": 6 + 3 * its, "dt_updates": 3 * its // 2}
+    assert s["critic_updates"] == 6 + 6 * its and s["policy_updates"] == s["grad_updates"] == 3 * its
+    # per iteration, read from progress.csv: 6 critic and 3 DT updates (after the 6 warmup ones)
+    it_rows = [r for r in rows if not r.get("final")]
+    critic = [int(r["critic_updates"]) for r in it_rows]
+    policy = [int(r["policy_updates"]) for r in it_rows]
+    assert critic[0] == 6 + 6 and np.all(np.diff(critic) == 6) and np.all(np.diff([0] + policy) == 3)
     assert rows[0]["warmup_critic_loss"] != ""
-    for col in ("critic_loss", "q_mean", "td_error", "target_q", "actor_q", "nll", "entropy", "temperature",
-                "loss_temperature", "grad_norm", "explore_return", "buffer_trajectories"):
+    for col in ("critic_loss", "q_mean", "td_error", "target_q", "actor_q", "mse", "loss_supervised", "grad_norm",
+                "explore_return", "buffer_trajectories"):
         assert rows[0][col] != "" and np.isfinite(float(rows[0][col])), col
+    assert "temperature" not in rows[0] and "nll" not in rows[0]
 
 
 def test_odt_td3_resumes_to_the_same_result(tmp_path, capsys):

@@ -34,7 +34,7 @@ class RandomWalk(OnlineMethod):
     def train_iteration(self):
         RandomWalk.calls += 1
         self.ctx.counters.env_steps += self.cfg.steps_per_iteration
-        self.ctx.counters.grad_updates += 1
+        self.ctx.counters.policy_updates += 1
         self.total += 1.0
         return {"my_diag": self.total}
 
@@ -123,3 +123,32 @@ def test_missing_pretrained_model_is_one_clear_error(tmp_path):
     exp = _exp(tmp_path)
     with pytest.raises(FileNotFoundError, match="dtrl pretrain --task hopper-medium --seed 0"):
         finetune(exp, "none", "hopper-medium", 0)
+
+
+def test_policy_and_critic_updates_are_separate_columns(tmp_path, with_random_walk):
+    from dtrl.io import atomic_torch_save, torch_load
+
+    exp = _exp(tmp_path, methods={"rw": {"algo": "random_walk", "steps_per_iteration": 100}},
+               grid={"methods": ["rw"], "tasks": ["hopper-medium"]})
+    s = finetune(exp, "rw", "hopper-medium", 0)
+    assert (s["policy_updates"], s["critic_updates"], s["grad_updates"]) == (2, 0, 2)
+    run = tmp_path / "runs/rw/hopper-medium/seed0"
+    rows = list(csv.DictReader(open(run / "progress.csv")))
+    assert [r["policy_updates"] for r in rows] == ["1", "2", "2"] and {r["critic_updates"] for r in rows} == {"0"}
+    # a checkpoint of the old single mixed counter cannot be resumed: one clear error, not wrong counts
+    ckpt = torch_load(run / "checkpoint.pt")
+    c = ckpt["counters"]
+    c["grad_updates"] = c.pop("policy_updates") + c.pop("critic_updates")
+    atomic_torch_save(run / "checkpoint.pt", ckpt)
+    (run / "summary.json").unlink()
+    with pytest.raises(ConfigError, match="older dtrl.*grad_updates"):
+        finetune(exp, "rw", "hopper-medium", 0)
+
+
+def test_diagnostics_may_not_shadow_the_harness_columns(tmp_path, with_random_walk, monkeypatch):
+    monkeypatch.setattr(RandomWalk, "train_iteration",
+                        lambda self: (setattr(self.ctx.counters, "env_steps", self.ctx.counters.env_steps + 50),
+                                      {"critic_updates": 5})[1])
+    exp = _exp(tmp_path, methods={"rw": {"algo": "random_walk"}}, grid={"methods": ["rw"], "tasks": ["hopper-medium"]})
+    with pytest.raises(RuntimeError, match=r"columns \['critic_updates'\]"):
+        finetune(exp, "rw", "hopper-medium", 0)

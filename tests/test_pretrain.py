@@ -11,7 +11,7 @@ from dtrl.data.trajectories import DataError, Trajectory, TrajectoryDataset
 from dtrl.experiment import ExperimentConfig
 from dtrl.io import read_json, torch_load
 from dtrl.model import ModelConfig
-from dtrl.pretrain import PRETRAIN_COLUMNS, SupervisedTrainer, cmd_pretrain, pretrain
+from dtrl.pretrain import PRETRAIN_COLUMNS, PRETRAIN_COLUMNS_DETERMINISTIC, SupervisedTrainer, cmd_pretrain, pretrain
 from dtrl.pretrain_config import PretrainConfig
 from dtrl.tasks import get_task
 
@@ -30,13 +30,14 @@ def _dataset(seed=0, n_traj=12, obs_dim=3, act_dim=2):
     return TrajectoryDataset(trajs, source="synthetic")
 
 
-def _exp(tmp_path, dropout=0.1, **pretrain):
+def _exp(tmp_path, dropout=0.1, action_head="gaussian", **pretrain):
     kw = dict(updates=20, batch_size=16, lr=1e-3, warmup_updates=5, log_every=5, checkpoint_every=10,
               eval_episodes=0)
     kw.update(pretrain)
     return ExperimentConfig(
         results=str(tmp_path), device="cpu",
-        model=ModelConfig(embed_dim=32, n_layers=1, n_heads=2, dropout=dropout, context_len=4, eval_context_len=2),
+        model=ModelConfig(embed_dim=32, n_layers=1, n_heads=2, dropout=dropout, context_len=4, eval_context_len=2,
+                          action_head=action_head),
         pretrain=PretrainConfig(**kw))
 
 
@@ -58,6 +59,37 @@ def test_loss_decreases_on_synthetic_data(tmp_path):
     assert nll[-1] < nll[0] - 2.0, nll
     assert s["final_nll"] == pytest.approx(nll[-1])
     assert np.isfinite([float(r["loss"]) for r in rows]).all()
+
+
+def test_deterministic_dt_is_pretrained_with_the_masked_mse(tmp_path):
+    exp = _exp(tmp_path, dropout=0.0, action_head="deterministic", updates=150, batch_size=32, warmup_updates=10,
+               log_every=10, checkpoint_every=1000)
+    ds = _dataset()
+    s = pretrain(exp, TASK, 0, ds)
+    out = tmp_path / "pretrain_det/pendulum-medium/seed0"  # apart from the stochastic DT's pretrain/
+    rows = _rows(out / "pretrain.csv")
+    assert list(rows[0]) == PRETRAIN_COLUMNS_DETERMINISTIC
+    mse = [float(r["mse"]) for r in rows]
+    assert mse[-1] < 0.5 * mse[0], mse
+    assert all(float(r["loss"]) == float(r["mse"]) for r in rows)  # the MSE is the whole loss
+    assert s["final_mse"] == pytest.approx(mse[-1]) and s["action_head"] == "deterministic"
+    assert s["final_nll"] is None and s["final_temperature"] is None
+    ckpt = torch_load(out / "model.pt")
+    assert ckpt["trainer"]["temperature_optimizer"] is None
+    model = load_pretrained_dt(out / "model.pt")
+    assert model.cfg.action_head == "deterministic" and model.log_temperature is None
+    # the logged MSE is the reference's ((a_hat - a) ** 2)[mask > 0].mean() of the trained model
+    from dtrl.batching import ContextSampler
+
+    b = ContextSampler(ds.trajectories, 4, rng=np.random.default_rng(0)).sample(64)
+    model.eval()
+    with torch.no_grad():
+        pred = model(b.states, b.actions, b.rtg, b.timesteps, b.mask).mode
+    trainer = SupervisedTrainer(model, warmup_updates=0)
+    with torch.no_grad():
+        terms = trainer._losses(b.states, b.actions, b.rtg, b.timesteps, b.mask)
+    torch.testing.assert_close(terms["loss"], ((pred - b.actions) ** 2)[b.mask].mean())
+    assert not (tmp_path / "pretrain").exists()
 
 
 def test_outputs_and_model_file(tmp_path, capsys):

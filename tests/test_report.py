@@ -34,6 +34,7 @@ def write_run(root, method, task, seed, score, env_steps, updates, n_points=4):
     else:
         steps, curve = np.array([0]), np.array([score])
     rows = [{"iteration": i + 1, "env_steps": int(s), "env_steps_eval": 100 * (i + 1),
+             "policy_updates": int(updates * (i + 1) / len(steps)), "critic_updates": int(2 * updates * (i + 1) / len(steps)),
              "grad_updates": int(updates * (i + 1) / len(steps)), "eval_return": float(c) * 10,
              "eval_norm_return": float(c), "wall_time": float(i), "env_steps_per_s": 1.0, "updates_per_s": 1.0}
             for i, (s, c) in enumerate(zip(steps, curve))]
@@ -41,7 +42,8 @@ def write_run(root, method, task, seed, score, env_steps, updates, n_points=4):
     pd.DataFrame(rows, columns=CORE_COLUMNS + ["final"]).to_csv(d / "progress.csv", index=False)
     summary = {"method": method, "algo": method, "task": task, "seed": seed, "final_return": score * 10,
                "final_norm_return": float(score), "final_norm_return_std": 1.0, "eval_episodes": 10,
-               "env_steps": env_steps, "env_steps_eval": 100 * len(steps), "grad_updates": updates,
+               "env_steps": env_steps, "env_steps_eval": 100 * len(steps), "policy_updates": updates,
+               "critic_updates": 2 * updates, "grad_updates": updates,
                "wall_time": 2.0, "iterations": len(steps)}
     assert set(SUMMARY_KEYS) <= set(summary)
     (d / "summary.json").write_text(json.dumps(summary))
@@ -125,7 +127,8 @@ def test_main_table(reported):
         assert table.loc["average", f"{m}_mean"] == pytest.approx(SCORES[m].mean())
         assert table.loc["average", f"{m}_std"] == pytest.approx(SCORES[m].mean(axis=1).std(ddof=1))
         assert table.loc["env_steps", f"{m}_mean"] == ENV_STEPS[m]
-        assert table.loc["grad_updates", f"{m}_mean"] == UPDATES[m]
+        assert table.loc["policy_updates", f"{m}_mean"] == UPDATES[m]
+        assert table.loc["critic_updates", f"{m}_mean"] == 2 * UPDATES[m]
     # Published numbers beside ours where the task names match, for the algorithms that have them.
     assert "grpo_published" not in table and "none_published" not in table
     assert table.loc["hopper-medium", "odt_published"] == pytest.approx(97.84)

@@ -17,7 +17,8 @@ import pandas as pd
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PAPER_JOBS = {"behaviour": 4, "data": 12, "pretrain": 36, "finetune": 180, "report": 1, "all": 1}
+# pretrain: 12 tasks x 3 seeds stochastic DTs, and as many deterministic ones for ODT+TD3
+PAPER_JOBS = {"behaviour": 4, "data": 12, "pretrain": 72, "finetune": 180, "report": 1, "all": 1}
 
 
 def snakemake(cwd: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -59,7 +60,8 @@ def test_lint_is_clean():
 
 def test_paper_grid_dry_run(wf):
     """The paper grid: 4 behaviour runs (one per family), 12 datasets, 12 x 3 pretrainings shared by the
-    DT methods, 5 methods x 12 tasks x 3 seeds finetuning runs, one report."""
+    stochastic-DT methods and 12 x 3 deterministic ones for ODT+TD3, 5 methods x 12 tasks x 3 seeds
+    finetuning runs, one report."""
     out = snakemake(wf, "-n", "--quiet", "rules")
     assert out.returncode == 0, out.stderr
     assert job_counts(out.stdout) == PAPER_JOBS
@@ -67,6 +69,20 @@ def test_paper_grid_dry_run(wf):
     out = snakemake(wf, "-n", "--quiet", "rules", "--configfile", "config/ablations.yaml")
     assert out.returncode == 0, out.stderr
     assert job_counts(out.stdout) == {**PAPER_JOBS, "finetune": 180 + 5 * 3 * 3}
+
+
+def test_deterministic_dt_is_pretrained_only_for_the_methods_that_need_it(wf):
+    (wf / "no_td3.yaml").write_text("grid: {methods: [none, grpo, odt, iql]}\n")
+    out = snakemake(wf, "-n", "-p", "--configfile", "no_td3.yaml")
+    assert out.returncode == 0, out.stderr
+    assert job_counts(out.stdout)["pretrain"] == 36 and "pretrain_det/" not in out.stdout
+    (wf / "td3.yaml").write_text("grid: {methods: [odt_td3], tasks: [hopper-medium], seeds: [0]}\n")
+    out = snakemake(wf, "-n", "-p", "--configfile", "td3.yaml")
+    assert out.returncode == 0, out.stderr
+    assert job_counts(out.stdout)["pretrain"] == 1
+    assert "results/pretrain_det/hopper-medium/seed0/model.pt" in out.stdout
+    assert "--set model.action_head=deterministic" in out.stdout
+    assert "results/pretrain/hopper-medium" not in out.stdout
 
 
 def test_jobs_get_the_users_config_files_and_resources(wf):
@@ -186,7 +202,7 @@ def test_tiny_grid_end_to_end(tmp_path):
     assert list(table.columns[:4]) == ["task", "none_mean", "none_std", "none_seeds"]
     assert {"odt_mean", "odt_std", "odt_seeds", "odt_published"} <= set(table.columns)
     assert list(table["task"]) == ["pendulum-medium-replay", "average", "env_steps", "env_steps_eval",
-                                   "grad_updates", "wall_time"]
+                                   "policy_updates", "critic_updates", "wall_time"]
     rows = table.set_index("task")
     assert rows.loc["pendulum-medium-replay", "odt_seeds"] == 1
     assert rows.loc["env_steps", "none_mean"] == 0 and rows.loc["env_steps", "odt_mean"] >= 200

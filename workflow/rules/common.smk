@@ -23,6 +23,7 @@ except ImportError:  # not installed: use the checkout the workflow lives in
     sys.path.insert(0, str(Path(workflow.basedir).resolve().parents[1]))
 
 from dtrl.config import ConfigError
+from dtrl.pretrain_config import HEAD_DIRS
 from dtrl.tasks import get_task
 
 
@@ -125,9 +126,19 @@ def _needs_pretrained_dt(method):
     return bool(getattr(get_algorithm(EXP.method(method).algo), "needs_pretrained_dt", True))
 
 
+def _pretrained_head(method):
+    """The action head of the DT a method finetunes: ODT+TD3's deterministic one has its own pretraining."""
+    from dtrl.methods import get_algorithm
+
+    return getattr(get_algorithm(EXP.method(method).algo), "pretrained_head", "gaussian")
+
+
 RUNS = _runs()
 NEEDS_DT = {m: _needs_pretrained_dt(m) for m in sorted({m for m, _, _ in RUNS})}
-PRETRAIN = sorted({(t, s) for m, t, s in RUNS if NEEDS_DT[m]})
+DT_HEAD = {m: _pretrained_head(m) for m in NEEDS_DT}
+# (task, seed, head) of every pretraining the grid needs: a deterministic DT only where a method needs one.
+PRETRAIN = sorted({(t, s, DT_HEAD[m]) for m, t, s in RUNS if NEEDS_DT[m]})
+HEAD_OF_DIR = {d: h for h, d in HEAD_DIRS.items()}
 TASKS = sorted({t for _, t, _ in RUNS})
 
 
@@ -163,8 +174,8 @@ def data_done(task):
     return f"{R}/data/{task}.json"
 
 
-def pretrain_done(task, seed):
-    return f"{R}/pretrain/{task}/seed{seed}/model.pt"
+def pretrain_done(task, seed, head="gaussian"):
+    return f"{R}/{HEAD_DIRS[head]}/{task}/seed{seed}/model.pt"
 
 
 def run_done(method, task, seed):
@@ -185,7 +196,7 @@ def data_inputs(wildcards):
 def finetune_inputs(wildcards):
     inputs = {"data": data_done(wildcards.task)}
     if NEEDS_DT.get(wildcards.method, True):
-        inputs["model"] = pretrain_done(wildcards.task, wildcards.seed)
+        inputs["model"] = pretrain_done(wildcards.task, wildcards.seed, DT_HEAD[wildcards.method])
     return inputs
 
 

@@ -1,5 +1,6 @@
-# Offline pretraining per (task, seed), shared by every DT method of that task and seed; online
-# finetuning per (method, task, seed). The declared output of each is the file written last
+# Offline pretraining per (task, seed) and action head, shared by every DT method of that task and
+# seed that finetunes that head (pretrain/: the stochastic DT; pretrain_det/: ODT+TD3's deterministic
+# one, made only when the grid runs a method that needs it); online finetuning per (method, task, seed). The declared output of each is the file written last
 # (model.pt, summary.json); checkpoint.pt and progress.csv live in the same directory undeclared,
 # so Snakemake never deletes them and a rerun of a killed job resumes from the last checkpoint.
 
@@ -8,11 +9,14 @@ rule pretrain:
     input:
         data=data_done("{task}"),
     output:
-        pretrain_done("{task}", "{seed}"),
+        f"{R}/{{pdir}}/{{task}}/seed{{seed}}/model.pt",
+    wildcard_constraints:
+        pdir="|".join(HEAD_OF_DIR),
     log:
-        f"{R}/logs/pretrain/{{task}}/seed{{seed}}.log",
+        f"{R}/logs/{{pdir}}/{{task}}/seed{{seed}}.log",
     params:
         cfg=DTRL_CONFIG_ARGS,
+        head=lambda wildcards: HEAD_OF_DIR[wildcards.pdir],
     threads: THREADS
     resources:
         gpu=GPU,
@@ -23,7 +27,7 @@ rule pretrain:
         "../envs/dtrl.yaml"
     shell:
         logged("python -m dtrl.cli pretrain --task {wildcards.task} --seed {wildcards.seed} {params.cfg}"
-               " --set threads={threads}")
+               " --set threads={threads} --set model.action_head={params.head}")
 
 
 rule finetune:

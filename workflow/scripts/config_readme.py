@@ -51,7 +51,9 @@ def generated() -> str:
         if doc:
             lines += [_cell(doc[0]), ""]
         needs = getattr(cls, "needs_pretrained_dt", True)
-        lines += [f"Needs the pretrained DT: {'yes' if needs else 'no'}.", ""]
+        head = getattr(cls, "pretrained_head", "gaussian")
+        kind = "" if not needs or head == "gaussian" else f" (`model.action_head: {head}`, pretrained under pretrain_det/)"
+        lines += [f"Needs the pretrained DT: {'yes' if needs else 'no'}{kind}.", ""]
         lines += (_table(rows) if rows else ["No parameters."]) + [""]
     return "\n".join(lines).rstrip() + "\n"
 
