@@ -62,7 +62,7 @@ def test_loss_decreases_on_synthetic_data(tmp_path):
 
 
 def test_deterministic_dt_is_pretrained_with_the_masked_mse(tmp_path):
-    exp = _exp(tmp_path, dropout=0.0, action_head="deterministic", updates=150, batch_size=32, warmup_updates=10,
+    exp = _exp(tmp_path, dropout=0.0, action_head="deterministic", updates=300, batch_size=32, warmup_updates=10,
                log_every=10, checkpoint_every=1000)
     ds = _dataset()
     s = pretrain(exp, TASK, 0, ds)

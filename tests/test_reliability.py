@@ -113,8 +113,19 @@ def assert_one_error_line(lines: list[str], *fragments: str) -> str:
     return errors[0]
 
 
-def pretrained_path(tmp_path: Path) -> Path:
-    return tmp_path / f"results/pretrain/{TASK}/seed0/model.pt"
+def pretrained_path(tmp_path: Path, method: str = "grpo") -> Path:
+    """Where the workflow puts the pretrained DT ``method`` finetunes (ODT+TD3's deterministic one apart)."""
+    from dtrl.methods import get_algorithm
+    from dtrl.pretrain_config import HEAD_DIRS
+
+    return tmp_path / f"results/{HEAD_DIRS[get_algorithm(method).pretrained_head]}/{TASK}/seed0/model.pt"
+
+
+def pretrained_dt_for(method: str):
+    """A tiny DT with the action head ``method`` finetunes."""
+    from dtrl.methods import get_algorithm
+
+    return tiny_dt(TASK, embed_dim=16, n_heads=2, action_head=get_algorithm(method).pretrained_head)
 
 
 # -- fault injection: a NaN in one loss term of each method ---------------------------------------------
@@ -217,7 +228,7 @@ def assert_reported_not_scored(cfg: Path, method: str, status: str = "diverged")
 def test_a_nan_loss_term_stops_each_method_with_one_error(tmp_path, dataset_file, capsys, monkeypatch, case):
     method = case.split("-")[0]
     cfg = config_file(tmp_path, dataset_file, method)
-    write_pretrained(pretrained_path(tmp_path), tiny_dt(TASK, embed_dim=16, n_heads=2))
+    write_pretrained(pretrained_path(tmp_path, method), pretrained_dt_for(method))
     run = tmp_path / f"results/runs/{method}/{TASK}/seed0"
     patch, term, key = FAULTS[case]
     cls = get_algorithm(method)
