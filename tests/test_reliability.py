@@ -283,7 +283,7 @@ def test_a_nan_loss_term_stops_pretraining(tmp_path, dataset_file, capsys, monke
     monkeypatch.setattr(dtrl.pretrain, "dt_supervised_loss", loss)
     rc, lines = run_cli(capsys, ["pretrain", "--task", TASK, "--config", cfg])
     assert rc == cli.EXIT_DIVERGED
-    assert_one_error_line(lines, "pretraining diverged at update 15", "non-finite loss, nll", "pretrain.lr",
+    assert_one_error_line(lines, "pretraining diverged at update 13", "non-finite loss, nll", "pretrain.lr",
                           "its last checkpoint (update 10, all finite) is kept")
     s = strict_json(out / "summary.json")
     assert s["status"] == "diverged" and s["divergence"]["config_key"] == "pretrain.lr"
