@@ -528,6 +528,14 @@ def test_report_refuses_to_mix_method_configs_in_a_cell(tmp_path):
     _fake_run(tmp_path, 2, {**cfg, "params": {"lr": 1e10}}, score=NAN, status="diverged")
     res = report(exp, figures=False, reps=10)
     assert [r["seed"] for r in res["not_scored"]] == [2]
+    # A summary of an older dtrl: no status, a bare NaN token (a diverged run scored NaN): not scored either.
+    p = tmp_path / f"runs/grpo/{TASK}/seed1/summary.json"
+    old = json.loads(p.read_text())
+    old.pop("status")
+    p.write_text(json.dumps({**old, "final_norm_return": NAN}))
+    assert "NaN" in p.read_text()
+    res = report(exp, figures=False, reps=10)
+    assert [(r["seed"], r["status"]) for r in res["not_scored"]] == [(1, "no score"), (2, "diverged")]
 
 
 # -- the behaviour SAC resumes exactly from any checkpoint --------------------------------------------------
