@@ -134,7 +134,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, path: str = "") -> T
             check()
         except ConfigError as e:  # name where the section lives (methods.<name>: ...) unless the message does
             msg = str(e)
-            if path and not msg.startswith(path) and not msg.startswith(path.rsplit(".", 1)[-1] + "."):
+            if path and not msg.startswith(path):
                 raise ConfigError(f"{path}: {msg}") from None
             raise
     return obj

@@ -36,6 +36,7 @@ class DivergenceError(RuntimeError):
         self.iteration: int | None = None
         self.key_prefix = ""
         self.kept = ""
+        self.finite_updates: int | None = None  # updates of the checked window before the first bad one (FiniteSince)
         super().__init__(self.message())
 
     def qualify(self, method: str, iteration: int, key_prefix: str, kept: str = "") -> "DivergenceError":
@@ -144,7 +145,9 @@ class FiniteSince:
         bad = sorted((k for k, c in counts.items() if c < self.n),
                      key=lambda k: (counts[k], order.index(k) if k in order else len(order)))
         if bad:
-            raise DivergenceError(bad, fault_keys.get(bad[0], default_key), where)
+            e = DivergenceError(bad, fault_keys.get(bad[0], default_key), where)
+            e.finite_updates = counts[bad[0]]
+            raise e
 
     def reset(self) -> None:
         self.names, self.count, self.n = [], None, 0

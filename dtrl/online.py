@@ -253,6 +253,8 @@ def run_online(method: OnlineMethod, ctx: RunContext, online: OnlineConfig, meta
             diag = method.train_iteration()
             check_parameters(method, method.fault_key, "the parameters after the update")
         except DivergenceError as e:
+            if bar is not None:
+                bar.close()
             raise diverged(e, c.iterations + 1) from None
         if c.env_steps == steps_before and c.policy_updates == 0 and c.critic_updates == 0:
             raise RuntimeError(f"{type(method).__name__}.train_iteration took no env step and no update; "

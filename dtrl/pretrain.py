@@ -293,11 +293,12 @@ def pretrain(exp, task: Task, seed: int, dataset: TrajectoryDataset, out_dir: st
             e.qualify("pretraining", updates, "pretrain.",
                       f"its last checkpoint (update {done}, all finite) is kept" if done is not None else
                       "no checkpoint had been written")
-            msg = e.message().replace(" at iteration ", " at update ")
+            at = updates if e.finite_updates is None else updates - finite.n + e.finite_updates + 1
+            msg = e.message().replace(f" at iteration {updates}", f" at update {at}")
             e.args = (msg,)
             atomic_write_json(summary_path, {
                 "task": task.name, "seed": seed, "status": "diverged", "updates": updates,
-                "divergence": {**e.record(), "update": updates, "message": msg}, "config": to_dict(exp),
+                "divergence": {**e.record(), "update": at, "message": msg}, "config": to_dict(exp),
                 "config_changes": config_changes, "code_version": code_version()})
             raise
 

@@ -159,8 +159,9 @@ def split_scored(runs: dict) -> tuple[dict, list[dict[str, Any]]]:
         if reason is None:
             scored[key] = run
         else:
+            status = run.summary.get("status", "completed")
             left_out.append({"method": run.method, "task": run.task, "seed": run.seed,
-                             "status": run.summary.get("status", "completed"), "reason": reason})
+                             "status": "no score" if status == "completed" else status, "reason": reason})
     return scored, left_out
 
 

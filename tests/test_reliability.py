@@ -294,7 +294,7 @@ def test_a_nan_loss_term_stops_pretraining(tmp_path, dataset_file, capsys, monke
     monkeypatch.setattr(dtrl.pretrain, "dt_supervised_loss", loss)
     rc, lines = run_cli(capsys, ["pretrain", "--task", TASK, "--config", cfg])
     assert rc == cli.EXIT_DIVERGED
-    assert_one_error_line(lines, "pretraining diverged at update 15", "non-finite loss, nll", "pretrain.lr",
+    assert_one_error_line(lines, "pretraining diverged at update 13", "non-finite loss, nll", "pretrain.lr",
                           "its last checkpoint (update 10, all finite) is kept")
     s = strict_json(out / "summary.json")
     assert s["status"] == "diverged" and s["divergence"]["config_key"] == "pretrain.lr"
@@ -539,6 +539,14 @@ def test_report_refuses_to_mix_method_configs_in_a_cell(tmp_path):
     _fake_run(tmp_path, 2, {**cfg, "params": {"lr": 1e10}}, score=NAN, status="diverged")
     res = report(exp, figures=False, reps=10)
     assert [r["seed"] for r in res["not_scored"]] == [2]
+    # A summary of an older dtrl: no status, a bare NaN token (a diverged run scored NaN): not scored either.
+    p = tmp_path / f"runs/grpo/{TASK}/seed1/summary.json"
+    old = json.loads(p.read_text())
+    old.pop("status")
+    p.write_text(json.dumps({**old, "final_norm_return": NAN}))
+    assert "NaN" in p.read_text()
+    res = report(exp, figures=False, reps=10)
+    assert [(r["seed"], r["status"]) for r in res["not_scored"]] == [(1, "no score"), (2, "diverged")]
 
 
 # -- the behaviour SAC resumes exactly from any checkpoint --------------------------------------------------

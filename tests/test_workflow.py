@@ -227,7 +227,9 @@ def test_tiny_grid_end_to_end(tmp_path):
     out = snakemake(wf, "--cores", "2", "--configfile", "tiny.yaml")
     assert out.returncode == 0, out.stderr[-3000:]
     assert job_counts(out.stdout + out.stderr) == {"finetune": 1, "report": 1, "all": 1}
-    assert "resumed" in (res / "logs" / "finetune" / "odt" / "pendulum-medium-replay" / "seed0.log").read_text()
+    log = (res / "logs" / "finetune" / "odt" / "pendulum-medium-replay" / "seed0.log").read_text()
+    assert "resumed" in log
+    assert log.count("== attempt ") == 2  # the first attempt's output survives the rerun (<log>.history)
     assert (odt / "summary.json").exists()
 
     # The same when the whole run directory is deleted.
