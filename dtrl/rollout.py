@@ -264,8 +264,9 @@ class RolloutEngine:
 
 
 # Gauss-Hermite rule for E[f(u)], u ~ N(mu, sigma^2): sum_i w_i f(mu + sqrt(2) sigma x_i) / sqrt(pi).
-# 16 nodes integrate tanh moments to ~1e-6 for sigma up to ~2 (far beyond a trained policy's), with no RNG
-# draw, so recording the squashed variance leaves every rollout's random stream unchanged.
+# With 16 nodes the variance (which lies in [0, 1]) is off by < 3e-4 for sigma <= 1 and ~5e-3 at sigma 1.5
+# (scipy.integrate.quad as reference): ample to rank states. It draws no random number, so recording it
+# leaves every rollout's random stream unchanged.
 _GH_X, _GH_W = np.polynomial.hermite.hermgauss(16)
 
 
