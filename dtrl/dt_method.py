@@ -42,9 +42,17 @@ class DTMethod(OnlineMethod):
             self._eval_engine = RolloutEngine(self.ctx.task, n_envs, self.model.cfg.context_len, self.ctx.device,
                                               seed=seed)
         returns, lengths = evaluate_dt_episodes(self.model, self.ctx.task, episodes, seed=seed,
-                                                rtg=self.ctx.eval_cfg.rtg, engine=self._eval_engine)
+                                                rtg=self.eval_rtg(), engine=self._eval_engine)
         self.ctx.counters.env_steps_eval += int(lengths.sum())
         return returns
+
+    def eval_rtg(self) -> float:
+        """eval.rtg, else the task's eval_rtg: ODT's rule (relabeling trains every RTG up to the best seen)."""
+        rtg = self.ctx.eval_cfg.rtg
+        return float(self.ctx.task.eval_rtg if rtg is None else rtg)
+
+    def eval_rtg_rule(self) -> str:
+        return "task:eval_rtg" if self.ctx.eval_cfg.rtg is None else "eval.rtg"
 
     def state_dict(self) -> dict[str, Any]:
         return {"dt": dt_payload(self.model)}

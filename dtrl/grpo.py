@@ -63,8 +63,15 @@ def group_advantages(returns: np.ndarray, eps: float = 1e-8, zero_spread_tol: fl
     return adv, flat
 
 
+RATIO_KINDS = ("sequence", "geometric", "token")
+RELABEL_MODES = ("none", "learner", "both")
+
+
 def selection_probs(action_var: np.ndarray, mode: str, temperature: float) -> np.ndarray:
-    """Probability of drawing each candidate state: softmax(log var / temperature), or uniform."""
+    """Probability of drawing each candidate state: softmax(log var / temperature), or uniform.
+
+    ``action_var`` is whichever variance ``mode`` weights by (pre-squash or squashed action).
+    """
     v = np.asarray(action_var, dtype=np.float64)
     if mode == "uniform" or len(v) == 0:
         return np.full(len(v), 1.0 / max(1, len(v)))
@@ -127,18 +134,32 @@ def minibatch_log_ratios(model: DecisionTransformer, batch: "LearnBatch", units:
 
     Each token is re-evaluated under its own recorded context (contexts shared by several tokens are
     run once). ``sequence``: one log-ratio per unit, the sum over its tokens (joint likelihood, no
-    length normalisation); ``token``: one per token, paired with its unit's advantage.
+    length normalisation); ``geometric``: the mean over its tokens (GSPO's length-normalised ratio,
+    the geometric mean of the per-step ratios); ``token``: one per token, paired with its unit's
+    advantage.
     """
     tok = torch.isin(batch.unit, units).nonzero().squeeze(1)
     rows, inv = torch.unique(batch.ctx_index[tok], return_inverse=True)
     d = last_slot_dist(model, batch.contexts, rows)
     logp = SquashedGaussian(d.mean[inv], d.log_std[inv]).log_prob(batch.actions[tok])
     log_ratio_tok = logp - batch.logp_old[tok]
-    if ratio == "sequence":
+    if ratio in ("sequence", "geometric"):
         local = torch.searchsorted(units, batch.unit[tok])
         log_rho = torch.zeros(len(units), device=log_ratio_tok.device).index_add(0, local, log_ratio_tok)
+        if ratio == "geometric":
+            log_rho = log_rho / torch.bincount(local, minlength=len(units)).clamp_min(1)
         return log_rho, batch.advantages[units], log_ratio_tok, d
     return log_ratio_tok, batch.advantages[batch.unit[tok]], log_ratio_tok, d
+
+
+def carries_gradient(rho: torch.Tensor, adv: torch.Tensor, clip_eps: float) -> torch.Tensor:
+    """Which ratio units the clipped surrogate passes a policy gradient through (bool, per unit).
+
+    ``min(rho A, clip(rho) A)`` is flat in theta where the clipped term is the smaller one, i.e.
+    ``rho > 1 + eps`` with ``A > 0`` or ``rho < 1 - eps`` with ``A < 0``; ``A = 0`` carries none.
+    """
+    flat = ((rho > 1.0 + clip_eps) & (adv > 0)) | ((rho < 1.0 - clip_eps) & (adv < 0))
+    return ~flat & (adv != 0)
 
 
 def stack_contexts(parts: list[dict[str, np.ndarray]], device: torch.device) -> dict[str, torch.Tensor]:
@@ -151,9 +172,14 @@ def stack_contexts(parts: list[dict[str, np.ndarray]], device: torch.device) -> 
 class PGConfig:
     """Fields every pure-RL-gradient DT method shares (each method re-declares those whose default differs)."""
 
-    relabel: bool = doc(False, "Hindsight RTG relabeling in the learner's contexts (ODT's practice). false is the "
-                               "paper's method (ratio under the RTG tokens fed at rollout time); true reproduces the "
-                               "ratio mismatch the paper identifies.")
+    relabel: Literal["none", "learner", "both"] | bool = doc(
+        "none", "Hindsight RTG relabeling (ODT's practice), two readings. none: the paper's method, both "
+                "log-probs under the RTG tokens fed at rollout time. learner: the learner's log-prob uses "
+                "contexts whose RTG tokens are the returns actually achieved, pi_old's stays the one recorded "
+                "under the rollout RTG (the ratio mismatch the paper identifies; the first ratios are not 1). "
+                "both: pi_old is re-evaluated under the relabeled contexts too, PAPER.md's formula "
+                "pi_theta(a|h,g_actual) / pi_old(a|h,g_actual), which starts at 1 although the actions were not "
+                "drawn under that conditioning. true/false are the old spellings of learner/none.")
     dropout: float | None = doc(0.0, "Dropout during finetuning, overriding the pretrained rate (null keeps it). Off, "
                                      "so the acting policy (eval mode) and the learner are the same function and the "
                                      "first minibatch's ratios are exactly 1.")
@@ -162,13 +188,30 @@ class PGConfig:
                                                 "every action under the same recorded context.")
     explore_episodes: int = doc(4, "Exploration episodes from env resets per iteration (ODT: 1). 4 gives reset "
                                    "points from several starts at a small step cost next to the groups.")
-    explore_rtg: float | None = doc(None, "RTG target of exploration rollouts; null = the task's online_rtg (ODT).")
+    rtg: Literal["eval", "online"] = doc(
+        "eval", "Which of the task's RTG targets the method explores (and, with no relabeling, is trained) "
+                "under: eval (task.eval_rtg, e.g. hopper 3600) or online (task.online_rtg, ODT's exploration "
+                "target, hopper 7200). eval by measurement on the CPU Hopper sweep (docs/grpo-tuning.md): "
+                "exploring at the evaluation target trains the conditioning evaluation uses.")
+    explore_rtg: float | None = doc(None, "RTG target of exploration rollouts, a number overriding `rtg`; null = "
+                                          "the task's target named by `rtg`.")
+    eval_at: Literal["train", "task"] = doc(
+        "train", "Which RTG evaluation conditions on: train = the exploration RTG the method was trained under "
+                 "(without relabeling the RL updates only ever see RTG tokens on paths that start there); task = "
+                 "the harness's rule (eval.rtg, else task.eval_rtg), as ODT is evaluated. A set eval.rtg "
+                 "overrides both. Every evaluation row and summary records the RTG used (eval_rtg).")
     explore_max_steps: int = doc(0, "Cut exploration episodes after this many steps (a timeout, not a terminal); "
                                     "0 = whole episodes.")
     n_envs: int = doc(0, "Envs the rollout engine steps together; 0 = as many as one iteration needs at once.")
     epochs: int = doc(4, "Passes over the iteration's batch (PPO-style; PAPER.md suggests 4).")
     minibatch_size: int = doc(32, "Ratio units per minibatch.")
-    clip_eps: float = doc(0.2, "PPO clip range of the ratio (the common PPO/GRPO value).")
+    clip_eps: float = doc(0.2, "PPO clip range of the ratio (the common PPO/GRPO value), for every ratio kind not "
+                               "named in clip_eps_per_ratio.")
+    clip_eps_per_ratio: dict[str, float] = doc(
+        {"geometric": 0.05}, "Clip range per ratio kind (sequence, geometric, token), overriding clip_eps. The "
+                             "geometric (length-normalised) ratio moves far less than the product of its steps' "
+                             "ratios, so it gets a narrower range (GSPO uses 3e-4 over LLM sequences of "
+                             "thousands of tokens; ours have L_traj = 10-20).")
     entropy_coef: float = doc(1e-3, "Weight of the entropy bonus (Monte-Carlo entropy of the squashed Gaussian); "
                                     "small, as a pure RL objective only needs it to keep exploration alive.")
     lr: float = doc(3e-5, "Adam learning rate of the DT (PAPER.md: 1e-5 to 1e-4; the middle of that range in log "
@@ -189,6 +232,20 @@ class PGConfig:
         require(self.dropout is None or 0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)")
         require(self.rollout_context_len is None or self.rollout_context_len >= 1, "rollout_context_len must be >= 1")
         require(self.max_log_ratio > 0, "max_log_ratio must be > 0")
+        bad = sorted(set(self.clip_eps_per_ratio) - set(RATIO_KINDS))
+        require(not bad, f"clip_eps_per_ratio: unknown ratio kind(s) {bad}; use {list(RATIO_KINDS)}")
+        require(all(0.0 < v < 1.0 for v in self.clip_eps_per_ratio.values()),
+                "clip_eps_per_ratio: every clip range must be in (0, 1)")
+
+    @property
+    def relabel_mode(self) -> str:
+        """``relabel`` as one of none / learner / both (true and false are accepted as learner / none)."""
+        if isinstance(self.relabel, bool):
+            return "learner" if self.relabel else "none"
+        return self.relabel
+
+    def clip_for(self, ratio: str) -> float:
+        return float(self.clip_eps_per_ratio.get(ratio, self.clip_eps))
 
 
 class PolicyGradientDT(DTMethod):
@@ -210,11 +267,42 @@ class PolicyGradientDT(DTMethod):
     def _engine_envs(self) -> int:
         return self.cfg.n_envs or self.cfg.explore_episodes
 
+    # -- the RTG it is trained and evaluated under ------------------------------------------------------
+    def train_rtg(self) -> float:
+        """The RTG target exploration (and so every group and learner context) starts from."""
+        cfg, task = self.cfg, self.ctx.task
+        if cfg.explore_rtg is not None:
+            return float(cfg.explore_rtg)
+        return float(task.eval_rtg if cfg.rtg == "eval" else task.online_rtg)
+
+    def eval_rtg(self) -> float:
+        if self.ctx.eval_cfg.rtg is None and self.cfg.eval_at == "train":
+            return self.train_rtg()
+        return super().eval_rtg()
+
+    def eval_rtg_rule(self) -> str:
+        if self.ctx.eval_cfg.rtg is None and self.cfg.eval_at == "train":
+            return "train" if self.cfg.explore_rtg is not None else f"train:{self.cfg.rtg}_rtg"
+        return super().eval_rtg_rule()
+
+    def learner_contexts(self, ctx: dict[str, np.ndarray], offset) -> dict[str, np.ndarray]:
+        """The contexts the learner re-evaluates a rollout's actions under: relabeled unless relabel is none."""
+        return ctx if self.cfg.relabel_mode == "none" else relabel_contexts(ctx, offset)
+
+    @torch.no_grad()
+    def old_logp_under_learner_contexts(self, batch: LearnBatch) -> None:
+        """relabel: both — replace the recorded pi_old log-probs by pi_old's under the learner's contexts."""
+        was = self.model.training
+        self.model.eval()  # as the acting policy: the first minibatch's ratios are then exactly 1
+        d = last_slot_dist(self.model, batch.contexts)
+        batch.logp_old = SquashedGaussian(d.mean[batch.ctx_index], d.log_std[batch.ctx_index]).log_prob(batch.actions)
+        self.model.train(was)
+
     # -- rollouts --------------------------------------------------------------------------------------
     def explore(self, record_contexts: bool) -> tuple[list[RolloutTrajectory], np.ndarray]:
         """This iteration's exploration episodes and the observation after each one's last step."""
         cfg, c = self.cfg, self.ctx.counters
-        rtg = self.ctx.task.online_rtg if cfg.explore_rtg is None else cfg.explore_rtg
+        rtg = self.train_rtg()
         seeds = self.ctx.np_rng.integers(0, 2**31 - 1, size=cfg.explore_episodes)
         trajs: list[RolloutTrajectory] = []
         finals = []
@@ -229,6 +317,13 @@ class PolicyGradientDT(DTMethod):
         c.env_steps += n
         return trajs, np.concatenate(finals)
 
+    @staticmethod
+    def candidate_weights(trajs: list[RolloutTrajectory], mode: str) -> np.ndarray:
+        """Per candidate state, the variance active sampling weights by: the pre-squash Gaussian's
+        (``variance``) or the squashed action's, which the env receives (``squashed_variance``)."""
+        key = "squashed_var" if mode == "squashed_variance" else "action_var"
+        return np.concatenate([getattr(tr, key) for tr in trajs]).astype(np.float64)
+
     def draw_states(self, action_var: np.ndarray, n: int, mode: str, temperature: float) -> np.ndarray:
         """Indices of ``n`` candidate states (without replacement while there are enough)."""
         p = selection_probs(action_var, mode, temperature)
@@ -239,23 +334,34 @@ class PolicyGradientDT(DTMethod):
 
     # -- the clipped update ----------------------------------------------------------------------------
     def policy_update(self, batch: LearnBatch, ratio: str) -> dict[str, float]:
-        """``epochs`` passes of clipped-ratio minibatch updates over ``batch``; returns diagnostics."""
+        """``epochs`` passes of clipped-ratio minibatch updates over ``batch``; returns diagnostics.
+
+        Besides the means, ``clip_frac_epoch<e>`` is the fraction of ratios outside the clip range in
+        epoch e and ``grad_frac_epoch<e>`` the fraction of ratio units that carried a policy gradient
+        there (``grad_units``: their count over the iteration, one per unit and update).
+        """
         cfg, model = self.cfg, self.model
+        eps = cfg.clip_for(ratio)
+        if cfg.relabel_mode == "both":
+            self.old_logp_under_learner_contexts(batch)
         params = model.policy_parameters()
         model.train()  # dropout as configured (0 by default: identical to the acting eval mode)
         U = batch.n_units
         mb = max(1, min(cfg.minibatch_size, U))
         acc: dict[str, list] = {k: [] for k in ("ratio", "log_ratio", "clip", "kl", "ent", "gent", "loss", "gn")}
+        clip_n = np.zeros(cfg.epochs)  # per epoch: ratios outside the clip range, units with gradient, ratios
+        grad_n = np.zeros(cfg.epochs)
+        seen_n = np.zeros(cfg.epochs)
         self.first_minibatch_ratios = None
         updates = 0
         stop = False
-        for _ in range(cfg.epochs):
+        for epoch in range(cfg.epochs):
             perm = self.ctx.np_rng.permutation(U)
             for lo in range(0, U, mb):
                 us = self.to_device(np.sort(perm[lo:lo + mb]), torch.long)
                 log_rho, adv, log_ratio_tok, d = minibatch_log_ratios(model, batch, us, ratio)
                 rho = log_rho.clamp(-cfg.max_log_ratio, cfg.max_log_ratio).exp()
-                surr = torch.minimum(rho * adv, rho.clamp(1.0 - cfg.clip_eps, 1.0 + cfg.clip_eps) * adv)
+                surr = torch.minimum(rho * adv, rho.clamp(1.0 - eps, 1.0 + eps) * adv)
                 policy_loss = -surr.mean()
                 entropy = d.entropy().mean()
                 loss = policy_loss - cfg.entropy_coef * entropy
@@ -271,7 +377,11 @@ class PolicyGradientDT(DTMethod):
                     kl = approx_kl(log_ratio_tok.detach().clamp(-cfg.max_log_ratio, cfg.max_log_ratio)).item()
                     acc["ratio"].append(r_np)
                     acc["log_ratio"].append(log_rho.detach().abs().max().item())
-                    acc["clip"].append(((rho - 1.0).abs() > cfg.clip_eps).float().mean().item())
+                    outside = ((rho - 1.0).abs() > eps).float()
+                    acc["clip"].append(outside.mean().item())
+                    clip_n[epoch] += outside.sum().item()
+                    grad_n[epoch] += carries_gradient(rho, adv, eps).sum().item()
+                    seen_n[epoch] += len(rho)
                     acc["kl"].append(kl)
                     acc["ent"].append(entropy.item())
                     acc["gent"].append(d.gaussian_entropy().mean().item())
@@ -287,6 +397,9 @@ class PolicyGradientDT(DTMethod):
         self.ctx.counters.policy_updates += updates
         r_all = np.concatenate(acc["ratio"])
         first = self.first_minibatch_ratios
+        with np.errstate(invalid="ignore", divide="ignore"):  # epochs skipped by early stopping: NaN
+            per_epoch = {**{f"clip_frac_epoch{e + 1}": float(clip_n[e] / seen_n[e]) for e in range(cfg.epochs)},
+                         **{f"grad_frac_epoch{e + 1}": float(grad_n[e] / seen_n[e]) for e in range(cfg.epochs)}}
         return {
             "iter_policy_updates": updates,  # this iteration's; the harness logs the running total
             "ratio_mean": float(r_all.mean()),
@@ -295,6 +408,9 @@ class PolicyGradientDT(DTMethod):
             "ratio_first_absdev": float(np.abs(first - 1.0).max()),  # 0 up to float error unless relabel/dropout
             "log_ratio_absmax": float(max(acc["log_ratio"])),  # unclamped
             "clip_frac": float(np.mean(acc["clip"])),
+            "grad_units": int(grad_n.sum()),
+            "grad_frac": float(grad_n.sum() / seen_n.sum()),
+            **per_epoch,
             "approx_kl": float(np.mean(acc["kl"])),
             "entropy": float(np.mean(acc["ent"])),
             "gaussian_entropy": float(np.mean(acc["gent"])),
@@ -304,12 +420,13 @@ class PolicyGradientDT(DTMethod):
             "early_stop": float(stop),
         }
 
-    @staticmethod
-    def empty_update_diag() -> dict[str, float]:
+    def empty_update_diag(self) -> dict[str, float]:
         nan = float("nan")
+        per_epoch = [f"{k}_epoch{e + 1}" for k in ("clip_frac", "grad_frac") for e in range(self.cfg.epochs)]
         return {k: nan for k in ("ratio_mean", "ratio_max", "ratio_min", "ratio_first_absdev", "log_ratio_absmax",
-                                 "clip_frac", "approx_kl", "entropy", "gaussian_entropy", "policy_loss", "grad_norm",
-                                 "grad_norm_max", "early_stop")} | {"iter_policy_updates": 0}
+                                 "clip_frac", "grad_frac", *per_epoch, "approx_kl", "entropy", "gaussian_entropy",
+                                 "policy_loss", "grad_norm", "grad_norm_max",
+                                 "early_stop")} | {"iter_policy_updates": 0, "grad_units": 0}
 
     # -- state -----------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -335,12 +452,16 @@ class GRPO(PolicyGradientDT):
 
     @dataclass
     class Config(PGConfig):
-        ratio: Literal["sequence", "token"] = doc("sequence", "Likelihood ratio of a sub-trajectory: the joint "
-                                                              "likelihood of its sampled actions with no length "
-                                                              "normalisation (the method), or per step (ablation).")
-        reset_sampling: Literal["variance", "uniform"] = doc("variance", "How reset points are drawn: weighted by "
-                                                                         "the policy's action variance there (active "
-                                                                         "sampling, the method) or uniformly (ablation).")
+        ratio: Literal["sequence", "geometric", "token"] = doc(
+            "sequence", "Likelihood ratio of a sub-trajectory: sequence = the joint likelihood of its sampled "
+                        "actions, exp(sum of per-step log-ratios), no length normalisation (the method); geometric "
+                        "= GSPO's length-normalised ratio exp(mean of per-step log-ratios), a trust region that "
+                        "does not tighten with L_traj (clip range: clip_eps_per_ratio.geometric); token = one ratio "
+                        "per step, each with its member's advantage (ablation).")
+        reset_sampling: Literal["variance", "squashed_variance", "uniform"] = doc(
+            "variance", "How reset points are drawn: weighted by the policy's pre-squash Gaussian variance there "
+                        "(active sampling, the method), by the variance of the squashed action the env receives "
+                        "(which is ~0 where tanh saturates however wide the Gaussian), or uniformly (ablation).")
         variance_temperature: float = doc(1.0, "Temperature of the softmax over log action-variance (1: probability "
                                                "proportional to the variance itself; larger is closer to uniform).")
         group_size: int = doc(8, "G: continuations per reset point (PAPER.md suggests 8).")
@@ -348,7 +469,11 @@ class GRPO(PolicyGradientDT):
                                     "stepped together.")
         traj_len: int = doc(20, "L_traj: sampled steps per continuation (PAPER.md: 20, the training context K).")
         eval_len: int = doc(400, "L_eval: mean-action steps scoring each continuation (400 on MuJoCo per the "
-                                 "reviews); the score is the reward over all L_traj + L_eval steps.")
+                                 "reviews); the score is the reward over all L_traj + L_eval steps. A member cut "
+                                 "by a terminal or the time limit is scored on the steps it had, without a "
+                                 "bootstrap: a terminal's missing reward is the true cost of falling, and a time-"
+                                 "limit cut is the same for every member of a group (they start at the same "
+                                 "timestep), so it shortens all of them alike (docs/grpo-tuning.md).")
         minibatch_size: int = doc(32, "Sub-trajectories per minibatch: 4 minibatches of the default 128, so 4 epochs "
                                       "make 16 updates per iteration.")
         adv_eps: float = doc(1e-8, "Added to the group std in the advantage denominator.")
@@ -380,7 +505,7 @@ class GRPO(PolicyGradientDT):
         cfg, c = self.cfg, self.ctx.counters
         explore, _ = self.explore(record_contexts=False)
         cand = [(j, t) for j, tr in enumerate(explore) for t in range(len(tr))]
-        var = np.concatenate([tr.action_var for tr in explore]).astype(np.float64)
+        var = self.candidate_weights(explore, cfg.reset_sampling)
         chosen = self.draw_states(var, cfg.reset_points, cfg.reset_sampling, cfg.variance_temperature)
         starts = [Start(traj=explore[cand[i][0]], t=cand[i][1]) for i in chosen for _ in range(cfg.group_size)]
         members: list[RolloutTrajectory] = []
@@ -419,10 +544,7 @@ class GRPO(PolicyGradientDT):
         parts, acts, logps, units = [], [], [], []
         for u, m in enumerate(members):
             n = int(m.sampled.sum())
-            ctx = {k: m.contexts[k][:n] for k in CTX_KEYS}
-            if self.cfg.relabel:
-                ctx = relabel_contexts(ctx, final_rtg(m))
-            parts.append(ctx)
+            parts.append(self.learner_contexts({k: m.contexts[k][:n] for k in CTX_KEYS}, final_rtg(m)))
             acts.append(m.actions[:n])
             logps.append(m.log_probs[:n])
             units.append(np.full(n, u))

@@ -110,6 +110,14 @@ class OnlineMethod:
         """True if the method has nothing more to do regardless of budget (the offline DT)."""
         return False
 
+    def eval_rtg(self) -> float | None:
+        """The RTG target evaluation conditions on (None: the policy takes no RTG, e.g. IQL)."""
+        return None
+
+    def eval_rtg_rule(self) -> str:
+        """Where eval_rtg comes from: 'none', 'task:eval_rtg', 'eval.rtg', 'train:<which>_rtg', 'train'."""
+        return "none"
+
 
 def seed_everything(seed: int) -> np.random.Generator:
     random.seed(seed)
@@ -273,7 +281,8 @@ def run_online(method: OnlineMethod, ctx: RunContext, online: OnlineConfig, meta
         if c.env_steps >= next_eval:
             r = evaluate(ctx.eval_cfg.episodes, c.iterations)
             last_norm = float(np.mean(ctx.task.normalize(r)))
-            row.update(eval_return=float(r.mean()), eval_norm_return=last_norm, **_success(ctx.task, r, "eval_success"))
+            row.update(eval_return=float(r.mean()), eval_norm_return=last_norm, **_success(ctx.task, r, "eval_success"),
+                       eval_rtg=method.eval_rtg())
             while next_eval <= c.env_steps:
                 next_eval += online.eval_every_env_steps
         logger.log(row)
@@ -291,7 +300,7 @@ def run_online(method: OnlineMethod, ctx: RunContext, online: OnlineConfig, meta
     logger.log({"iteration": c.iterations, "env_steps": c.env_steps, "env_steps_eval": c.env_steps_eval,
                 **update_counts(c), "wall_time": round(c.wall_time, 3),
                 "eval_return": float(r.mean()), "eval_norm_return": float(np.mean(norm)), "final": 1,
-                **_success(ctx.task, r, "eval_success")})
+                **_success(ctx.task, r, "eval_success"), "eval_rtg": method.eval_rtg()})
     summary = {
         **meta,
         "status": "completed",
@@ -308,6 +317,8 @@ def run_online(method: OnlineMethod, ctx: RunContext, online: OnlineConfig, meta
         "iterations": c.iterations,
         "step_counts": dict(c.extra),
         "budget_env_steps": online.env_steps,
+        "eval_rtg": method.eval_rtg(),  # the RTG every evaluation of this run conditioned on (null: none)
+        "eval_rtg_rule": method.eval_rtg_rule(),
     }
     record(summary)
     return summary

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from dtrl.config import doc, require
 from dtrl.critic import ValueNet, final_rtg
 from dtrl.guard import check_terms
-from dtrl.grpo import CTX_KEYS, LearnBatch, PGConfig, PolicyGradientDT, advantage_stats, relabel_contexts, stack_contexts
+from dtrl.grpo import CTX_KEYS, LearnBatch, PGConfig, PolicyGradientDT, advantage_stats, stack_contexts
 from dtrl.online import RunContext
 from dtrl.rollout import RolloutTrajectory
 
@@ -108,7 +108,7 @@ class PPODT(PolicyGradientDT):
         parts = []
         for tr in trajs:
             ctx = {k: tr.contexts[k] for k in CTX_KEYS}
-            parts.append(relabel_contexts(ctx, final_rtg(tr)) if self.cfg.relabel else ctx)
+            parts.append(self.learner_contexts(ctx, final_rtg(tr)))
         N = len(adv)
         return LearnBatch(
             contexts=stack_contexts(parts, self.device),

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from dtrl.config import doc, require
 from dtrl.critic import TrajectoryBuffer, TwinQ, final_rtg, soft_update
 from dtrl.grpo import (CTX_KEYS, LearnBatch, PGConfig, PolicyGradientDT, advantage_stats, group_advantages,
-                       last_slot_dist, relabel_contexts, stack_contexts)
+                       last_slot_dist, stack_contexts)
 from dtrl.guard import check_terms
 from dtrl.online import RunContext
 
@@ -44,9 +44,9 @@ class QGRPO(PolicyGradientDT):
                                  "(GRPO's default group size).")
         states_per_iteration: int = doc(256, "States per iteration at which groups are drawn (M*G = 2048 tokens), "
                                              "about a quarter of a 1000-step episode.")
-        reset_sampling: Literal["variance", "uniform"] = doc("variance", "How the states are drawn: weighted by the "
-                                                                         "policy's action variance (as GRPO's reset "
-                                                                         "points) or uniformly.")
+        reset_sampling: Literal["variance", "squashed_variance", "uniform"] = doc(
+            "variance", "How the states are drawn: weighted by the policy's pre-squash action variance (as GRPO's "
+                        "reset points), by the squashed action's variance, or uniformly.")
         variance_temperature: float = doc(1.0, "Temperature of the softmax over log action-variance.")
         minibatch_size: int = doc(256, "State-action tokens per minibatch (8 minibatches of the default 2048).")
         adv_eps: float = doc(1e-8, "Added to the group std in the advantage denominator.")
@@ -133,9 +133,7 @@ class QGRPO(PolicyGradientDT):
             q = torch.minimum(q1, q2) if cfg.q_reduce == "min" else 0.5 * (q1 + q2)
         q = q.view(len(chosen), G).cpu().numpy()
         adv, flat = group_advantages(q, cfg.adv_eps, cfg.zero_spread_tol)
-        learner = ctx_np
-        if cfg.relabel:
-            learner = relabel_contexts(ctx_np, np.array([final_rtg(trajs[j]) for j, _ in chosen]))
+        learner = self.learner_contexts(ctx_np, np.array([final_rtg(trajs[j]) for j, _ in chosen]))
         M = len(chosen)
         batch = LearnBatch(
             contexts=stack_contexts([learner], self.device),
@@ -176,7 +174,7 @@ class QGRPO(PolicyGradientDT):
         if self.critic_updates < cfg.critic_warmup_updates:
             return {**diag, **{k: nan for k in keys}, **self.empty_update_diag()}
         cand = [(j, t) for j, tr in enumerate(trajs) for t in range(len(tr))]
-        var = np.concatenate([tr.action_var for tr in trajs]).astype(np.float64)
+        var = self.candidate_weights(trajs, cfg.reset_sampling)
         idx = self.draw_states(var, cfg.states_per_iteration, cfg.reset_sampling, cfg.variance_temperature)
         batch, gdiag = self.learn_batch(trajs, [cand[i] for i in idx])
         diag.update(gdiag, reset_var_mean=float(var[idx].mean()), reset_var_max=float(var[idx].max()),

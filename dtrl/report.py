@@ -305,7 +305,33 @@ def _fmt_count(x: float) -> str:
     return f"{x:.0f}"
 
 
-def main_markdown(exp: ExperimentConfig, table: pd.DataFrame, n_missing: int) -> str:
+def eval_rtg_note(exp: ExperimentConfig, runs: dict) -> str:
+    """One line naming the RTG rule (and targets) each main-grid method was evaluated under, from
+    the runs' summaries; bold where two methods were evaluated at different RTGs on the same task,
+    so no comparison across RTGs is silent."""
+    per_method: dict[str, tuple[set, set]] = {}
+    per_task: dict[str, set] = {}
+    for (m, t, _s), r in runs.items():
+        if m in exp.grid.methods:
+            rules, targets = per_method.setdefault(m, (set(), set()))
+            rules.add(str(r.summary.get("eval_rtg_rule", "unrecorded")))
+            if r.summary.get("eval_rtg") is not None:
+                targets.add(f"{float(r.summary['eval_rtg']):g}")
+                per_task.setdefault(t, set()).add(float(r.summary["eval_rtg"]))
+    if not per_method:
+        return ""
+    parts = []
+    for m in (m for m in exp.grid.methods if m in per_method):
+        rules, targets = per_method[m]
+        parts.append(f"{method_label(exp, m)}: {', '.join(sorted(rules))}"
+                     + (f" (RTG {', '.join(sorted(targets, key=float))})" if targets else ""))
+    text = ("Evaluation RTG per method (train:<x> = the RTG target the method explored and was trained at; "
+            "task:eval_rtg = the task's evaluation target; none = the policy takes no RTG): " + "; ".join(parts) + ".")
+    mixed = [t for t, v in per_task.items() if len(v) > 1]
+    return f"**Methods are evaluated at different RTGs on {', '.join(sorted(mixed))}.** {text}" if mixed else text
+
+
+def main_markdown(exp: ExperimentConfig, table: pd.DataFrame, n_missing: int, rtg_note: str = "") -> str:
     methods = list(exp.grid.methods)
     header, align = ["task"], ["---"]
     for m in methods:
@@ -347,6 +373,8 @@ def main_markdown(exp: ExperimentConfig, table: pd.DataFrame, n_missing: int) ->
                   "them were not available when it was written), so those published cells are empty."]
     if n_missing:
         lines += ["", f"**{n_missing} run(s) of the grid are missing**; cells average the seeds found."]
+    if rtg_note:
+        lines += ["", rtg_note]
     return "\n".join(lines) + "\n"
 
 
@@ -721,7 +749,7 @@ def report(exp: ExperimentConfig, out_root: Path | None = None, runs_dir: Path |
     n_missing_main = sum(1 for k in missing if k[0] in exp.grid.methods and k[1] in exp.grid.tasks)
     left_out += [{"method": m, "task": t, "seed": s, "status": "missing", "reason": "no summary.json"}
                  for m, t, s in missing]
-    main_md = main_markdown(exp, main, n_missing_main)
+    main_md = main_markdown(exp, main, n_missing_main, eval_rtg_note(exp, runs))
     if left_out:
         main_md += (f"\n**{len(left_out)} run(s) of the grid are not scored** (diverged, failed or missing): "
                     "see not_scored.md.\n")

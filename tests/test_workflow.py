@@ -65,10 +65,10 @@ def test_paper_grid_dry_run(wf):
     out = snakemake(wf, "-n", "--quiet", "rules")
     assert out.returncode == 0, out.stderr
     assert job_counts(out.stdout) == PAPER_JOBS
-    # With the ablation overlay: 5 GRPO-DT variants x 3 ablation tasks x 3 seeds more runs, nothing else.
+    # With the ablation overlay: 10 GRPO-DT variants x 3 ablation tasks x 3 seeds more runs, nothing else.
     out = snakemake(wf, "-n", "--quiet", "rules", "--configfile", "config/ablations.yaml")
     assert out.returncode == 0, out.stderr
-    assert job_counts(out.stdout) == {**PAPER_JOBS, "finetune": 180 + 5 * 3 * 3}
+    assert job_counts(out.stdout) == {**PAPER_JOBS, "finetune": 180 + 10 * 3 * 3}
 
 
 def test_deterministic_dt_is_pretrained_only_for_the_methods_that_need_it(wf):
@@ -139,9 +139,12 @@ def test_configs_validate_and_quick_runs_every_paper_method():
     assert quick.grid.methods == paper.grid.methods and len(quick.grid.seeds) == 2
     assert quick.results == "results/quick"
     switches = {m: abl.method(m).params for m in abl.grid.ablations}
-    assert {p.relabel for p in switches.values()} == {True, False}
-    assert {p.ratio for p in switches.values()} == {"sequence", "token"}
-    assert {p.reset_sampling for p in switches.values()} == {"variance", "uniform"}
+    # every GRPO-DT switch appears
+    assert {p.relabel_mode for p in switches.values()} == {"none", "learner", "both"}
+    assert {p.ratio for p in switches.values()} == {"sequence", "geometric", "token"}
+    assert {p.reset_sampling for p in switches.values()} == {"variance", "squashed_variance", "uniform"}
+    assert {(p.rtg, p.eval_at) for p in switches.values()} == {("eval", "train"), ("online", "train"),
+                                                               ("online", "task")}
     assert len({p.eval_len for p in switches.values()}) >= 2
 
 
