@@ -173,3 +173,16 @@ def test_every_method_of_a_matched_grid_ends_within_one_iteration_of_the_budget(
         assert s["env_steps"] == steps[-1] >= budget, m  # the budget is reached ...
         assert len(steps) == 1 or steps[-2] < budget, m  # ... by the last iteration, not before it
         assert s["iterations"] == len(rows) and s["budget_env_steps"] == budget, m
+
+
+def test_plan_jobs_are_the_workflows_dag(tmp_path):
+    """The plan counts the jobs Snakemake's dry run schedules, rule by rule."""
+    from test_workflow import copy_workflow, job_counts, snakemake
+
+    wf = copy_workflow(tmp_path / "wf")
+    out = snakemake(wf, "-n", "--quiet", "rules", "--configfile", "config/evidence_cpu.yaml")
+    assert out.returncode == 0, out.stderr
+    dag = job_counts(out.stdout)
+    assert dag.pop("report") == 1 and dag.pop("all") == 1
+    plan = make_plan(load_config(EVIDENCE_CPU), "cpu-2core")
+    assert {r["rule"]: r["jobs"] for r in plan.per_rule()} == dag
