@@ -102,7 +102,13 @@ def _side_stats(runs: dict, method: str, tasks: list[str], seeds: list[int]) -> 
         v = [float(r.summary[key]) for r in rs if r.summary.get(key) is not None]
         return float(np.mean(v)) if v else float("nan")
 
-    stats = {"env_steps": mean_of("env_steps"), "grad_updates": mean_of("grad_updates")}
+    stats: dict[str, Any] = {"env_steps": mean_of("env_steps"), "grad_updates": mean_of("grad_updates")}
+    # the method's own split of its steps and updates (GRPO-DT: explore/sampled/scoring env steps;
+    # ODT+TD3: critic/DT updates; IQL: offline/online updates), means per run
+    keys = dict.fromkeys(k for r in rs for k in (r.summary.get("step_counts") or {}))
+    stats["step_counts"] = ", ".join(
+        f"{k} {_steps(float(np.mean([float((r.summary.get('step_counts') or {}).get(k, 0)) for r in rs])))}"
+        for k in keys)
     diags = [run_diagnostics(r) for r in rs]
     for col in DIAGNOSTICS:
         v = [d[col] for d in diags if col in d]
@@ -150,7 +156,8 @@ def finding_rows(exp: ExperimentConfig, runs: dict, reps: int, seed: int = 0) ->
         rows.append(row)
     cols = ["kind", "method", "baseline", "tasks", "runs_method", "runs_baseline", "iqm_method", "iqm_baseline",
             "iqm_diff", "ci_low", "ci_high", "poi", "poi_low", "poi_high"]
-    cols += [f"{k}_{s}" for k in ("env_steps", "grad_updates", *DIAGNOSTICS) for s in ("method", "baseline")]
+    cols += [f"{k}_{s}" for k in ("env_steps", "grad_updates", "step_counts", *DIAGNOSTICS)
+             for s in ("method", "baseline")]
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -160,7 +167,7 @@ def finding_rows(exp: ExperimentConfig, runs: dict, reps: int, seed: int = 0) ->
 
 def verdict(lo: float, hi: float, a: str, single: bool) -> str:
     if single:
-        return "One run per side: no confidence interval, so no difference is resolved."
+        return "One seed per task on a side: nothing to resample, so no difference is resolved."
     if lo > 0:
         return f"The CI lies above 0: {a} scores higher in this grid."
     if hi < 0:
@@ -178,6 +185,10 @@ def _steps(x: float) -> str:
     return _fmt_count(x)
 
 
+def _split(counts: Any) -> str:
+    return f" ({counts})" if isinstance(counts, str) and counts else ""
+
+
 def paragraph(exp: ExperimentConfig, r: dict[str, Any]) -> str:
     from dtrl.report import CI, method_label
 
@@ -185,15 +196,17 @@ def paragraph(exp: ExperimentConfig, r: dict[str, Any]) -> str:
     n_tasks = len(str(r["tasks"]).split())
     single = r["runs_method"] < 2 * n_tasks or r["runs_baseline"] < 2 * n_tasks
     text = (f"**{a} − {b}** IQM difference: {_num(r['iqm_diff'], '+.1f')} [{_num(r['ci_low'], '+.1f')}, "
-            f"{_num(r['ci_high'], '+.1f')}] ({int(CI * 100)}% stratified-bootstrap CI; final normalised score over "
-            f"{n_tasks} task(s): {r['tasks']}; IQM {a} {_num(r['iqm_method'])} from {r['runs_method']} runs, "
-            f"{b} {_num(r['iqm_baseline'])} from {r['runs_baseline']} runs). P({a} > {b}) = {_num(r['poi'], '.2f')} "
+            f"{_num(r['ci_high'], '+.1f')}] ({'no CI' if single else f'{int(CI * 100)}% stratified-bootstrap CI'}; "
+            f"final normalised score over "
+            f"{n_tasks} task(s): {r['tasks']}; IQM {a} {_num(r['iqm_method'])} from {r['runs_method']} run(s), "
+            f"{b} {_num(r['iqm_baseline'])} from {r['runs_baseline']} run(s)). P({a} > {b}) = {_num(r['poi'], '.2f')} "
             f"[{_num(r['poi_low'], '.2f')}, {_num(r['poi_high'], '.2f')}]. "
             f"{verdict(r['ci_low'], r['ci_high'], a, single)} "
             f"Budgets per run: {a} {_steps(r['env_steps_method'])} env steps and {_steps(r['grad_updates_method'])} "
-            f"gradient updates; {b} {_steps(r['env_steps_baseline'])} and {_steps(r['grad_updates_baseline'])}.")
+            f"gradient updates{_split(r['step_counts_method'])}; {b} {_steps(r['env_steps_baseline'])} and "
+            f"{_steps(r['grad_updates_baseline'])}{_split(r['step_counts_baseline'])}.")
     diag = [f"{DIAGNOSTIC_LABELS[k]} {_num(r[f'{k}_method'], '.3g')} vs {_num(r[f'{k}_baseline'], '.3g')}"
-            for k in DIAGNOSTICS if not (math.isnan(r[f"{k}_method"]) and math.isnan(r[f"{k}_baseline"]))]
+            for k in DIAGNOSTICS if not (math.isnan(r[f"{k}_method"]) or math.isnan(r[f"{k}_baseline"]))]
     if diag:
         text += f" Ratio diagnostics ({a} vs {b}, mean over runs): " + "; ".join(diag) + "."
     return text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -17,7 +18,11 @@ ABLATION_SCORES = SCORES["grpo"] - 30.0
 
 
 def add_diagnostics(root, method, task, seed, absdev, clip):
-    p = root / "runs" / method / task / f"seed{seed}" / "progress.csv"
+    d = root / "runs" / method / task / f"seed{seed}"
+    summary = json.loads((d / "summary.json").read_text())
+    summary["step_counts"] = {"explore": 1000, "scoring": 4000}
+    (d / "summary.json").write_text(json.dumps(summary))
+    p = d / "progress.csv"
     df = pd.read_csv(p)
     df["ratio_first_absdev"] = absdev
     df["clip_frac"] = clip
@@ -88,7 +93,7 @@ def test_paragraphs_quote_the_findings_table(page):
         nums = re.search(r"IQM difference: ([+-][\d.]+) \[([+-][\d.]+), ([+-][\d.]+)\]", p).groups()
         assert [float(x) for x in nums] == [round(r.iqm_diff, 1), round(r.ci_low, 1), round(r.ci_high, 1)]
         assert f"= {r.poi:.2f} [{r.poi_low:.2f}, {r.poi_high:.2f}]" in p
-        assert f"from {r.runs_method} runs" in p
+        assert f"from {r.runs_method} run(s)" in p and "95% stratified-bootstrap CI" in p
         # the verdict follows from the CI
         want = "above 0" if r.ci_low > 0 else "below 0" if r.ci_high < 0 else "contains 0"
         assert want in p
@@ -96,6 +101,7 @@ def test_paragraphs_quote_the_findings_table(page):
     assert grpo_vs_dt.startswith("**GRPO-DT − DT (offline)**") and "above 0" in grpo_vs_dt
     abl = paras[-1]
     assert "below 0" in abl and "first-minibatch max |ratio - 1| 0.6 vs 1e-07" in abl
+    assert "5k gradient updates" not in abl and "(explore 1k, scoring 4k)" in abl  # the summaries' step split
 
 
 def test_page_is_self_contained(page):
@@ -112,3 +118,18 @@ def test_page_is_self_contained(page):
     # wall time: the runs' wall_time summed (2 s each in the synthetic runs)
     n_runs = 4 * len(TASKS) * len(SEEDS) + 2 * len(SEEDS)
     assert f"finetuning runs {2.0 * n_runs / 60:.1f} min summed" in text
+
+
+def test_one_seed_gives_no_interval_and_no_verdict(page):
+    import dataclasses
+
+    from dtrl.report import expected_runs, load_runs
+    from dtrl.report_page import finding_rows, paragraph
+
+    exp, root, _ = page
+    one = dataclasses.replace(exp, grid=dataclasses.replace(exp.grid, seeds=[0]))
+    runs, _ = load_runs(root / "runs", expected_runs(one))
+    f = finding_rows(one, runs, reps=50)
+    assert len(f) == 6 and (f["ci_low"] == f["iqm_diff"]).all() and (f["ci_high"] == f["iqm_diff"]).all()
+    text = paragraph(one, f.iloc[0].to_dict())
+    assert "(no CI;" in text and "nothing to resample" in text and "above 0" not in text
