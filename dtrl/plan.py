@@ -15,10 +15,12 @@ How counts become seconds (one reading, printed with the plan):
   layers x (12 d^2 + 6 K d), the transformer's multiply-adds per update) -- fully on CPU, and only
   towards slower on a GPU, where small models are bound by kernel launches, not arithmetic; rollout
   rates are not scaled;
-* a finetuning run's online env steps are its budget (``online.env_steps``), its updates follow from
-  the method's own settings (GRPO-DT: epochs x minibatches per iteration of M x G continuations;
-  ODT: updates per exploration episode; ODT+TD3: critic warmup, critic updates and delayed actor
-  updates; IQL: offline updates + utd per env step);
+* a finetuning run's online env steps are its budget (``online.env_steps``), its policy and critic
+  updates follow from the method's own settings, per task where the config has per-task overrides
+  (GRPO-DT: epochs x minibatches per iteration of M x G continuations; ODT: updates per iteration of
+  whole episodes, at least the loop's minimum env steps; ODT+TD3: the same DT updates, policy_delay
+  critic updates per DT update and the critic warmup; IQL: offline updates + utd per env step, each
+  an actor and a critic step);
 * methods whose iterations are whole episodes (ODT, ODT+TD3, GRPO-DT's exploration) need an episode
   length: ``--episode-len``, else the task's dataset summary (transitions / episodes) when it exists,
   else ``dtrl/reference/episode_length.csv``, else the task's episode limit (the longest, so the fewest
@@ -158,7 +160,8 @@ class JobCost:
     method: str = ""
     env_steps: float = 0.0  # training env steps (the budget), SAC steps, dataset rollout steps
     eval_steps: float = 0.0
-    updates: float = 0.0
+    updates: float = 0.0  # policy updates (the DT, IQL's actor, SAC's actor)
+    critic_updates: float = 0.0  # critic / value-function updates
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
 
@@ -196,14 +199,21 @@ class Planner:
         self.episode_sources[task_name] = f"{n:.0f} steps, from {src}"
         return n
 
-    def _model(self, batch: int, ctx: int | None = None) -> tuple[int, int, int, int]:
-        m = self.exp.model
+    def _for(self, task_name: str, method: str | None = None) -> ExperimentConfig:
+        """The config as it applies to (task, method): per-family/task overrides where the config has them."""
+        for_task = getattr(self.exp, "for_task", None)
+        return for_task(task_name, method) if for_task else self.exp
+
+    def _model(self, batch: int, ctx: int | None = None, exp: ExperimentConfig | None = None
+               ) -> tuple[int, int, int, int]:
+        m = (exp or self.exp).model
         return (m.n_layers, m.embed_dim, ctx or m.context_len, batch)
 
     # -- per rule ----------------------------------------------------------------------------------
     def behaviour(self, family: str) -> JobCost:
         g = self.exp.data.generator
-        j = JobCost("behaviour", family, env_steps=g.sac_steps, updates=g.sac_steps * g.sac_utd)
+        j = JobCost("behaviour", family, env_steps=g.sac_steps, updates=g.sac_steps * g.sac_utd,
+                    critic_updates=g.sac_steps * g.sac_utd)
         j.charge(g.sac_steps, self.rates.get("sac", n_envs=g.sac_envs, hidden=g.sac_hidden))
         j.notes.append("full sac_steps (an upper bound when the run stops at 'medium')")
         return j
@@ -220,73 +230,84 @@ class Planner:
             j.charge(g.transitions, self.rates.get("env_rollout", n_envs=g.rollout_envs))
         return j
 
-    def pretrain(self, task_name: str, seed: int) -> JobCost:
-        p = self.exp.pretrain
-        j = JobCost("pretrain", f"{task_name}/seed{seed}", updates=p.updates)
+    def pretrain(self, task_name: str, seed: int, head: str = "gaussian") -> JobCost:
+        exp = self._for(task_name)
+        p = exp.pretrain
+        name = f"{task_name}/seed{seed}" + ("" if head == "gaussian" else f"/{head}")
+        j = JobCost("pretrain", name, updates=p.updates)
         kind = "dt_update_compiled" if self.rates.gpu and p.compile != "off" else "dt_update"
         if not any(r.kind == kind for r in self.rates.rows):
             kind = "dt_update"
-        j.charge(p.updates, self.rates.get(kind, model=self._model(p.batch_size)))
-        self._charge_eval(j, task_name, p.eval_episodes, dt=True)
+        j.charge(p.updates, self.rates.get(kind, model=self._model(p.batch_size, exp=exp)))
+        self._charge_eval(j, task_name, p.eval_episodes, dt=True, exp=exp)
         return j
 
-    def _charge_eval(self, j: JobCost, task_name: str, episodes: float, dt: bool) -> None:
+    def _charge_eval(self, j: JobCost, task_name: str, episodes: float, dt: bool,
+                     exp: ExperimentConfig | None = None) -> None:
+        exp = exp or self.exp
         steps = episodes * self.episode_len(task_name)
         j.eval_steps += steps
-        n = self.exp.eval.n_envs or self.exp.eval.episodes
-        j.charge(steps, self.rates.get("dt_rollout", n_envs=n, model=self._model(n, self.exp.model.eval_context_len))
+        n = exp.eval.n_envs or exp.eval.episodes
+        j.charge(steps, self.rates.get("dt_rollout", n_envs=n, model=self._model(n, exp.model.eval_context_len, exp))
                  if dt else self.rates.get("env_rollout", n_envs=n))
 
     def finetune(self, method: str, task_name: str, seed: int) -> JobCost:
-        spec = self.exp.method(method)
+        from dtrl.tasks import get_task
+
+        exp = self._for(task_name, method)
+        spec = exp.method(method)
         cfg, budget = spec.params, spec.online.env_steps
         j = JobCost("finetune", f"{method}/{task_name}/seed{seed}", method=method)
         ep = self.episode_len(task_name)
         algo = spec.algo
+        mdl = exp.model
         if algo == "none":
-            self._charge_eval(j, task_name, self.exp.eval.final_episodes, dt=True)
+            self._charge_eval(j, task_name, exp.eval.final_episodes, dt=True, exp=exp)
             return j
         j.env_steps = budget
         if algo == "grpo":
-            k = min(cfg.rollout_context_len or self.exp.model.eval_context_len, self.exp.model.context_len)
+            k = min(cfg.rollout_context_len or mdl.eval_context_len, mdl.context_len)
             units = cfg.reset_points * cfg.group_size
             group_steps = units * (cfg.traj_len + cfg.eval_len)  # members stop early when an episode ends
             explore = cfg.explore_episodes * ep
             iters = math.ceil(budget / (explore + group_steps))
             j.updates = iters * cfg.epochs * math.ceil(units / max(1, min(cfg.minibatch_size, units)))
             share = explore / (explore + group_steps)
-            j.charge(budget * share, self.rates.get("dt_rollout", n_envs=cfg.explore_episodes, model=self._model(1, k)))
-            j.charge(budget * (1 - share), self.rates.get("dt_rollout", n_envs=units, model=self._model(units, k)))
+            j.charge(budget * share, self.rates.get("dt_rollout", n_envs=cfg.explore_episodes,
+                                                    model=self._model(1, k, exp)))
+            j.charge(budget * (1 - share), self.rates.get("dt_rollout", n_envs=units, model=self._model(units, k, exp)))
             j.charge(j.updates, self.rates.get("dt_update", model=self._model(
-                min(cfg.minibatch_size, units) * cfg.traj_len, k)))
+                min(cfg.minibatch_size, units) * cfg.traj_len, k, exp)))
             j.notes.append(f"{iters} iterations of <= {explore + group_steps:.0f} env steps")
         elif algo in ("odt", "odt_td3"):
-            iters = math.ceil(budget / (cfg.rollouts_per_iteration * ep))
-            j.updates = iters * cfg.updates_per_iteration
-            k = cfg.rollout_context_len or self.exp.model.eval_context_len
+            per_iter = cfg.rollouts_per_iteration * ep
+            try:  # whole episodes until the iteration holds the minimum (1000 on random data, the reference's)
+                from baselines.common import min_env_steps_per_iteration
+
+                per_iter = max(per_iter, min_env_steps_per_iteration(cfg, get_task(task_name)))
+            except ImportError:
+                pass
+            iters = math.ceil(budget / per_iter)
+            j.updates = iters * cfg.updates_per_iteration  # DT (policy) updates
+            k = cfg.rollout_context_len or mdl.eval_context_len
             j.charge(budget, self.rates.get("dt_rollout", n_envs=cfg.rollouts_per_iteration,
-                                            model=self._model(cfg.rollouts_per_iteration, k)))
-            dt_rate = self.rates.get("dt_update", model=self._model(cfg.batch_size))
-            if algo == "odt":
-                j.charge(j.updates, dt_rate)
-            else:  # critic updates (an MLP) on every minibatch, the DT's actor step every policy_delay
-                critic = cfg.critic_warmup_updates + j.updates
-                j.charge(critic, self.rates.get("mlp_update", hidden=max(cfg.critic_hidden)))
-                j.charge(j.updates / cfg.policy_delay, dt_rate)
-                j.updates = critic
-            j.notes.append(f"{iters} exploration episodes of ~{ep:.0f} steps")
+                                            model=self._model(cfg.rollouts_per_iteration, k, exp)))
+            j.charge(j.updates, self.rates.get("dt_update", model=self._model(cfg.batch_size, exp=exp)))
+            if algo == "odt_td3":  # policy_delay critic updates (an MLP) per DT update, after the critic warmup
+                j.critic_updates = cfg.critic_warmup_updates + j.updates * cfg.policy_delay
+                j.charge(j.critic_updates, self.rates.get("mlp_update", hidden=max(cfg.critic_hidden)))
+            j.notes.append(f"{iters} iterations of ~{per_iter:.0f} env steps")
         elif algo == "iql":
             online = budget * cfg.utd
-            j.updates = cfg.offline_updates + online
+            j.updates = j.critic_updates = cfg.offline_updates + online  # one actor and one critic step each
             j.charge(j.updates, self.rates.get("mlp_update", hidden=max(cfg.hidden_dims)))
             j.charge(budget, self.rates.get("env_rollout", n_envs=cfg.n_envs))
         else:
-            j.charge(budget, self.rates.get("dt_rollout", n_envs=1, model=self._model(1)))
+            j.charge(budget, self.rates.get("dt_rollout", n_envs=1, model=self._model(1, exp=exp)))
             j.notes.append(f"no cost model for algorithm '{algo}': env steps charged at one env's DT rate, "
                            "updates not charged")
         evals = math.ceil(budget / spec.online.eval_every_env_steps) + 1
-        self._charge_eval(j, task_name, evals * self.exp.eval.episodes + self.exp.eval.final_episodes,
-                          dt=algo != "iql")
+        self._charge_eval(j, task_name, evals * exp.eval.episodes + exp.eval.final_episodes, dt=algo != "iql", exp=exp)
         return j
 
     def jobs(self) -> list[JobCost]:
@@ -296,14 +317,16 @@ class Planner:
         from dtrl.tasks import get_task
 
         runs = expected_runs(self.exp)
-        needs_dt = {m: bool(getattr(get_algorithm(self.exp.method(m).algo), "needs_pretrained_dt", True))
-                    for m in {m for m, _, _ in runs}}
+        algos = {m: get_algorithm(self.exp.method(m).algo) for m in {m for m, _, _ in runs}}
+        needs_dt = {m: bool(getattr(cls, "needs_pretrained_dt", True)) for m, cls in algos.items()}
+        # the DT's action head: a method with another head than the stochastic one has its own pretraining
+        head = {m: getattr(cls, "pretrained_head", "gaussian") for m, cls in algos.items()}
         tasks = sorted({t for _, t, _ in runs})
         generated = [t for t in tasks if t not in self.exp.data.sources]
         families = sorted({get_task(t).family.name for t in generated if get_task(t).quality != "random"})
         out = [self.behaviour(f) for f in families]
         out += [self.data(t) for t in tasks]
-        out += [self.pretrain(t, s) for t, s in sorted({(t, s) for m, t, s in runs if needs_dt[m]})]
+        out += [self.pretrain(t, s, h) for t, s, h in sorted({(t, s, head[m]) for m, t, s in runs if needs_dt[m]})]
         out += [self.finetune(m, t, s) for m, t, s in runs]
         return out
 
@@ -333,9 +356,9 @@ class Plan:
         rows: dict[str, dict[str, Any]] = {}
         for j in self.jobs:
             r = rows.setdefault(j.rule, {"rule": j.rule, "jobs": 0, "env_steps": 0.0, "eval_steps": 0.0,
-                                         "updates": 0.0, "seconds": 0.0})
+                                         "updates": 0.0, "critic_updates": 0.0, "seconds": 0.0})
             r["jobs"] += 1
-            for k in ("env_steps", "eval_steps", "updates", "seconds"):
+            for k in ("env_steps", "eval_steps", "updates", "critic_updates", "seconds"):
                 r[k] += getattr(j, k)
         return list(rows.values())
 
@@ -345,9 +368,9 @@ class Plan:
             if j.rule != "finetune":
                 continue
             r = rows.setdefault(j.method, {"method": j.method, "runs": 0, "env_steps": 0.0, "updates": 0.0,
-                                           "seconds": 0.0})
+                                           "critic_updates": 0.0, "seconds": 0.0})
             r["runs"] += 1
-            for k in ("env_steps", "updates", "seconds"):
+            for k in ("env_steps", "updates", "critic_updates", "seconds"):
                 r[k] += getattr(j, k)
         return list(rows.values())
 
@@ -395,18 +418,19 @@ def format_plan(plan: Plan, exp: ExperimentConfig) -> str:
     gpu = not plan.device.startswith("cpu")
     unit = "GPU" if gpu else "CPU core"
     lines = [f"dtrl plan: {len(plan.jobs)} jobs, device kind {plan.device}, {plan.slots} parallel job slot(s)", "",
-             f"{'rule':<10} {'jobs':>5} {'env steps':>10} {'eval steps':>11} {'updates':>9} {'est. time':>11}"]
-    for r in plan.per_rule():
+             f"{'rule':<10} {'jobs':>5} {'env steps':>10} {'eval steps':>11} {'policy upd':>11} {'critic upd':>11} "
+             f"{'est. time':>11}"]
+    keys = ("env_steps", "eval_steps", "updates", "critic_updates", "seconds")
+    tot = {k: sum(r[k] for r in plan.per_rule()) for k in keys}
+    for r in plan.per_rule() + [{"rule": "total", "jobs": len(plan.jobs), **tot}]:
         lines.append(f"{r['rule']:<10} {r['jobs']:>5} {_count(r['env_steps']):>10} {_count(r['eval_steps']):>11} "
-                     f"{_count(r['updates']):>9} {_hours(r['seconds']):>11}")
-    tot = {k: sum(r[k] for r in plan.per_rule()) for k in ("env_steps", "eval_steps", "updates", "seconds")}
-    lines.append(f"{'total':<10} {len(plan.jobs):>5} {_count(tot['env_steps']):>10} {_count(tot['eval_steps']):>11} "
-                 f"{_count(tot['updates']):>9} {_hours(tot['seconds']):>11}")
-    lines += ["", f"{'finetune method':<26} {'runs':>5} {'env steps/run':>14} {'updates/run':>12} {'time/run':>9}"]
+                     f"{_count(r['updates']):>11} {_count(r['critic_updates']):>11} {_hours(r['seconds']):>11}")
+    lines += ["", f"{'finetune method':<26} {'runs':>5} {'env steps/run':>14} {'policy upd/run':>15} "
+                  f"{'critic upd/run':>15} {'time/run':>9}"]
     for r in plan.per_method():
         n = r["runs"]
-        lines.append(f"{r['method']:<26} {n:>5} {_count(r['env_steps'] / n):>14} {_count(r['updates'] / n):>12} "
-                     f"{_hours(r['seconds'] / n):>9}")
+        lines.append(f"{r['method']:<26} {n:>5} {_count(r['env_steps'] / n):>14} {_count(r['updates'] / n):>15} "
+                     f"{_count(r['critic_updates'] / n):>15} {_hours(r['seconds'] / n):>9}")
     groups = plan.budget_groups()
     if len(groups) == 1:
         (b, ms), = groups.items()

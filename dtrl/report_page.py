@@ -102,7 +102,9 @@ def _side_stats(runs: dict, method: str, tasks: list[str], seeds: list[int]) -> 
         v = [float(r.summary[key]) for r in rs if r.summary.get(key) is not None]
         return float(np.mean(v)) if v else float("nan")
 
-    stats: dict[str, Any] = {"env_steps": mean_of("env_steps"), "grad_updates": mean_of("grad_updates")}
+    # grad_updates: the update axis (policy updates where the runs count critic updates apart)
+    stats: dict[str, Any] = {"env_steps": mean_of("env_steps"), "grad_updates": mean_of("grad_updates"),
+                             "critic_updates": mean_of("critic_updates")}
     # the method's own split of its steps and updates (GRPO-DT: explore/sampled/scoring env steps;
     # ODT+TD3: critic/DT updates; IQL: offline/online updates), means per run
     keys = dict.fromkeys(k for r in rs for k in (r.summary.get("step_counts") or {}))
@@ -156,7 +158,7 @@ def finding_rows(exp: ExperimentConfig, runs: dict, reps: int, seed: int = 0) ->
         rows.append(row)
     cols = ["kind", "method", "baseline", "tasks", "runs_method", "runs_baseline", "iqm_method", "iqm_baseline",
             "iqm_diff", "ci_low", "ci_high", "poi", "poi_low", "poi_high"]
-    cols += [f"{k}_{s}" for k in ("env_steps", "grad_updates", "step_counts", *DIAGNOSTICS)
+    cols += [f"{k}_{s}" for k in ("env_steps", "grad_updates", "critic_updates", "step_counts", *DIAGNOSTICS)
              for s in ("method", "baseline")]
     return pd.DataFrame(rows, columns=cols)
 
@@ -185,6 +187,10 @@ def _steps(x: float) -> str:
     return _fmt_count(x)
 
 
+def _critic(n: Any) -> str:
+    return f" + {_steps(float(n))} critic updates" if isinstance(n, (int, float)) and n > 0 else ""
+
+
 def _split(counts: Any) -> str:
     return f" ({counts})" if isinstance(counts, str) and counts else ""
 
@@ -203,8 +209,9 @@ def paragraph(exp: ExperimentConfig, r: dict[str, Any]) -> str:
             f"[{_num(r['poi_low'], '.2f')}, {_num(r['poi_high'], '.2f')}]. "
             f"{verdict(r['ci_low'], r['ci_high'], a, single)} "
             f"Budgets per run: {a} {_steps(r['env_steps_method'])} env steps and {_steps(r['grad_updates_method'])} "
-            f"gradient updates{_split(r['step_counts_method'])}; {b} {_steps(r['env_steps_baseline'])} and "
-            f"{_steps(r['grad_updates_baseline'])}{_split(r['step_counts_baseline'])}.")
+            f"gradient updates{_critic(r['critic_updates_method'])}{_split(r['step_counts_method'])}; "
+            f"{b} {_steps(r['env_steps_baseline'])} and {_steps(r['grad_updates_baseline'])}"
+            f"{_critic(r['critic_updates_baseline'])}{_split(r['step_counts_baseline'])}.")
     diag = [f"{DIAGNOSTIC_LABELS[k]} {_num(r[f'{k}_method'], '.3g')} vs {_num(r[f'{k}_baseline'], '.3g')}"
             for k in DIAGNOSTICS if not (math.isnan(r[f"{k}_method"]) or math.isnan(r[f"{k}_baseline"]))]
     if diag:
