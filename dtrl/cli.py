@@ -9,6 +9,7 @@
     dtrl finetune --method M --task T --seed S --config C
     dtrl evaluate --checkpoint P --task T        evaluate a pretrained or finetuned DT
     dtrl report --config C                       tables and rliable figures from finished runs
+    dtrl plan --config C                         the grid's jobs, env steps, updates and estimated hours
 
 Every subcommand takes ``--config`` (default: the built-in defaults) and ``--set key=value``
 overrides (``--set pretrain.updates=100``). Errors in input (a bad config, an unreadable or unfitting
@@ -87,6 +88,15 @@ def build_parser() -> argparse.ArgumentParser:
     _common(s)
     s.add_argument("--out", type=Path, default=None, help="results root to write tables/ and figures/ under")
     s.add_argument("--runs", type=Path, default=None, help="runs dir (default: <results>/runs)")
+
+    s = sub.add_parser("plan", help="planned cost of the grid: jobs per rule, env steps, updates, estimated hours")
+    _common(s)
+    s.add_argument("--device-kind", default=None,
+                   help="throughput rows to use (dtrl/reference/throughput.csv: cpu-2core, h100); "
+                        "default: cpu-2core when device is cpu, else h100")
+    s.add_argument("--slots", type=int, default=None, help="jobs run in parallel (default: 2 on cpu-2core, 1 GPU)")
+    s.add_argument("--episode-len", type=float, default=None,
+                   help="assumed online episode length (default: dataset summary, then the reference table)")
     return p
 
 
@@ -202,6 +212,10 @@ def _dispatch(args) -> int:
         from dtrl.report import cmd_report
 
         return cmd_report(exp, args.out, args.runs)
+    if args.command == "plan":
+        from dtrl.plan import cmd_plan
+
+        return cmd_plan(exp, args.device_kind, args.slots, args.episode_len)
     raise AssertionError(args.command)
 
 

@@ -13,6 +13,7 @@ Reads ``<runs>/<method>/<task>/seed<seed>/summary.json`` (final score, budgets) 
                                      (summary status other than completed, or no finite score) and missing
     figures/aggregate_metrics.png|pdf, performance_profile.png|pdf,
     figures/probability_of_improvement.png|pdf, learning_curves_<task>.png|pdf
+    tables/findings.csv, .md, REPORT.md   the grid's comparisons and the results page (dtrl/report_page.py)
 
 Scores are D4RL normalised scores (0 = random, 100 = expert). The optimality gap is taken to the
 expert score, gamma = 100. Standard deviations over seeds are sample standard deviations (ddof=1;
@@ -781,6 +782,9 @@ def report(exp: ExperimentConfig, out_root: Path | None = None, runs_dir: Path |
     for task in exp.grid.tasks if figures else []:
         figs = plot_learning_curves(exp, task, runs, fig_dir / f"learning_curves_{task}", reps=min(reps, CURVE_REPS))
         written["figures"] += figs or []
+    from dtrl.report_page import write_report_page  # REPORT.md: findings, tables, figures, provenance
+
+    written["report"] = write_report_page(exp, out, runs, written, reps)
     return written
 
 
@@ -807,6 +811,6 @@ def cmd_report(exp: ExperimentConfig, out_root: Path | None, runs_dir: Path | No
         more = f" and {len(res['missing']) - 5} more" if len(res["missing"]) > 5 else ""
         print(f"dtrl report: warning: {len(res['missing'])} run(s) of the grid have no summary.json: "
               f"{shown}{more}", file=sys.stderr)
-    for p in res["tables"] + res["figures"]:
+    for p in res["tables"] + res["figures"] + res.get("report", []):
         print(p)
     return 0
