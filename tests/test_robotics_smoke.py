@@ -120,8 +120,10 @@ def family_setup(tmp_path_factory):
                 "pretrain": {"updates": 4, "batch_size": 8, "warmup_updates": 2, "eval_episodes": 1,
                              "log_every": 2, "checkpoint_every": 4},
                 "eval": {"episodes": 2, "final_episodes": 2}}
-        exp = load_config(None, {**base, "results": str(root / fam)})
-        pretrain(exp, task, 0, load_task_dataset(exp, task))
+        for head in ("gaussian", "deterministic"):  # ODT+TD3 finetunes the deterministic one (pretrain_det/)
+            exp = load_config(None, {**base, "results": str(root / fam),
+                                     "model": {**base["model"], "action_head": head}})
+            pretrain(exp, task, 0, load_task_dataset(exp, task))
         out[fam] = (task, base, root / fam)
     yield out
     if old is None:
