@@ -19,6 +19,7 @@ from dtrl.data.config import DataConfig
 from dtrl.model import ModelConfig
 from dtrl.online_config import EvalConfig, OnlineConfig
 from dtrl.pretrain_config import PretrainConfig
+from dtrl.workflow_config import ReportConfig, ResourcesConfig
 
 
 @dataclass
@@ -44,6 +45,8 @@ class ExperimentConfig:
     methods: dict[str, dict[str, Any]] = doc({}, "Named method entries: {name: {algo: ALGO, online: {...}, **params}}; "
                                                  "algo defaults to the name. Parameters are validated by the "
                                                  "algorithm's own Config.")
+    resources: ResourcesConfig = doc(ResourcesConfig(), "What each workflow job asks a scheduler for, per rule.")
+    report: ReportConfig = doc(ReportConfig(), "The report's treatment of small samples.")
 
     def validate(self) -> None:
         from dtrl.tasks import get_task

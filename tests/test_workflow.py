@@ -78,8 +78,10 @@ def test_jobs_get_the_users_config_files_and_resources(wf):
     assert any("finetune --method iql --task pendulum-random --seed 1" in c for c in cmds)
     assert not any(" pretrain " in c for c in cmds)  # IQL does not need the pretrained DT
     assert "behaviour" not in out.stdout  # a random dataset needs no behaviour policy
-    assert re.search(r"resources: .*runtime=1440.*cpus_per_task=1", out.stdout)  # device: cpu -> no gpu
-    assert "gpu=0" in out.stdout.split("rule finetune:", 1)[1]
+    # The quick grid's own resources (config/quick.yaml), not the paper grid's; device: cpu -> no gpu.
+    finetune = out.stdout.split("rule finetune:", 1)[1]
+    assert re.search(r"resources: .*runtime=30.*cpus_per_task=1.*mem_mb=2000", finetune), finetune
+    assert "gpu=0" in finetune
 
 
 BAD_CONFIGS = [

@@ -194,13 +194,21 @@ def report_inputs(wildcards):
 
 
 # -- resources ---------------------------------------------------------------------------------------
-# Defaults sized for the paper grid on one GPU per job; override per rule from a profile
-# (`set-resources`, `set-threads`) or the command line. runtime is in minutes. Every job runs torch
-# with exactly its Snakemake threads (`--set threads={threads}`).
+# Threads, memory and time limits per rule come from the experiment config (`resources`, see
+# config/README.md): the paper grid's defaults are large, config/quick.yaml declares small ones, so
+# what a scheduler is asked for follows the grid. runtime is in minutes. Every job runs torch with
+# exactly its Snakemake threads (`--set threads={threads}`). A profile's set-resources still wins.
 
-THREADS = EXP.threads if EXP.threads > 0 else 1
-GPU = 0 if EXP.device == "cpu" else 1
-SAC_GPU = 0 if EXP.data.generator.device == "cpu" else 1
+RES = EXP.resources
+
+
+def _gpus(device):
+    """GPUs a DT or SAC job asks for: resources.gpus when set, else none on a cpu device, else one."""
+    return RES.gpus if RES.gpus is not None else (0 if device == "cpu" else 1)
+
+
+GPU = _gpus(EXP.device)
+SAC_GPU = _gpus(EXP.data.generator.device)
 
 
 def cpus(wildcards, threads):

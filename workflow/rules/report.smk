@@ -12,11 +12,11 @@ rule report:
         f"{R}/logs/report.log",
     params:
         cfg=DTRL_CONFIG_ARGS,
-    threads: 1
+    threads: RES.report.threads
     resources:
-        mem_mb=4000,
-        runtime=60,
-        cpus_per_task=1,
+        mem_mb=RES.report.mem_mb,
+        runtime=RES.report.runtime,
+        cpus_per_task=cpus,
     localrule: True
     conda:
         "../envs/dtrl.yaml"

@@ -13,11 +13,11 @@ rule pretrain:
         f"{R}/logs/pretrain/{{task}}/seed{{seed}}.log",
     params:
         cfg=DTRL_CONFIG_ARGS,
-    threads: THREADS
+    threads: RES.pretrain.threads
     resources:
         gpu=GPU,
-        mem_mb=16000,
-        runtime=360,
+        mem_mb=RES.pretrain.mem_mb,
+        runtime=RES.pretrain.runtime,
         cpus_per_task=cpus,
     conda:
         "../envs/dtrl.yaml"
@@ -35,11 +35,11 @@ rule finetune:
         f"{R}/logs/finetune/{{method}}/{{task}}/seed{{seed}}.log",
     params:
         cfg=DTRL_CONFIG_ARGS,
-    threads: THREADS
+    threads: RES.finetune.threads
     resources:
         gpu=GPU,
-        mem_mb=16000,
-        runtime=1440,
+        mem_mb=RES.finetune.mem_mb,
+        runtime=RES.finetune.runtime,
         cpus_per_task=cpus,
     conda:
         "../envs/dtrl.yaml"
