@@ -8,6 +8,8 @@
     dtrl finetune --method M --task T --seed S --config C
     dtrl evaluate --checkpoint P --task T        evaluate a pretrained or finetuned DT
     dtrl report --config C                       tables and rliable figures from finished runs
+    dtrl status --config C                       progress of the grid (readable while Snakemake runs)
+    dtrl check-run DIR                           check a run directory against the run contract
 
 Every subcommand takes ``--config`` (default: the built-in defaults) and ``--set key=value``
 overrides (``--set pretrain.updates=100``). Errors in input are reported as one line and exit 2.
@@ -76,6 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "checkpoint (with the run's --config) scores what its summary.json says")
     s.add_argument("--rtg", type=float, default=None)
 
+    s = sub.add_parser("status", help="progress of the grid: jobs done/running/pending per rule, env steps, ETA")
+    _common(s)
+
+    s = sub.add_parser("check-run", help="check a run directory against the run contract (docs/CONTRACTS.md)")
+    s.add_argument("run_dir", type=Path, help="a run directory: progress.csv and summary.json")
+    s.add_argument("--task", default=None, help="the run's task (default: from a .../<task>/seed<s> path, else "
+                                                "summary.json)")
+
     s = sub.add_parser("report", help="aggregate finished runs into tables and rliable figures")
     _common(s)
     s.add_argument("--out", type=Path, default=None, help="results root to write tables/ and figures/ under")
@@ -130,7 +140,16 @@ def _dispatch(args) -> int:
         print(yaml.safe_dump(to_dict(_load(args)), sort_keys=False))
         return 0
 
+    if args.command == "check-run":
+        from dtrl.run_schema import cmd_check_run
+
+        return cmd_check_run(args.run_dir, args.task)
+
     exp = _load(args)
+    if args.command == "status":
+        from dtrl.status import cmd_status
+
+        return cmd_status(exp)
     if getattr(args, "task", None):
         from dtrl.tasks import get_task
 

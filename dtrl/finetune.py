@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -25,7 +26,7 @@ def finetune(exp: ExperimentConfig, method: str, task_name: str, seed: int, pret
     spec = exp.method(method)
     task = get_task(task_name)
     cls = get_algorithm(spec.algo)
-    if cls.needs_pretrained_dt:
+    if getattr(spec.params, "needs_pretrained_dt", cls.needs_pretrained_dt):
         pretrained = Path(pretrained) if pretrained else pretrained_path(exp, task_name, seed)
         if not pretrained.exists():
             raise FileNotFoundError(f"pretrained model {pretrained} not found; run `dtrl pretrain --task {task_name} "
@@ -40,6 +41,10 @@ def finetune(exp: ExperimentConfig, method: str, task_name: str, seed: int, pret
     if exp.threads > 0:
         torch.set_num_threads(exp.threads)
     out = Path(out) if out else run_dir(exp, method, task_name, seed)
+    if spec.algo == "external":
+        from dtrl.external import run_external
+
+        return run_external(exp, spec, task_name, seed, pretrained, out)
     ctx = build_context(task, seed, resolve_device(exp.device), dataset, pretrained, out, exp.eval)
     impl = cls(spec.params, ctx)
     meta = {"method": method, "algo": spec.algo, "task": task_name, "seed": seed}
@@ -49,7 +54,13 @@ def finetune(exp: ExperimentConfig, method: str, task_name: str, seed: int, pret
 
 def cmd_finetune(exp: ExperimentConfig, method: str, task: str, seed: int, pretrained: Path | None,
                  out: Path | None) -> int:
-    s = finetune(exp, method, task, seed, pretrained, out)
+    from dtrl.external import ExternalRunError
+
+    try:
+        s = finetune(exp, method, task, seed, pretrained, out)
+    except ExternalRunError as e:
+        print(f"dtrl finetune: error: {e}", file=sys.stderr)
+        return 1
     print(f"{s['method']} {s['task']} seed {s['seed']}: normalised return {s['final_norm_return']:.2f} "
           f"(raw {s['final_return']:.1f}) after {s['env_steps']} env steps, {s['grad_updates']} updates, "
           f"{s['wall_time']:.0f}s")

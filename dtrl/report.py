@@ -83,6 +83,8 @@ def algo_of(exp: ExperimentConfig, method: str) -> str:
 
 def method_label(exp: ExperimentConfig, method: str) -> str:
     algo = algo_of(exp, method)
+    if algo == "external":  # another codebase's method: its own name
+        return str((exp.methods.get(method) or {}).get("label") or method)
     label = ALGO_LABELS.get(algo, algo)
     return label if method in (algo, label) else f"{label} [{method}]"
 
@@ -668,6 +670,54 @@ def _md_table(df: pd.DataFrame, floatfmt: str = ".2f") -> str:
     return "\n".join(lines) + "\n"
 
 
+def markdown_html(md: str, title: str) -> str:
+    """A standalone HTML page of the markdown the report writes (headings, pipe tables, lists,
+    paragraphs, **bold**, *italic*, `code`): what Snakemake's HTML report shows for each table."""
+    import html
+    import re
+
+    def inline(text: str) -> str:
+        text = html.escape(text, quote=False)
+        text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text)
+        text = re.sub(r"(?<![\w*])\*(?!\s)(.+?)(?<!\s)\*(?![\w*])", r"<i>\1</i>", text)
+        return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
+
+    def cells(line: str) -> list[str]:
+        return [c.strip() for c in line.strip().strip("|").split("|")]
+
+    out, lines, i = [], md.splitlines(), 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            out.append(f"<h{level}>{inline(line.lstrip('#').strip())}</h{level}>")
+        elif line.startswith("|"):
+            block = []
+            while i < len(lines) and lines[i].startswith("|"):
+                block.append(lines[i])
+                i += 1
+            rows = [cells(r) for r in block if not re.fullmatch(r"[|\s:-]+", r)]
+            out.append("<table>\n<tr>" + "".join(f"<th>{inline(c)}</th>" for c in rows[0]) + "</tr>")
+            out += ["<tr>" + "".join(f"<td>{inline(c)}</td>" for c in r) + "</tr>" for r in rows[1:]]
+            out.append("</table>")
+            continue
+        elif line.startswith("- "):
+            out.append("<ul>")
+            while i < len(lines) and lines[i].startswith("- "):
+                out.append(f"<li>{inline(lines[i][2:])}</li>")
+                i += 1
+            out.append("</ul>")
+            continue
+        elif line.strip():
+            out.append(f"<p>{inline(line)}</p>")
+        i += 1
+    style = ("body{font-family:sans-serif;font-size:14px} table{border-collapse:collapse} "
+             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right} td:first-child,th:first-child"
+             "{text-align:left}")
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body>\n" + "\n".join(out) + "\n</body></html>\n")
+
+
 def _small_sample_note(df: pd.DataFrame, min_runs: int) -> str:
     if not (df["ci_note"] != "").any():
         return ""
@@ -700,9 +750,11 @@ def report(exp: ExperimentConfig, out_root: Path | None = None, runs_dir: Path |
     min_runs = exp.report.min_runs_for_ci
 
     def table(name: str, df: pd.DataFrame, md: str | None = None) -> None:
+        md = md if md is not None else _md_table(df)
         _write_csv(tables_dir / f"{name}.csv", df)
-        _write_text(tables_dir / f"{name}.md", md if md is not None else _md_table(df))
-        written["tables"] += [tables_dir / f"{name}.csv", tables_dir / f"{name}.md"]
+        _write_text(tables_dir / f"{name}.md", md)
+        _write_text(tables_dir / "html" / f"{name}.html", markdown_html(md, name))  # for `snakemake --report`
+        written["tables"] += [tables_dir / f"{name}.csv", tables_dir / f"{name}.md", tables_dir / "html" / f"{name}.html"]
 
     main = main_table(exp, runs)
     n_missing_main = sum(1 for k in missing if k[0] in exp.grid.methods and k[1] in exp.grid.tasks)

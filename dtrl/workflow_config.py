@@ -15,27 +15,31 @@ class JobResources:
     runtime: int
 
     def validate(self) -> None:
-        require(self.threads >= 1, "resources.<rule>.threads must be >= 1")
+        require(self.threads >= 0, "resources.<rule>.threads must be >= 0 (0 = the top-level threads)")
         require(self.mem_mb >= 1 and self.runtime >= 1, "resources.<rule>.mem_mb and runtime must be >= 1")
 
 
-def _job(rule: str, threads: int, mem_mb: int, runtime: int) -> type:
+# Threads per job when neither resources.<rule>.threads nor the top-level `threads` is set.
+PAPER_THREADS = {"behaviour": 4, "data": 4, "pretrain": 4, "finetune": 4, "report": 1}
+
+
+def _job(rule: str, mem_mb: int, runtime: int) -> type:
     """A JobResources class whose field defaults are this rule's: a YAML entry that sets one key (say
     `finetune: {mem_mb: 2000}`) keeps the rule's other defaults, not another rule's."""
     return make_dataclass(f"{rule.capitalize()}Resources", [
-        ("threads", int, doc(threads, "CPU threads per job (Snakemake threads, SLURM cpus-per-task); torch runs "
-                                      "with exactly this many.")),
+        ("threads", int, doc(0, "CPU threads per job (Snakemake threads, SLURM cpus-per-task); torch runs with "
+                                f"exactly this many. 0 = the top-level `threads` if set, else {PAPER_THREADS[rule]}.")),
         ("mem_mb", int, doc(mem_mb, "Memory per job in MB (SLURM --mem).")),
         ("runtime", int, doc(runtime, "Time limit per job in minutes (SLURM --time). A job killed at the limit is "
                                       "resubmitted by the SLURM profile and resumes from its checkpoint.")),
     ], bases=(JobResources,), namespace={"__module__": __name__})
 
 
-BehaviourResources = _job("behaviour", 4, 8000, 720)
-DataResources = _job("data", 4, 8000, 240)
-PretrainResources = _job("pretrain", 4, 16000, 360)
-FinetuneResources = _job("finetune", 4, 16000, 1440)
-ReportResources = _job("report", 1, 4000, 60)
+BehaviourResources = _job("behaviour", 8000, 720)
+DataResources = _job("data", 8000, 240)
+PretrainResources = _job("pretrain", 16000, 360)
+FinetuneResources = _job("finetune", 16000, 1440)
+ReportResources = _job("report", 4000, 60)
 
 
 @dataclass
@@ -56,6 +60,10 @@ class ResourcesConfig:
 
     def validate(self) -> None:
         require(self.gpus is None or self.gpus >= 0, "resources.gpus must be null or >= 0")
+
+    def threads(self, rule: str, top_threads: int) -> int:
+        """Threads of a job of ``rule``: its own setting, else the experiment's `threads`, else the default."""
+        return getattr(self, rule).threads or (top_threads if top_threads > 0 else PAPER_THREADS[rule])
 
 
 @dataclass

@@ -122,7 +122,8 @@ def _runs():
 def _needs_pretrained_dt(method):
     from dtrl.methods import get_algorithm
 
-    return bool(getattr(get_algorithm(EXP.method(method).algo), "needs_pretrained_dt", True))
+    spec = EXP.method(method)  # an external command's entry decides per entry (a {pretrained} placeholder)
+    return bool(getattr(spec.params, "needs_pretrained_dt", getattr(get_algorithm(spec.algo), "needs_pretrained_dt", True)))
 
 
 RUNS = _runs()
@@ -175,6 +176,11 @@ REPORT_MAIN = f"{R}/tables/main.csv"
 REPORT_MAIN_MD = f"{R}/tables/main.md"
 
 
+def figure_category(wildcards):
+    """Category of a figure in Snakemake's HTML report (--report), by kind."""
+    return "Learning curves" if wildcards.name.startswith("learning_curves_") else "Aggregate figures"
+
+
 # -- input functions ---------------------------------------------------------------------------------
 
 def data_inputs(wildcards):
@@ -200,6 +206,7 @@ def report_inputs(wildcards):
 # exactly its Snakemake threads (`--set threads={threads}`). A profile's set-resources still wins.
 
 RES = EXP.resources
+THREADS = {rule: RES.threads(rule, EXP.threads) for rule in ("behaviour", "data", "pretrain", "finetune", "report")}
 
 
 def _gpus(device):

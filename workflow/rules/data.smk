@@ -14,7 +14,7 @@ rule behaviour:
     params:
         cfg=DTRL_CONFIG_ARGS,
         until=behaviour_until,
-    threads: RES.behaviour.threads
+    threads: THREADS["behaviour"]
     resources:
         gpu=SAC_GPU,
         mem_mb=RES.behaviour.mem_mb,
@@ -35,7 +35,7 @@ rule data:
         f"{R}/logs/data/{{task}}.log",
     params:
         cfg=DTRL_CONFIG_ARGS,
-    threads: RES.data.threads
+    threads: THREADS["data"]
     resources:
         mem_mb=RES.data.mem_mb,
         runtime=RES.data.runtime,

@@ -13,7 +13,7 @@ rule pretrain:
         f"{R}/logs/pretrain/{{task}}/seed{{seed}}.log",
     params:
         cfg=DTRL_CONFIG_ARGS,
-    threads: RES.pretrain.threads
+    threads: THREADS["pretrain"]
     resources:
         gpu=GPU,
         mem_mb=RES.pretrain.mem_mb,
@@ -35,7 +35,7 @@ rule finetune:
         f"{R}/logs/finetune/{{method}}/{{task}}/seed{{seed}}.log",
     params:
         cfg=DTRL_CONFIG_ARGS,
-    threads: RES.finetune.threads
+    threads: THREADS["finetune"]
     resources:
         gpu=GPU,
         mem_mb=RES.finetune.mem_mb,
