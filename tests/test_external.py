@@ -130,3 +130,15 @@ def test_pretrained_placeholder_makes_the_workflow_pretrain(tmp_path):
     exp = _exp(tmp_path, toy=_toy(command="run --dt {pretrained} --out {out}"))
     assert exp.method("toy").params.needs_pretrained_dt
     assert not _exp(tmp_path, toy=_toy()).method("toy").params.needs_pretrained_dt
+
+
+def test_contract_document_lists_the_schema():
+    """docs/CONTRACTS.md documents exactly the columns and keys dtrl check-run requires."""
+    from dtrl.external import PLACEHOLDERS
+    from dtrl.run_schema import PROGRESS_COLUMNS, SUMMARY_TYPES
+
+    text = (REPO / "docs" / "CONTRACTS.md").read_text()
+    section = text.split("## The run contract", 1)[1].split("\n## ", 1)[0]
+    assert all(f"| `{c}` |" in section for c in PROGRESS_COLUMNS)
+    assert all(f"| `{k}` |" in section for k in SUMMARY_TYPES)
+    assert all(f"`{{{p}}}`" in section for p in PLACEHOLDERS)
