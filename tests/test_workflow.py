@@ -191,6 +191,12 @@ def test_tiny_grid_end_to_end(tmp_path):
     out = snakemake(wf, "--cores", "2", "--configfile", "tiny.yaml")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     res = wf / "results"
+    # The datasets' warnings (the tiny SAC run is far from the 'medium' return) reach the terminal.
+    from dtrl.experiment import load_config
+    from dtrl.report import data_warnings
+
+    warnings = data_warnings(load_config([wf / "config" / "config.yaml", wf / "tiny.yaml"], {"results": str(res)}))
+    assert all(f"dtrl: warning: {w}" in out.stderr for w in warnings), out.stderr[-3000:]
 
     table = pd.read_csv(res / "tables" / "main.csv")
     assert list(table.columns[:4]) == ["task", "none_mean", "none_std", "none_seeds"]
@@ -215,10 +221,10 @@ def test_tiny_grid_end_to_end(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     page = (res / "report.html").read_text()
     embedded = [base64.b64decode(b).decode("utf-8", "replace")
-                for b in re.findall(r"data:text/html;charset=utf8;base64,([A-Za-z0-9+/=]+)", page)]
+                for b in re.findall(r"data:text/html;[^,]*base64,([A-Za-z0-9+/=]+)", page)]
     main_page = next((p for p in embedded if "<h1>Main results</h1>" in p), None)
     assert main_page and "<td>pendulum-medium-replay</td>" in main_page and "ODT" in main_page
-    assert re.search(r"data:image/png;base64,[A-Za-z0-9+/=]{1000}", page)  # at least one figure
+    assert re.search(r"data:image/png;[^,]*base64,[A-Za-z0-9+/=]{1000}", page)  # at least one figure
     assert "learning_curves_pendulum-medium-replay" in page and "Learning curves" in page
 
     # A rerun after a completed run does nothing.
