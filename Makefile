@@ -1,6 +1,10 @@
 # The two commands of the README's quick start:
 #   make quick   install into .venv and run the quick grid end to end (results/quick/tables/main.csv)
 #   make test    install into .venv and run the test suite (what CI runs)
+# and, after them, without activating .venv:
+#   make status  progress of the quick grid (jobs per rule, env steps, ETA; safe while it runs)
+#   make report  the quick grid's HTML report: results/quick/report.html (tables, figures, captions)
+#   make shell   a shell with .venv active, where the README's dtrl/snakemake commands run as written
 PYTHON ?= python3
 VENV ?= .venv
 # CPU build from this machine's disk; a GPU user sets TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
@@ -9,7 +13,9 @@ TORCH ?= torch==2.13.0
 CORES ?= all
 BIN := $(VENV)/bin
 
-.PHONY: install quick paper test lint clean-quick
+QUICK := --configfile config/quick.yaml
+
+.PHONY: install quick paper test lint clean-quick status report shell
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -21,8 +27,19 @@ $(VENV)/.installed: pyproject.toml
 
 # The default target (rule all) is the report plus every run of the grid, so a deleted run is redone.
 quick: install
-	$(BIN)/snakemake --cores $(CORES) --configfile config/quick.yaml
-	@echo "main table: results/quick/tables/main.md, figures: results/quick/figures/"
+	$(BIN)/snakemake --cores $(CORES) $(QUICK)
+	@echo "main table: results/quick/tables/main.md, figures: results/quick/figures/, report: make report"
+	@echo "the README's other commands: source $(BIN)/activate first (or make shell)"
+
+status: install
+	$(BIN)/dtrl status -c config/config.yaml -c config/quick.yaml
+
+report: install
+	$(BIN)/snakemake $(QUICK) --report results/quick/report.html
+
+shell: install
+	@echo "dtrl and snakemake on PATH; exit to leave"
+	@PATH="$(abspath $(BIN)):$$PATH" VIRTUAL_ENV="$(abspath $(VENV))" $${SHELL:-bash} -i
 
 paper: install
 	$(BIN)/snakemake --cores $(CORES)

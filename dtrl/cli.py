@@ -10,6 +10,8 @@
     dtrl evaluate --checkpoint P --task T        evaluate a pretrained or finetuned DT
     dtrl report --config C                       tables and rliable figures from finished runs
     dtrl plan --config C                         the grid's jobs, env steps, updates and estimated hours
+    dtrl status --config C                       progress of the grid (readable while Snakemake runs)
+    dtrl check-run DIR                           check a run directory against the run contract
 
 Every subcommand takes ``--config`` (default: the built-in defaults) and ``--set key=value``
 overrides (``--set pretrain.updates=100``). Errors in input (a bad config, an unreadable or unfitting
@@ -81,8 +83,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint", type=Path, required=True, help="model.pt from pretrain, or a run's checkpoint.pt")
     s.add_argument("--task", required=True)
     s.add_argument("--episodes", type=int, default=None)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0,
+                   help="the run's seed: evaluation uses that run's final-evaluation env seeds, so a run's "
+                        "checkpoint (with the run's --config) scores what its summary.json says")
     s.add_argument("--rtg", type=float, default=None)
+
+    s = sub.add_parser("status", help="progress of the grid: jobs done/running/pending per rule, env steps, ETA")
+    _common(s)
+
+    s = sub.add_parser("check-run", help="check a run directory against the run contract (docs/CONTRACTS.md)")
+    s.add_argument("run_dir", type=Path, help="a run directory: progress.csv and summary.json")
+    s.add_argument("--task", default=None, help="the run's task (default: from a .../<task>/seed<s> path, else "
+                                                "summary.json)")
 
     s = sub.add_parser("report", help="aggregate finished runs into tables and rliable figures")
     _common(s)
@@ -159,9 +171,7 @@ def _dispatch(args) -> int:
         if args.json:
             print(json.dumps(rows, indent=2))
         else:
-            for r in rows:
-                print(f"{r['task']:<28} {r['env_id']:<22} ref [{r['ref_min']:g}, {r['ref_max']:g}] "
-                      f"rtg eval/online {r['eval_rtg']:g}/{r['online_rtg']:g}")
+            _print_tasks(rows)
         return 0
     if args.command == "config":
         from dtrl.config import ConfigError, to_dict
@@ -182,7 +192,16 @@ def _dispatch(args) -> int:
         print(yaml.safe_dump(to_dict(exp), sort_keys=False))
         return 0
 
+    if args.command == "check-run":
+        from dtrl.run_schema import cmd_check_run
+
+        return cmd_check_run(args.run_dir, args.task)
+
     exp = _load(args)
+    if args.command == "status":
+        from dtrl.status import cmd_status
+
+        return cmd_status(exp)
     if getattr(args, "task", None):
         from dtrl.tasks import get_task
 
@@ -219,5 +238,31 @@ def _dispatch(args) -> int:
     raise AssertionError(args.command)
 
 
+def _print_tasks(rows: list[dict]) -> None:
+    fmt = "{:<28} {:<22} {:>10} {:>10} {:>9} {:>10}  {}"
+    print(fmt.format("task", "env id", "ref min", "ref max", "eval RTG", "online RTG", "exact resets"))
+    for r in rows:
+        print(fmt.format(r["task"], r["env_id"], f"{r['ref_min']:g}", f"{r['ref_max']:g}", f"{r['eval_rtg']:g}",
+                         f"{r['online_rtg']:g}", "yes" if r["resettable"] else "no"))
+    print("ref min/max: D4RL's random and expert returns (normalised score 0 and 100); RTG: return-to-go targets "
+          "of evaluation and of online exploration.")
+
+
+def entry(argv: list[str] | None = None) -> int:
+    """The `dtrl` console script: main() with a reader that stops early (`dtrl config --doc | head`)
+    ending the command quietly instead of with a BrokenPipeError traceback."""
+    import os
+
+    try:
+        rc = main(argv)
+        sys.stdout.flush()  # a pipe closed early shows here, not at interpreter exit
+        return rc
+    except BrokenPipeError:
+        # Python's documented recipe: point stdout at devnull so the flush at exit does not raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())

@@ -38,11 +38,18 @@ def evaluate_dt_episodes(model: DecisionTransformer, task: Task, episodes: int, 
             np.array([len(t) for t in trajs], dtype=np.int64))
 
 
-def cmd_evaluate(exp, checkpoint: Path, task_name: str, episodes: int | None, seed: int, rtg: float | None) -> int:
+def evaluate_checkpoint(exp, checkpoint: Path, task_name: str, episodes: int | None = None, seed: int = 0,
+                        rtg: float | None = None) -> tuple[np.ndarray, int]:
+    """Raw returns of the DT in ``checkpoint`` under the final evaluation of run seed ``seed``: the env
+    seeds, episode count (``eval.final_episodes``), RTG and context the online harness scores a run
+    with. A run's last checkpoint.pt (or, for the offline DT, the pretrained model.pt) therefore
+    returns exactly the ``final_returns`` of its summary.json when given the run's seed and config.
+    Returns (returns, first env seed)."""
     from dtrl.checkpoint import check_dims, dt_from_payload
+    from dtrl.device import resolve_device
     from dtrl.envs import env_dims
     from dtrl.io import InputError, torch_load
-    from dtrl.online import resolve_device
+    from dtrl.online import FINAL_EVAL_INDEX, eval_seed
 
     task = get_task(task_name)
     exp = exp.for_task(task_name)  # its eval overrides
@@ -57,10 +64,17 @@ def cmd_evaluate(exp, checkpoint: Path, task_name: str, episodes: int | None, se
     except (InputError, KeyError, TypeError) as e:
         raise InputError(f"{checkpoint}: not a usable DT ({e}); pass an intact model.pt or checkpoint.pt") from None
     check_dims(model, task, *env_dims(task), checkpoint)
-    n = episodes or exp.eval.final_episodes
-    returns = evaluate_dt(model, task, n, seed=seed, rtg=rtg if rtg is not None else exp.eval.rtg,
-                          n_envs=exp.eval.n_envs, device=device)
-    norm = task.normalize(returns)
-    print(f"{task.name}: return {returns.mean():.1f} +- {returns.std():.1f}  normalised {norm.mean():.2f} "
-          f"+- {norm.std():.2f}  ({n} episodes)")
+    first = eval_seed(exp.eval, seed, FINAL_EVAL_INDEX)
+    returns = evaluate_dt(model, task, episodes or exp.eval.final_episodes, seed=first,
+                          rtg=rtg if rtg is not None else exp.eval.rtg, n_envs=exp.eval.n_envs, device=device)
+    return returns, first
+
+
+def cmd_evaluate(exp, checkpoint: Path, task_name: str, episodes: int | None, seed: int, rtg: float | None) -> int:
+    returns, first = evaluate_checkpoint(exp, checkpoint, task_name, episodes, seed, rtg)
+    norm = get_task(task_name).normalize(returns)
+    n = len(returns)
+    print(f"{task_name}: return {returns.mean():.1f} +- {returns.std():.1f}  normalised {norm.mean():.2f} "
+          f"+- {norm.std():.2f}  ({n} episodes, env seeds {first}..{first + n - 1}: the final evaluation of "
+          f"run seed {seed})")
     return 0

@@ -25,6 +25,7 @@ from dtrl.data.config import DataConfig
 from dtrl.model import ModelConfig
 from dtrl.online_config import EvalConfig, OnlineConfig
 from dtrl.pretrain_config import PretrainConfig
+from dtrl.workflow_config import ReportConfig, ResourcesConfig
 
 
 @dataclass
@@ -85,6 +86,8 @@ class ExperimentConfig:
                                              "entry in list order, later entries winning key by key. To change a "
                                              "value an entry sets, edit the entry (or drop them all: "
                                              "`--set overrides=[]`).")
+    resources: ResourcesConfig = doc(ResourcesConfig(), "What each workflow job asks a scheduler for, per rule.")
+    report: ReportConfig = doc(ReportConfig(), "The report's treatment of small samples.")
 
     def validate(self) -> None:
         from dtrl.tasks import get_task

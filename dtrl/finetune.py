@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -45,7 +46,7 @@ def finetune(exp: ExperimentConfig, method: str, task_name: str, seed: int, pret
     spec = exp.method(method)
     task = get_task(task_name)
     cls = get_algorithm(spec.algo)
-    if cls.needs_pretrained_dt:
+    if getattr(spec.params, "needs_pretrained_dt", cls.needs_pretrained_dt):
         head = cls.pretrained_head
         pretrained = Path(pretrained) if pretrained else pretrained_path(exp, task_name, seed, head)
         if not pretrained.exists():
@@ -67,6 +68,10 @@ def finetune(exp: ExperimentConfig, method: str, task_name: str, seed: int, pret
         dataset = load_task_dataset(exp, task)
     if exp.threads > 0:
         torch.set_num_threads(exp.threads)
+    if spec.algo == "external":
+        from dtrl.external import run_external
+
+        return run_external(exp, spec, task_name, seed, pretrained, out)
     ctx = build_context(task, seed, resolve_device(exp.device), dataset, pretrained, out, exp.eval)
     impl = cls(spec.params, ctx)
     meta = {"method": method, "algo": spec.algo, "task": task_name, "seed": seed}
@@ -76,7 +81,13 @@ def finetune(exp: ExperimentConfig, method: str, task_name: str, seed: int, pret
 
 def cmd_finetune(exp: ExperimentConfig, method: str, task: str, seed: int, pretrained: Path | None,
                  out: Path | None, allow_config_change: bool = False) -> int:
-    s = finetune(exp, method, task, seed, pretrained, out, allow_config_change)
+    from dtrl.external import ExternalRunError
+
+    try:
+        s = finetune(exp, method, task, seed, pretrained, out, allow_config_change)
+    except ExternalRunError as e:
+        print(f"dtrl finetune: error: {e}", file=sys.stderr)
+        return 1
     if s.get("status", "completed") != "completed":
         from dtrl.guard import RecordedDivergence
 

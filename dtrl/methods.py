@@ -18,6 +18,7 @@ ALGORITHMS: dict[str, str] = {
     "odt": "baselines.odt:ODT",
     "odt_td3": "baselines.odt_td3:ODTTD3",
     "iql": "baselines.iql:IQL",
+    "external": "dtrl.external:ExternalCommand",  # a command from another codebase writing the run contract
 }
 
 

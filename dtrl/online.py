@@ -32,6 +32,7 @@ import torch
 from dtrl.config import ConfigError, to_dict
 from dtrl.data.trajectories import TrajectoryDataset
 from dtrl.guard import DivergenceError, check_parameters
+from dtrl.device import resolve_device  # noqa: F401 - re-exported: dtrl.online.resolve_device
 from dtrl.io import atomic_torch_save, read_json, torch_load
 from dtrl.logger import CORE_COLUMNS, RunLogger, Throughput, write_summary
 from dtrl.online_config import EvalConfig, OnlineConfig
@@ -126,19 +127,9 @@ def seed_everything(seed: int) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
-def resolve_device(name: str, key: str = "device") -> torch.device:
-    """The torch device of config value ``name`` ('auto' = CUDA when available); ``key`` names it in errors."""
-    from dtrl.config import ConfigError
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"{key} is '{name}', which is not a torch device; use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"{key} is '{name}' but CUDA is not available here; use auto or cpu")
-    return dev
+# The evaluation index of a run's final evaluation (the score in summary.json); `dtrl evaluate` uses
+# the same env seeds, so a checkpoint evaluated again with the run's seed and settings scores the same.
+FINAL_EVAL_INDEX = 999_999
 
 
 def eval_seed(eval_cfg: EvalConfig, run_seed: int, index: int) -> int:
@@ -294,7 +285,7 @@ def run_online(method: OnlineMethod, ctx: RunContext, online: OnlineConfig, meta
     if bar is not None:
         bar.close()
 
-    r = evaluate(ctx.eval_cfg.final_episodes, 999_999)
+    r = evaluate(ctx.eval_cfg.final_episodes, FINAL_EVAL_INDEX)
     norm = ctx.task.normalize(r)
     c.wall_time = time.perf_counter() - t_start
     logger.log({"iteration": c.iterations, "env_steps": c.env_steps, "env_steps_eval": c.env_steps_eval,

@@ -95,6 +95,8 @@ def algo_of(exp: ExperimentConfig, method: str) -> str:
 
 def method_label(exp: ExperimentConfig, method: str) -> str:
     algo = algo_of(exp, method)
+    if algo == "external":  # another codebase's method: its own name
+        return str((exp.methods.get(method) or {}).get("label") or method)
     label = ALGO_LABELS.get(algo, algo)
     return label if method in (algo, label) else f"{label} [{method}]"
 
@@ -262,6 +264,8 @@ def main_table(exp: ExperimentConfig, runs: dict) -> pd.DataFrame:
         if len(groups) > 1:
             order.append((group_average_row(suite), members))
     order += [(AVERAGE_ROW, tasks)] + [(b, tasks) for b in BUDGET_ROWS]
+    published = {m for m in exp.grid.methods if algo_of(exp, m) in PUBLISHED_METHODS
+                 and any(pub.score(algo_of(exp, m), t) is not None for t in tasks)}
     rows: list[dict[str, Any]] = []
     for task, members in order:
         row: dict[str, Any] = {"task": task}
@@ -276,9 +280,8 @@ def main_table(exp: ExperimentConfig, runs: dict) -> pd.DataFrame:
             rates = [r.summary["final_success_rate"] for s in seeds
                      if (r := runs.get((m, task, s))) is not None and "final_success_rate" in r.summary]
             row[f"{m}_success"] = float(np.mean(rates)) if rates else float("nan")
-            algo = algo_of(exp, m)
-            if algo in PUBLISHED_METHODS:
-                row[f"{m}_published"] = _published_cell(pub, algo, task, members)
+            if m in published:  # a column only where some task of the grid has a published number
+                row[f"{m}_published"] = _published_cell(pub, algo_of(exp, m), task, members)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -332,7 +335,8 @@ def eval_rtg_note(exp: ExperimentConfig, runs: dict) -> str:
     return f"**Methods are evaluated at different RTGs on {', '.join(sorted(mixed))}.** {text}" if mixed else text
 
 
-def main_markdown(exp: ExperimentConfig, table: pd.DataFrame, n_missing: int, rtg_note: str = "") -> str:
+def main_markdown(exp: ExperimentConfig, table: pd.DataFrame, n_missing: int, rtg_note: str = "",
+                  warnings: list[str] = ()) -> str:
     methods = list(exp.grid.methods)
     header, align = ["task"], ["---"]
     for m in methods:
@@ -362,13 +366,15 @@ def main_markdown(exp: ExperimentConfig, table: pd.DataFrame, n_missing: int, rt
                 v = r[f"{m}_published"]
                 cells.append("" if task in BUDGET_ROWS or math.isnan(v) else f"*{v:.2f}*")
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Published columns (*italic*): Yan et al. 2024 (\"RL gradients as vitamin\"), final normalised "
+    if any(f"{m}_published" in table for m in methods):
+        lines += ["", "Published columns (in *italics*): Yan et al. 2024 (\"RL gradients as vitamin\"), final normalised "
               "score after online finetuning, **published on the D4RL v2 datasets and gym v2 environments**; "
               "ours run on Gymnasium v5 with the datasets configured in `data` (generated with the D4RL recipe "
               "unless D4RL files are given), so they are a reference point, not a like-for-like comparison. "
               "Each published header names the online budget it was measured at; ours is the env-steps row. "
               "Scores use D4RL's reference returns (ant: -325.6, 3879.7), the normalisation of the published numbers. "
-              "The published average is shown only when every task of the table has a published number."]
+              "The published average is shown only when every task of the table has a published number; "
+              "a method has a published column only when some task of the table has a published number."]
     if any(suite != "locomotion" for suite, _ in task_groups(list(exp.grid.tasks))):
         lines += ["", "dtrl/reference holds no published Adroit or AntMaze numbers (Yan et al. 2024's tables for "
                   "them were not available when it was written), so those published cells are empty."]
@@ -376,7 +382,25 @@ def main_markdown(exp: ExperimentConfig, table: pd.DataFrame, n_missing: int, rt
         lines += ["", f"**{n_missing} run(s) of the grid are missing**; cells average the seeds found."]
     if rtg_note:
         lines += ["", rtg_note]
+    if warnings:
+        lines += ["", "## Warnings", "", "From the datasets' summaries (`<results>/data/<task>.json`):", ""]
+        lines += [f"- {w}" for w in warnings]
     return "\n".join(lines) + "\n"
+
+
+def data_warnings(exp: ExperimentConfig) -> list[str]:
+    """The warnings recorded in the summaries of the grid's datasets (e.g. the SAC behaviour run never
+    reached the 'medium' return, so 'medium' is its best checkpoint), each prefixed with its task."""
+    out: list[str] = []
+    for task in dict.fromkeys(list(exp.grid.tasks) + list(exp.grid.ablation_tasks)):
+        path = Path(exp.results) / "data" / f"{task}.json"
+        if path.exists():
+            try:
+                warnings = json.loads(path.read_text()).get("warnings") or []
+            except (OSError, ValueError):
+                continue
+            out += [f"{task}: {w}" for w in warnings]
+    return out
 
 
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -545,8 +569,30 @@ def probability_of_improvement(scores: dict[str, np.ndarray], main: str, reps: i
                                                        confidence_interval_size=CI)
                 p = float(np.ravel(point["p"])[0])
                 lo, hi = (float(v) for v in np.ravel(ci["p"])[:2])
-        rows.append({"method": main, "baseline": other, "probability": p, "ci_low": lo, "ci_high": hi})
-    return pd.DataFrame(rows, columns=["method", "baseline", "probability", "ci_low", "ci_high"])
+        rows.append({"method": main, "baseline": other, "probability": p, "ci_low": lo, "ci_high": hi,
+                     "runs": x.shape[0], "baseline_runs": y.shape[0]})
+    return pd.DataFrame(rows, columns=["method", "baseline", "probability", "ci_low", "ci_high", "runs",
+                                       "baseline_runs"])
+
+
+def with_labels(exp: ExperimentConfig, df: pd.DataFrame, keys: tuple[str, ...] = ("method",)) -> pd.DataFrame:
+    """``df`` with each method-key column followed by its display name (``<key>_label``), so every CSV
+    names methods as the markdown tables and figures do, config key included."""
+    df = df.copy()
+    for key in keys:
+        df.insert(df.columns.get_loc(key) + 1, f"{key}_label", [method_label(exp, m) for m in df[key]])
+    return df
+
+
+def withhold_small_cis(df: pd.DataFrame, min_runs: int, run_cols: tuple[str, ...] = ("runs",)) -> pd.DataFrame:
+    """CIs of estimates from fewer than ``min_runs`` runs blanked (NaN) with a ``ci_note`` saying why."""
+    df = df.copy()
+    small = np.zeros(len(df), dtype=bool)
+    for c in run_cols:
+        small |= df[c].to_numpy() < min_runs
+    df.loc[small, ["ci_low", "ci_high"]] = np.nan
+    df["ci_note"] = np.where(small, f"fewer than report.min_runs_for_ci={min_runs} runs: no CI", "")
+    return df
 
 
 def performance_profiles(scores: dict[str, np.ndarray], taus: np.ndarray, reps: int = PROFILE_REPS,
@@ -621,14 +667,20 @@ def plot_aggregates(exp: ExperimentConfig, agg: pd.DataFrame, stem: Path) -> lis
     for ax, metric in zip(np.atleast_1d(axes), AGGREGATE_METRICS):
         for i, m in enumerate(methods):
             r = agg[(agg["method"] == m) & (agg["metric"] == metric)].iloc[0]
-            ax.barh(i, r["ci_high"] - r["ci_low"], left=r["ci_low"], height=0.6, color=colors[m], alpha=0.75)
+            if not (math.isnan(r["ci_low"]) or math.isnan(r["ci_high"])):
+                ax.barh(i, r["ci_high"] - r["ci_low"], left=r["ci_low"], height=0.6, color=colors[m], alpha=0.75)
+            else:  # too few runs for a CI: the estimate alone, marked as such
+                ax.plot([r["estimate"]], [i], marker="D", color=colors[m], ms=6)
             ax.vlines(r["estimate"], i - 0.3, i + 0.3, color="k", lw=1.5)
         ax.set_title(metric)
         ax.set_xlabel("normalised score")
         ax.grid(axis="x", alpha=0.3)
         ax.set_yticks(range(len(methods)), [method_label(exp, m) for m in methods])
-    fig.suptitle(f"Aggregate final scores over {len(exp.grid.tasks)} task(s), {int(CI * 100)}% stratified-"
-                 f"bootstrap CIs (rliable; optimality gap to {OPTIMALITY_GAMMA:g})", fontsize=9)
+    title = (f"Aggregate final scores over {len(exp.grid.tasks)} task(s), {int(CI * 100)}% stratified-"
+             f"bootstrap CIs (rliable; optimality gap to {OPTIMALITY_GAMMA:g})")
+    if "ci_note" in agg and (agg["ci_note"] != "").any():
+        title += f"\n◆ = estimate only: fewer than {exp.report.min_runs_for_ci} runs (report.min_runs_for_ci), no CI"
+    fig.suptitle(title, fontsize=9, y=1.0 + 0.06 * title.count("\n"), va="bottom")
     return _save(fig, stem)
 
 
@@ -651,26 +703,44 @@ def plot_profiles(exp: ExperimentConfig, taus: np.ndarray, prof: dict, ci: dict,
 
 
 def plot_poi(exp: ExperimentConfig, poi: pd.DataFrame, stem: Path) -> list[Path]:
-    from matplotlib.figure import Figure
+    return _save(poi_figure(exp, poi), stem)
 
-    fig = Figure(figsize=(5.5, 0.5 * len(poi) + 1.4))
+
+def poi_figure(exp: ExperimentConfig, poi: pd.DataFrame):
+    """One row per comparison: the CI as a bar with end caps (visible when degenerate, e.g. [1, 1]),
+    the estimate as a marker drawn over the axes' edge, and the numbers written beside each row."""
+    from matplotlib.figure import Figure
+    from matplotlib.transforms import blended_transform_factory
+
+    fig = Figure(figsize=(7.5, 0.55 * len(poi) + 1.5))
     ax = fig.subplots()
+    text_at = blended_transform_factory(ax.transAxes, ax.transData)
     for i, r in enumerate(poi.itertuples()):
-        ax.barh(i, r.ci_high - r.ci_low, left=r.ci_low, height=0.6, color="tab:blue", alpha=0.6)
-        ax.vlines(r.probability, i - 0.3, i + 0.3, color="k", lw=1.5)
+        has_ci = not (math.isnan(r.ci_low) or math.isnan(r.ci_high))
+        if has_ci:
+            ax.barh(i, r.ci_high - r.ci_low, left=r.ci_low, height=0.5, color="tab:blue", alpha=0.35)
+            ax.errorbar([r.probability], [i], xerr=[[r.probability - r.ci_low], [r.ci_high - r.probability]],
+                        fmt="none", ecolor="tab:blue", capsize=11, capthick=2, elinewidth=2, clip_on=False)
+            text = f"{r.probability:.2f}  [{r.ci_low:.2f}, {r.ci_high:.2f}]"
+        else:
+            text = f"{r.probability:.2f}  (no CI: < {exp.report.min_runs_for_ci} runs)"
+        ax.plot([r.probability], [i], marker="D", color="k", ms=6, clip_on=False, zorder=3)
+        ax.text(1.04, i, text, transform=text_at, va="center", fontsize=9)
     ax.axvline(0.5, color="gray", ls="--", lw=1)
     ax.set_yticks(range(len(poi)), [f"{method_label(exp, r.method)} > {method_label(exp, r.baseline)}"
                                     for r in poi.itertuples()])
+    ax.set_ylim(-0.6, len(poi) - 0.4)
     ax.set_xlim(0, 1)
     ax.set_xlabel("probability of improvement")
-    ax.set_title(f"P(X > Y), {int(CI * 100)}% stratified-bootstrap CIs (rliable)", fontsize=10)
-    return _save(fig, stem)
+    ax.set_title(f"P(X > Y) averaged over tasks: estimate ◆, {int(CI * 100)}% stratified-bootstrap CI "
+                 "(rliable)", fontsize=10)
+    return fig
 
 
 def plot_learning_curves(exp: ExperimentConfig, task: str, runs: dict, stem: Path,
                          reps: int = CURVE_REPS) -> list[Path] | None:
     from matplotlib.figure import Figure
-    from matplotlib.ticker import EngFormatter
+    from matplotlib.ticker import EngFormatter, LogLocator, NullFormatter
 
     colors = _colors(list(exp.grid.methods))
     axes_keys = (("env_steps", "training env steps"), (UPDATE_AXIS, "policy (DT / actor) updates"))
@@ -686,23 +756,34 @@ def plot_learning_curves(exp: ExperimentConfig, task: str, runs: dict, stem: Pat
                 continue
             x, y, lo, hi = c
             drawn = True
-            if x.size == 1:
+            band = len(rs) >= exp.report.min_runs_for_ci
+            if x.size == 1 and x[0] <= 0:
                 flat.append((m, y[0], lo[0], hi[0]))
                 continue
-            ax.plot(x, y, color=colors[m], label=f"{method_label(exp, m)} (n={len(rs)})")
-            ax.fill_between(x, lo, hi, color=colors[m], alpha=0.2)
+            keep = x > 0  # a log axis: an evaluation before any step or update is left out of the curve
+            x, y, lo, hi = x[keep], y[keep], lo[keep], hi[keep]
+            ax.plot(x, y, color=colors[m], marker=".", label=f"{method_label(exp, m)} (n={len(rs)})")
+            if band:
+                ax.fill_between(x, lo, hi, color=colors[m], alpha=0.2)
         for m, y, lo, hi in flat:
             ax.axhline(y, color=colors[m], ls="--", label=f"{method_label(exp, m)} (no online steps)")
-            ax.axhspan(lo, hi, color=colors[m], alpha=0.1)
-        ax.set_xlabel(xlabel)
+            if band:
+                ax.axhspan(lo, hi, color=colors[m], alpha=0.1)
+        ax.set_xlabel(f"{xlabel} (log scale)")
         ax.set_ylabel("normalised return")
+        # Methods' budgets differ by 10x-100x (GRPO-DT: many env steps, few updates; ODT: the reverse):
+        # on a log axis each method's curve spans its own decade instead of crowding into a corner.
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.xaxis.set_major_formatter(EngFormatter(sep=""))  # 40k, 1M: raw step counts overlap
         ax.grid(alpha=0.3)
     if not drawn:
         return None
     axes[0].legend(fontsize=7)
-    fig.suptitle(f"{task}: evaluation return during finetuning, mean over seeds with {int(CI * 100)}% "
-                 "stratified-bootstrap CIs (rliable)", fontsize=10)
+    bands = (f"with {int(CI * 100)}% stratified-bootstrap CIs (rliable) where a method has at least "
+             f"{exp.report.min_runs_for_ci} seeds")
+    fig.suptitle(f"{task}: evaluation return during finetuning, mean over seeds {bands}", fontsize=10)
     return _save(fig, stem)
 
 
@@ -714,8 +795,65 @@ def _md_table(df: pd.DataFrame, floatfmt: str = ".2f") -> str:
     cols = list(df.columns)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for _, r in df.iterrows():
-        lines.append("| " + " | ".join(format(v, floatfmt) if isinstance(v, float) else str(v) for v in r) + " |")
+        lines.append("| " + " | ".join(("–" if math.isnan(v) else format(v, floatfmt)) if isinstance(v, float) else str(v)
+                                       for v in r) + " |")
     return "\n".join(lines) + "\n"
+
+
+def markdown_html(md: str, title: str) -> str:
+    """A standalone HTML page of the markdown the report writes (headings, pipe tables, lists,
+    paragraphs, **bold**, *italic*, `code`): what Snakemake's HTML report shows for each table."""
+    import html
+    import re
+
+    def inline(text: str) -> str:
+        text = html.escape(text, quote=False)
+        text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text)
+        text = re.sub(r"(?<![\w*])\*(?!\s)(.+?)(?<!\s)\*(?![\w*])", r"<i>\1</i>", text)
+        return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
+
+    def cells(line: str) -> list[str]:
+        return [c.strip() for c in line.strip().strip("|").split("|")]
+
+    out, lines, i = [], md.splitlines(), 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            out.append(f"<h{level}>{inline(line.lstrip('#').strip())}</h{level}>")
+        elif line.startswith("|"):
+            block = []
+            while i < len(lines) and lines[i].startswith("|"):
+                block.append(lines[i])
+                i += 1
+            rows = [cells(r) for r in block if not re.fullmatch(r"[|\s:-]+", r)]
+            out.append("<table>\n<tr>" + "".join(f"<th>{inline(c)}</th>" for c in rows[0]) + "</tr>")
+            out += ["<tr>" + "".join(f"<td>{inline(c)}</td>" for c in r) + "</tr>" for r in rows[1:]]
+            out.append("</table>")
+            continue
+        elif line.startswith("- "):
+            out.append("<ul>")
+            while i < len(lines) and lines[i].startswith("- "):
+                out.append(f"<li>{inline(lines[i][2:])}</li>")
+                i += 1
+            out.append("</ul>")
+            continue
+        elif line.strip():
+            out.append(f"<p>{inline(line)}</p>")
+        i += 1
+    style = ("body{font-family:sans-serif;font-size:14px} table{border-collapse:collapse} "
+             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right} td:first-child,th:first-child"
+             "{text-align:left}")
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body>\n" + "\n".join(out) + "\n</body></html>\n")
+
+
+def _small_sample_note(df: pd.DataFrame, min_runs: int) -> str:
+    if not (df["ci_note"] != "").any():
+        return ""
+    return (f"\nCIs are left empty where a method has fewer than {min_runs} runs (seeds that finished every task; "
+            "`report.min_runs_for_ci`): with so few runs the bootstrap interval says little (with 2 runs the median, "
+            "mean and IQM of a task coincide), so only the point estimate is given.\n")
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -739,18 +877,23 @@ def report(exp: ExperimentConfig, out_root: Path | None = None, runs_dir: Path |
     runs, missing = load_runs(runs_dir, expected_runs(exp))
     runs, left_out = split_scored(runs)
     check_cells_share_config(runs)  # before anything is written
-    written: dict[str, list] = {"tables": [], "figures": [], "missing": missing, "not_scored": left_out}
+    warnings = data_warnings(exp)
+    written: dict[str, list] = {"tables": [], "figures": [], "missing": missing, "not_scored": left_out,
+                                "warnings": warnings}
+    min_runs = exp.report.min_runs_for_ci
 
     def table(name: str, df: pd.DataFrame, md: str | None = None) -> None:
+        md = md if md is not None else _md_table(df)
         _write_csv(tables_dir / f"{name}.csv", df)
-        _write_text(tables_dir / f"{name}.md", md if md is not None else _md_table(df))
-        written["tables"] += [tables_dir / f"{name}.csv", tables_dir / f"{name}.md"]
+        _write_text(tables_dir / f"{name}.md", md)
+        _write_text(tables_dir / "html" / f"{name}.html", markdown_html(md, name))  # for `snakemake --report`
+        written["tables"] += [tables_dir / f"{name}.csv", tables_dir / f"{name}.md", tables_dir / "html" / f"{name}.html"]
 
     main = main_table(exp, runs)
     n_missing_main = sum(1 for k in missing if k[0] in exp.grid.methods and k[1] in exp.grid.tasks)
     left_out += [{"method": m, "task": t, "seed": s, "status": "missing", "reason": "no summary.json"}
                  for m, t, s in missing]
-    main_md = main_markdown(exp, main, n_missing_main, eval_rtg_note(exp, runs))
+    main_md = main_markdown(exp, main, n_missing_main, eval_rtg_note(exp, runs), warnings)
     if left_out:
         main_md += (f"\n**{len(left_out)} run(s) of the grid are not scored** (diverged, failed or missing): "
                     "see not_scored.md.\n")
@@ -763,8 +906,8 @@ def report(exp: ExperimentConfig, out_root: Path | None = None, runs_dir: Path |
 
     scores = score_matrices(exp, runs)
     if scores:
-        agg = aggregate_estimates(scores, reps=reps)
-        table("aggregates", agg)
+        agg = with_labels(exp, withhold_small_cis(aggregate_estimates(scores, reps=reps), min_runs))
+        table("aggregates", agg, _md_table(agg) + _small_sample_note(agg, min_runs))
         if figures and not agg.empty:
             written["figures"] += plot_aggregates(exp, agg, fig_dir / "aggregate_metrics")
         complete = {m: s for m, s in scores.items() if not np.isnan(s).any()}
@@ -776,7 +919,8 @@ def report(exp: ExperimentConfig, out_root: Path | None = None, runs_dir: Path |
         main_m = next((m for m in exp.grid.methods if algo_of(exp, m) == MAIN_ALGO and m in scores), None)
         if main_m is not None and len(scores) > 1:
             poi = probability_of_improvement(scores, main_m, reps=min(reps, POI_REPS))
-            table("probability_of_improvement", poi)
+            poi = with_labels(exp, withhold_small_cis(poi, min_runs, ("runs", "baseline_runs")), ("method", "baseline"))
+            table("probability_of_improvement", poi, _md_table(poi) + _small_sample_note(poi, min_runs))
             if figures:
                 written["figures"] += plot_poi(exp, poi, fig_dir / "probability_of_improvement")
     for task in exp.grid.tasks if figures else []:
@@ -811,6 +955,8 @@ def cmd_report(exp: ExperimentConfig, out_root: Path | None, runs_dir: Path | No
         more = f" and {len(res['missing']) - 5} more" if len(res["missing"]) > 5 else ""
         print(f"dtrl report: warning: {len(res['missing'])} run(s) of the grid have no summary.json: "
               f"{shown}{more}", file=sys.stderr)
+    for w in res["warnings"]:
+        print(f"dtrl report: warning: {w}", file=sys.stderr)
     for p in res["tables"] + res["figures"] + res.get("report", []):
         print(p)
     return 0

@@ -256,3 +256,88 @@ def test_published_columns_name_their_budget():
     assert len(published) == 3
     assert [c.split("D4RL v2, ", 1)[1] for c in published] == ["600k env steps)", "600k env steps)",
                                                                "budget not stated)"]
+
+
+def _two_seed_grid(root, methods=("none", "grpo", "odt_td3"), tasks=("pendulum-random", "pendulum-medium-replay")):
+    """grpo beats every other method on every run (P = 1 with a degenerate CI)."""
+    base = {"none": 10.0, "grpo": 80.0, "odt_td3": 30.0}
+    for m in methods:
+        for j, t in enumerate(tasks):
+            for s in (0, 1):
+                write_run(root, m, t, s, base[m] + j + s, ENV_STEPS.get(m, 2000), UPDATES.get(m, 1000))
+    return ExperimentConfig(results=str(root), grid=GridConfig(methods=list(methods), tasks=list(tasks), seeds=[0, 1]))
+
+
+def test_method_names_are_the_same_in_every_table(tmp_path):
+    exp = _two_seed_grid(tmp_path)
+    run_report(exp, tmp_path, reps=50, figures=False)
+    agg = pd.read_csv(tmp_path / "tables" / "aggregates.csv")
+    assert list(agg.columns[:2]) == ["method", "method_label"]
+    assert dict(zip(agg["method"], agg["method_label"])) == {"none": "DT (offline)", "grpo": "GRPO-DT", "odt_td3": "ODT+TD3"}
+    poi = pd.read_csv(tmp_path / "tables" / "probability_of_improvement.csv")
+    assert list(poi["baseline_label"]) == ["DT (offline)", "ODT+TD3"] and set(poi["method_label"]) == {"GRPO-DT"}
+    header = (tmp_path / "tables" / "main.md").read_text().split("\n| task |", 1)[1].splitlines()[0]
+    assert [c.strip() for c in header.split("|")[:-1]] == ["DT (offline)", "GRPO-DT", "ODT+TD3"]
+
+
+def test_too_few_runs_give_no_ci_and_say_so(tmp_path):
+    exp = _two_seed_grid(tmp_path)
+    run_report(exp, tmp_path, reps=50, figures=False)
+    agg = pd.read_csv(tmp_path / "tables" / "aggregates.csv", keep_default_na=False, na_values=[""])
+    assert (agg["runs"] == 2).all() and agg["ci_low"].isna().all() and agg["ci_high"].isna().all()
+    assert agg["estimate"].notna().all() and (agg["ci_note"].str.contains("min_runs_for_ci=3")).all()
+    assert "fewer than 3 runs" in (tmp_path / "tables" / "aggregates.md").read_text()
+    poi = pd.read_csv(tmp_path / "tables" / "probability_of_improvement.csv")
+    assert poi["ci_low"].isna().all() and (poi["probability"] == 1.0).all()
+
+    exp.report.min_runs_for_ci = 2  # configurable: two runs are enough when the user says so
+    run_report(exp, tmp_path, reps=50, figures=False)
+    agg = pd.read_csv(tmp_path / "tables" / "aggregates.csv")
+    assert agg["ci_low"].notna().all() and (agg["ci_low"] <= agg["estimate"] + 1e-9).all()
+
+
+def test_probability_of_improvement_figure_shows_every_value(tmp_path):
+    """P = 1 with CI [1, 1]: the value is written on the figure and the marker is not clipped at the spine."""
+    from dtrl.report import poi_figure
+
+    exp = _two_seed_grid(tmp_path)
+    exp.report.min_runs_for_ci = 2
+    written = run_report(exp, tmp_path, reps=50)
+    assert tmp_path / "figures" / "probability_of_improvement.png" in written["figures"]
+    poi = pd.read_csv(tmp_path / "tables" / "probability_of_improvement.csv")
+    assert (poi["probability"] == 1.0).all() and (poi["ci_low"] == 1.0).all() and (poi["ci_high"] == 1.0).all()
+    fig = poi_figure(exp, poi)
+    ax = fig.axes[0]
+    texts = [t.get_text() for t in ax.texts]
+    assert texts == ["1.00  [1.00, 1.00]"] * 2
+    markers = [ln for ln in ax.lines if ln.get_marker() == "D"]
+    assert len(markers) == 2 and all(not ln.get_clip_on() and ln.get_xdata()[0] == 1.0 for ln in markers)
+    from matplotlib.container import ErrorbarContainer
+
+    caps = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    assert len(caps) == 2 and all(not cap.get_clip_on() for c in caps for cap in c.lines[1])  # the CI's end caps
+
+
+def test_published_columns_only_where_the_grid_has_published_numbers(tmp_path):
+    exp = _two_seed_grid(tmp_path)
+    run_report(exp, tmp_path, reps=50, figures=False)
+    table = pd.read_csv(tmp_path / "tables" / "main.csv")
+    assert not [c for c in table.columns if c.endswith("_published")]
+    md = (tmp_path / "tables" / "main.md").read_text()
+    assert "published" not in md.lower() and "italic" not in md
+
+
+def test_dataset_warnings_reach_the_report_and_the_terminal(tmp_path, capsys, monkeypatch):
+    import dtrl.report
+    from dtrl.report import cmd_report
+
+    monkeypatch.setattr(dtrl.report, "REPS", 50)
+    exp = _two_seed_grid(tmp_path)
+    (tmp_path / "data").mkdir()
+    msg = "SAC never reached the 'medium' return 300.0; 'medium' is the best checkpoint (return 104.2)"
+    (tmp_path / "data" / "pendulum-medium-replay.json").write_text(json.dumps({"warnings": [msg]}))
+    (tmp_path / "data" / "pendulum-random.json").write_text(json.dumps({"warnings": []}))
+    assert cmd_report(exp, tmp_path, tmp_path / "runs") == 0
+    assert f"warning: pendulum-medium-replay: {msg}" in capsys.readouterr().err
+    md = (tmp_path / "tables" / "main.md").read_text()
+    assert "## Warnings" in md and f"- pendulum-medium-replay: {msg}" in md

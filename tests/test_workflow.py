@@ -6,6 +6,8 @@ temporary directory, so its `.snakemake/` state and outputs never touch the chec
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 import shutil
 import subprocess
@@ -94,8 +96,10 @@ def test_jobs_get_the_users_config_files_and_resources(wf):
     assert any("finetune --method iql --task pendulum-random --seed 1" in c for c in cmds)
     assert not any(" pretrain " in c for c in cmds)  # IQL does not need the pretrained DT
     assert "behaviour" not in out.stdout  # a random dataset needs no behaviour policy
-    assert re.search(r"resources: .*runtime=1440.*cpus_per_task=1", out.stdout)  # device: cpu -> no gpu
-    assert "gpu=0" in out.stdout.split("rule finetune:", 1)[1]
+    # The quick grid's own resources (config/quick.yaml), not the paper grid's; device: cpu -> no gpu.
+    finetune = out.stdout.split("rule finetune:", 1)[1]
+    assert re.search(r"resources: .*runtime=30.*cpus_per_task=1.*mem_mb=2000", finetune), finetune
+    assert "gpu=0" in finetune
 
 
 BAD_CONFIGS = [
@@ -177,7 +181,7 @@ TINY = """\
     device: cpu
     threads: 1
     grid:
-      methods: [none, odt]
+      methods: [none, odt, toy]
       tasks: [pendulum-medium-replay]
       seeds: [0]
     data:
@@ -190,30 +194,57 @@ TINY = """\
     online: {env_steps: 200, eval_every_env_steps: 100, progress: false}
     methods:
       odt: {updates_per_iteration: 5, batch_size: 8, warmup_updates: 5}
+      toy:                         # a baseline from another codebase: one config entry naming its command
+        algo: external
+        command: "python scripts/external_random_baseline.py --name {method} --task {task} --seed {seed} --out {out}
+                  --env-steps {env_steps} --eval-episodes {eval_episodes} --eval-every 100"
 """
 
 
 @pytest.mark.slow
 def test_tiny_grid_end_to_end(tmp_path):
     wf = copy_workflow(tmp_path / "wf")
+    (wf / "scripts").mkdir()
+    shutil.copy(REPO / "scripts" / "external_random_baseline.py", wf / "scripts")
     (wf / "tiny.yaml").write_text(textwrap.dedent(TINY))
     out = snakemake(wf, "--cores", "2", "--configfile", "tiny.yaml")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     res = wf / "results"
+    # The datasets' warnings (the tiny SAC run is far from the 'medium' return) reach the terminal.
+    from dtrl.experiment import load_config
+    from dtrl.report import data_warnings
+
+    warnings = data_warnings(load_config([wf / "config" / "config.yaml", wf / "tiny.yaml"], {"results": str(res)}))
+    assert all(f"dtrl: warning: {w}" in out.stderr for w in warnings), out.stderr[-3000:]
 
     table = pd.read_csv(res / "tables" / "main.csv")
     assert list(table.columns[:4]) == ["task", "none_mean", "none_std", "none_seeds"]
-    assert {"odt_mean", "odt_std", "odt_seeds", "odt_published"} <= set(table.columns)
+    assert {"odt_mean", "odt_std", "odt_seeds"} <= set(table.columns)
+    assert "odt_published" not in table  # no published number for any pendulum task: no empty column
     assert list(table["task"]) == ["pendulum-medium-replay", "average", "env_steps", "env_steps_eval",
                                    "policy_updates", "critic_updates", "wall_time"]
     rows = table.set_index("task")
     assert rows.loc["pendulum-medium-replay", "odt_seeds"] == 1
+    toy = json.loads((res / "runs/toy/pendulum-medium-replay/seed0/summary.json").read_text())
+    assert rows.loc["pendulum-medium-replay", "toy_seeds"] == 1 and rows.loc["env_steps", "toy_mean"] >= 200
+    assert rows.loc["pendulum-medium-replay", "toy_mean"] == pytest.approx(toy["final_norm_return"])
     assert rows.loc["env_steps", "none_mean"] == 0 and rows.loc["env_steps", "odt_mean"] >= 200
     assert (res / "tables" / "main.md").exists()
     assert list((res / "figures").glob("*.png")) and list((res / "figures").glob("*.pdf"))
     for log in ["behaviour/pendulum.log", "data/pendulum-medium-replay.log", "pretrain/pendulum-medium-replay/seed0.log",
                 "finetune/odt/pendulum-medium-replay/seed0.log", "report.log"]:
         assert (res / "logs" / log).exists(), log
+
+    # Snakemake's HTML report is one file holding the tables and the figures (marked with report()).
+    out = snakemake(wf, "--configfile", "tiny.yaml", "--report", "results/report.html")
+    assert out.returncode == 0, out.stderr[-3000:]
+    page = (res / "report.html").read_text()
+    embedded = [base64.b64decode(b).decode("utf-8", "replace")
+                for b in re.findall(r"data:text/html;[^,]*base64,([A-Za-z0-9+/=]+)", page)]
+    main_page = next((p for p in embedded if "<h1>Main results</h1>" in p), None)
+    assert main_page and "<td>pendulum-medium-replay</td>" in main_page and "ODT" in main_page
+    assert re.search(r"data:image/png;[^,]*base64,[A-Za-z0-9+/=]{1000}", page)  # at least one figure
+    assert "learning_curves_pendulum-medium-replay" in page and "Learning curves" in page
 
     # A rerun after a completed run does nothing.
     out = snakemake(wf, "-n", "--configfile", "tiny.yaml")

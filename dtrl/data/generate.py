@@ -46,8 +46,8 @@ from dtrl.config import to_dict
 from dtrl.data.d4rl_hdf5 import read_d4rl, read_metadata, write_d4rl
 from dtrl.data.sac import SAC, Actor, NumpyActor, actor_payload, load_actor
 from dtrl.data.trajectories import DataError, Trajectory, TrajectoryDataset
+from dtrl.device import resolve_device
 from dtrl.io import atomic_torch_save, atomic_write_json, read_json, torch_load
-from dtrl.online import resolve_device
 from dtrl.tasks import EnvFamily, Task, get_family
 from dtrl.vec import StepBatch, VecStepper
 

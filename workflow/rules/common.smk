@@ -123,7 +123,8 @@ def _runs():
 def _needs_pretrained_dt(method):
     from dtrl.methods import get_algorithm
 
-    return bool(getattr(get_algorithm(EXP.method(method).algo), "needs_pretrained_dt", True))
+    spec = EXP.method(method)  # an external command's entry decides per entry (a {pretrained} placeholder)
+    return bool(getattr(spec.params, "needs_pretrained_dt", getattr(get_algorithm(spec.algo), "needs_pretrained_dt", True)))
 
 
 def _pretrained_head(method):
@@ -186,6 +187,11 @@ REPORT_MAIN = f"{R}/tables/main.csv"
 REPORT_MAIN_MD = f"{R}/tables/main.md"
 
 
+def figure_category(wildcards):
+    """Category of a figure in Snakemake's HTML report (--report), by kind."""
+    return "Learning curves" if wildcards.name.startswith("learning_curves_") else "Aggregate figures"
+
+
 # -- input functions ---------------------------------------------------------------------------------
 
 def data_inputs(wildcards):
@@ -205,13 +211,22 @@ def report_inputs(wildcards):
 
 
 # -- resources ---------------------------------------------------------------------------------------
-# Defaults sized for the paper grid on one GPU per job; override per rule from a profile
-# (`set-resources`, `set-threads`) or the command line. runtime is in minutes. Every job runs torch
-# with exactly its Snakemake threads (`--set threads={threads}`).
+# Threads, memory and time limits per rule come from the experiment config (`resources`, see
+# config/README.md): the paper grid's defaults are large, config/quick.yaml declares small ones, so
+# what a scheduler is asked for follows the grid. runtime is in minutes. Every job runs torch with
+# exactly its Snakemake threads (`--set threads={threads}`). A profile's set-resources still wins.
 
-THREADS = EXP.threads if EXP.threads > 0 else 1
-GPU = 0 if EXP.device == "cpu" else 1
-SAC_GPU = 0 if EXP.data.generator.device == "cpu" else 1
+RES = EXP.resources
+THREADS = {rule: RES.threads(rule, EXP.threads) for rule in ("behaviour", "data", "pretrain", "finetune", "report")}
+
+
+def _gpus(device):
+    """GPUs a DT or SAC job asks for: resources.gpus when set, else none on a cpu device, else one."""
+    return RES.gpus if RES.gpus is not None else (0 if device == "cpu" else 1)
+
+
+GPU = _gpus(EXP.device)
+SAC_GPU = _gpus(EXP.data.generator.device)
 
 
 def cpus(wildcards, threads):

@@ -14,11 +14,11 @@ rule behaviour:
     params:
         cfg=DTRL_CONFIG_ARGS,
         until=behaviour_until,
-    threads: THREADS
+    threads: THREADS["behaviour"]
     resources:
         gpu=SAC_GPU,
-        mem_mb=8000,
-        runtime=720,
+        mem_mb=RES.behaviour.mem_mb,
+        runtime=RES.behaviour.runtime,
         cpus_per_task=cpus,
     conda:
         "../envs/dtrl.yaml"
@@ -35,10 +35,10 @@ rule data:
         f"{R}/logs/data/{{task}}.log",
     params:
         cfg=DTRL_CONFIG_ARGS,
-    threads: THREADS
+    threads: THREADS["data"]
     resources:
-        mem_mb=8000,
-        runtime=240,
+        mem_mb=RES.data.mem_mb,
+        runtime=RES.data.runtime,
         cpus_per_task=cpus,
     conda:
         "../envs/dtrl.yaml"

@@ -17,11 +17,11 @@ rule pretrain:
     params:
         cfg=DTRL_CONFIG_ARGS,
         head=lambda wildcards: HEAD_OF_DIR[wildcards.pdir],
-    threads: THREADS
+    threads: THREADS["pretrain"]
     resources:
         gpu=GPU,
-        mem_mb=16000,
-        runtime=360,
+        mem_mb=RES.pretrain.mem_mb,
+        runtime=RES.pretrain.runtime,
         cpus_per_task=cpus,
     conda:
         "../envs/dtrl.yaml"
@@ -39,11 +39,11 @@ rule finetune:
         f"{R}/logs/finetune/{{method}}/{{task}}/seed{{seed}}.log",
     params:
         cfg=DTRL_CONFIG_ARGS,
-    threads: THREADS
+    threads: THREADS["finetune"]
     resources:
         gpu=GPU,
-        mem_mb=16000,
-        runtime=1440,
+        mem_mb=RES.finetune.mem_mb,
+        runtime=RES.finetune.runtime,
         cpus_per_task=cpus,
     conda:
         "../envs/dtrl.yaml"
