@@ -28,6 +28,7 @@ recorded configs together with runs that record one.
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from contextlib import contextmanager

@@ -26,8 +26,8 @@ from typing import Any
 from dtrl.logger import CORE_COLUMNS, SUMMARY_KEYS
 
 PROGRESS_COLUMNS = list(CORE_COLUMNS)
-PROGRESS_FILLED = ["iteration", "env_steps", "env_steps_eval", "grad_updates"]
-MONOTONE = ["env_steps", "env_steps_eval", "grad_updates"]
+PROGRESS_FILLED = ["iteration", "env_steps", "env_steps_eval", "policy_updates", "critic_updates", "grad_updates"]
+MONOTONE = ["env_steps", "env_steps_eval", "policy_updates", "critic_updates", "grad_updates"]
 
 # summary.json key -> (type, meaning). SUMMARY_KEYS of dtrl.logger is the same key list.
 SUMMARY_TYPES: dict[str, tuple[type, str]] = {
@@ -41,7 +41,9 @@ SUMMARY_TYPES: dict[str, tuple[type, str]] = {
     "eval_episodes": (int, "episodes in the final evaluation"),
     "env_steps": (int, "training env steps taken (exploration + scoring; the budget counts these)"),
     "env_steps_eval": (int, "env steps spent in evaluation, counted apart"),
-    "grad_updates": (int, "gradient updates made"),
+    "policy_updates": (int, "optimizer steps of the acting policy (the DT, or an actor): the update axis of tables and curves"),
+    "critic_updates": (int, "optimizer steps of critics / value functions (0 for a method without)"),
+    "grad_updates": (int, "= policy_updates (kept for older readers)"),
     "wall_time": (float, "seconds the run took, summed over resumes"),
     "iterations": (int, "online iterations (rows of progress.csv that are not the final evaluation)"),
 }
@@ -131,7 +133,7 @@ def check_progress(path: Path, summary: dict | None) -> list[str]:
         if any(b < a for a, b in zip(vals, vals[1:])):
             errors.append(f"progress.csv column '{c}' decreases; it counts totals so far and never goes down")
     if summary is not None and not errors:
-        for c in ("env_steps", "grad_updates"):
+        for c in ("env_steps", "policy_updates", "critic_updates", "grad_updates"):
             last = _float(rows[-1][c])
             if isinstance(summary.get(c), (int, float)) and last != summary[c]:
                 errors.append(f"progress.csv's last row has {c}={last:g} but summary.json says {summary[c]}")

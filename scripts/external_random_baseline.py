@@ -25,7 +25,7 @@ import numpy as np
 
 from dtrl.tasks import get_task
 
-COLUMNS = ["iteration", "env_steps", "env_steps_eval", "grad_updates", "eval_return", "eval_norm_return",
+COLUMNS = ["iteration", "env_steps", "env_steps_eval", "policy_updates", "critic_updates", "grad_updates", "eval_return", "eval_norm_return",
            "wall_time", "env_steps_per_s", "updates_per_s"]
 
 
@@ -74,7 +74,8 @@ def main() -> None:
     next_eval = args.eval_every
     while steps < args.env_steps:  # "training": random episodes, counted against the budget
         steps += episode(env, rng, min(task.max_episode_steps, args.env_steps - steps), 1_000_000 + steps)[1]
-        row = {"iteration": len(rows) + 1, "env_steps": steps, "env_steps_eval": eval_steps, "grad_updates": 0,
+        row = {"iteration": len(rows) + 1, "env_steps": steps, "env_steps_eval": eval_steps,
+               "policy_updates": 0, "critic_updates": 0, "grad_updates": 0,
                "wall_time": round(time.perf_counter() - t0, 3)}
         if steps >= next_eval:
             r = evaluate(2, args.seed * 1000)
@@ -83,7 +84,8 @@ def main() -> None:
         rows.append(row)
     final = evaluate(args.eval_episodes, args.seed * 1000 + 10_000)
     norm = task.normalize(np.array(final))
-    rows.append({"iteration": len(rows), "env_steps": steps, "env_steps_eval": eval_steps, "grad_updates": 0,
+    rows.append({"iteration": len(rows), "env_steps": steps, "env_steps_eval": eval_steps,
+               "policy_updates": 0, "critic_updates": 0, "grad_updates": 0,
                  "eval_return": float(np.mean(final)), "eval_norm_return": float(np.mean(norm)),
                  "wall_time": round(time.perf_counter() - t0, 3)})
 
@@ -97,7 +99,7 @@ def main() -> None:
                "final_return": float(np.mean(final)), "final_norm_return": float(np.mean(norm)),
                "final_norm_return_std": float(np.std(norm)), "final_returns": final,
                "eval_episodes": args.eval_episodes, "env_steps": steps, "env_steps_eval": eval_steps,
-               "grad_updates": 0, "wall_time": time.perf_counter() - t0, "iterations": len(rows) - 1,
+               "policy_updates": 0, "critic_updates": 0, "grad_updates": 0, "wall_time": time.perf_counter() - t0, "iterations": len(rows) - 1,
                "budget_env_steps": args.env_steps}
     write_atomic(args.out / "summary.json", json.dumps(summary, indent=2))  # last: marks the run complete
 

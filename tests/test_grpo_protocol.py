@@ -89,7 +89,9 @@ def test_clip_range_per_ratio_kind_and_the_units_that_carry_gradient(tmp_path):
     # clipped on the side the advantage pushes: no gradient; A = 0: none either
     assert carries_gradient(rho, adv, 0.2).tolist() == [False, True, True, False, False, True]
 
-    g = make_method(GRPO, tmp_path, **SMALL_GRPO | {"epochs": 3})
+    n_units = SMALL_GRPO["group_size"] * SMALL_GRPO["reset_points"]
+    # one minibatch per epoch, so all of epoch 1 is on-policy (ratio exactly 1: nothing clipped)
+    g = make_method(GRPO, tmp_path, **SMALL_GRPO | {"epochs": 3, "minibatch_size": n_units})
     d = g.train_iteration()
     assert d["clip_frac_epoch1"] == 0.0 and d["grad_frac_epoch1"] == 1.0  # on-policy, no zero advantage
     assert {f"clip_frac_epoch{e}" for e in (1, 2, 3)} <= set(d) and "clip_frac_epoch4" not in d
