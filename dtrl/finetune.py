@@ -10,6 +10,7 @@ from dtrl.experiment import ExperimentConfig
 from dtrl.methods import get_algorithm
 from dtrl.online import build_context, resolve_device, run_online
 from dtrl.tasks import get_task
+from dtrl.workers import set_default_workers
 
 
 def run_dir(exp: ExperimentConfig, method: str, task: str, seed: int) -> Path:
@@ -67,6 +68,7 @@ def finetune(exp: ExperimentConfig, method: str, task_name: str, seed: int, pret
         dataset = load_task_dataset(exp, task)
     if exp.threads > 0:
         torch.set_num_threads(exp.threads)
+    set_default_workers(exp.rollout_workers)  # every RolloutEngine of the run
     ctx = build_context(task, seed, resolve_device(exp.device), dataset, pretrained, out, exp.eval)
     impl = cls(spec.params, ctx)
     meta = {"method": method, "algo": spec.algo, "task": task_name, "seed": seed}
