@@ -20,6 +20,7 @@ rule pretrain:
     threads: THREADS
     resources:
         gpu=GPU,
+        gpu_milli=gpu_milli(GPU),
         mem_mb=16000,
         runtime=360,
         cpus_per_task=cpus,
@@ -42,6 +43,7 @@ rule finetune:
     threads: THREADS
     resources:
         gpu=GPU,
+        gpu_milli=gpu_milli(GPU),
         mem_mb=16000,
         runtime=1440,
         cpus_per_task=cpus,
