@@ -112,3 +112,31 @@ def test_worker_error_is_one_clear_error_and_close_stops_workers():
     assert not any(p.is_alive() for p in procs)
     with pytest.raises(ValueError, match="workers is -1"):
         EnvSet(task, [0], workers=-1)
+
+
+def test_grpo_run_with_rollout_workers_matches_in_process(tmp_path):
+    """The config field reaches the run's engines, and a GRPO-DT run gives the same numbers with it."""
+    from dtrl.experiment import load_config
+    from dtrl.finetune import finetune
+    from dtrl.workers import default_workers, set_default_workers
+
+    from helpers import write_pretrained
+
+    def exp(workers):
+        return load_config(None, {
+            "results": str(tmp_path), "device": "cpu", "rollout_workers": workers,
+            "grid": {"methods": ["m"], "tasks": ["hopper-medium"]}, "eval": {"episodes": 1, "final_episodes": 2},
+            "online": {"env_steps": 60, "eval_every_env_steps": 10_000, "progress": False},
+            "methods": {"m": {"algo": "grpo", "group_size": 4, "reset_points": 4, "traj_len": 5, "eval_len": 10,
+                              "explore_episodes": 2, "minibatch_size": 4, "epochs": 2}}})
+
+    write_pretrained(tmp_path / "pretrain/hopper-medium/seed0/model.pt", tiny_dt())
+    try:
+        multi = finetune(exp(2), "m", "hopper-medium", 0, out=tmp_path / "multi")
+        assert default_workers() == 2
+        local = finetune(exp(0), "m", "hopper-medium", 0, out=tmp_path / "local")
+    finally:
+        set_default_workers(0)
+    assert local["grad_updates"] > 0 and len(local["final_returns"]) == 2
+    for k in ("env_steps", "grad_updates", "iterations", "final_returns"):
+        assert multi[k] == local[k], k
