@@ -216,6 +216,8 @@ class EnvSet:
     def _call(self, cmd: str, rows, *per_row) -> list:
         """Run ``cmd`` on ``rows`` (each worker on its own rows, all at once); results per worker used."""
         rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) == 0:
+            return []
         if self._local is not None:
             return [(np.arange(len(rows)), getattr(self._local, cmd)(rows, *per_row))]
         owners = self._owner[rows]

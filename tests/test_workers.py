@@ -92,6 +92,8 @@ def test_vec_stepper_with_workers_matches_in_process_and_resumes():
         # a subset of rows, as evaluation loops step them
         x, y = a.step(acts[0][:2], rows=np.array([2, 0])), b.step(acts[0][:2], rows=np.array([2, 0]))
         assert np.array_equal(x.next_obs, y.next_obs) and np.array_equal(x.rewards, y.rewards)
+        for st in (a, b):  # no rows: an empty batch, as before
+            assert st.step(np.zeros((0, 3)), rows=np.array([], dtype=int)).next_obs.shape == (0, 11)
     finally:
         b.env_set.close()
 
