@@ -62,5 +62,5 @@ def test_bench_jobs_per_gpu_times_k_concurrent_jobs(tmp_path):
     rows = json.loads((tmp_path / "rows.json").read_text())
     assert [r["k"] for r in rows] == [1, 3]
     assert rows[0]["updates_per_s_sum"] == 1.5 and rows[1]["updates_per_s_sum"] == 3 * 3.5
-    assert all(r["jobs_per_hour"] == pytest.approx(3600 * r["k"] / r["wall_s"], rel=0.01) for r in rows)
+    assert all(r["jobs_per_hour"] == pytest.approx(3600 * r["k"] / r["wall_s"], abs=0.006) for r in rows)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == rows
