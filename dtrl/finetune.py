@@ -68,8 +68,8 @@ def finetune(exp: ExperimentConfig, method: str, task_name: str, seed: int, pret
         dataset = load_task_dataset(exp, task)
     if exp.threads > 0:
         torch.set_num_threads(exp.threads)
-    set_default_workers(exp.rollout_workers)  # every RolloutEngine of the run
     ctx = build_context(task, seed, resolve_device(exp.device), dataset, pretrained, out, exp.eval)
+    set_default_workers(exp.rollout_workers)  # every RolloutEngine of the run
     impl = cls(spec.params, ctx)
     meta = {"method": method, "algo": spec.algo, "task": task_name, "seed": seed}
     summary = run_online(impl, ctx, spec.online, meta, config, allow_config_change)

@@ -17,10 +17,10 @@ rule behaviour:
     threads: THREADS
     resources:
         gpu=SAC_GPU,
-        gpu_milli=gpu_milli(SAC_GPU),
         mem_mb=8000,
         runtime=720,
         cpus_per_task=cpus,
+        gpu_milli=gpu_milli(SAC_GPU),
     conda:
         "../envs/dtrl.yaml"
     shell:

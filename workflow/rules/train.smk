@@ -20,10 +20,10 @@ rule pretrain:
     threads: THREADS
     resources:
         gpu=GPU,
-        gpu_milli=gpu_milli(GPU),
         mem_mb=16000,
         runtime=360,
         cpus_per_task=cpus,
+        gpu_milli=gpu_milli(GPU),
     conda:
         "../envs/dtrl.yaml"
     shell:
@@ -43,10 +43,10 @@ rule finetune:
     threads: THREADS
     resources:
         gpu=GPU,
-        gpu_milli=gpu_milli(GPU),
         mem_mb=16000,
         runtime=1440,
         cpus_per_task=cpus,
+        gpu_milli=gpu_milli(GPU),
     conda:
         "../envs/dtrl.yaml"
     shell:
