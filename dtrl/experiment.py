@@ -72,6 +72,19 @@ class ExperimentConfig:
     results: str = doc("results", "Root of every output: data/, pretrain/, runs/, tables/, figures/, logs/.")
     device: str = doc("auto", "Torch device for DT training and rollouts: auto (cuda if available), cpu, cuda, cuda:N.")
     threads: int = doc(0, "torch CPU threads per job (0 = torch's default).")
+    rollout_workers: int = doc(0, "Env worker processes per job that step the DT rollout engine's envs (dtrl.workers): "
+                                  "0 = in-process. Results are bit-identical either way; the policy forward stays "
+                                  "one batched call in the job's process. Worth it when the job has cores to spare "
+                                  "and steps many envs at once (GRPO-DT's groups, 64+ envs): use up to the job's "
+                                  "cores - 1 (on a 16-core box running k jobs, 16/k - 1); keep 0 with few cores. "
+                                  "`scripts/bench_rollout.py --workers` measures the gain.")
+    jobs_per_gpu: int = doc(1, "GPU jobs (pretrain, finetune, SAC behaviour) that share one GPU under the local-gpu "
+                               "profile (workflow/profiles/local-gpu): each asks for 1000/k of the profile's "
+                               "gpu_milli, which provides 1000 per GPU. 1 until measured: a small DT uses a "
+                               "fraction of a large GPU, so k = 2-8 can raise the grid's throughput; "
+                               "scripts/bench_jobs_per_gpu.py measures k = 1, 2, 4, 8 (see docs/performance.md). "
+                               "With k > 1 start CUDA MPS (nvidia-cuda-mps-control -d) so the jobs' kernels run "
+                               "concurrently, and give each job cores/k threads.")
     grid: GridConfig = doc(GridConfig(), "What to run.")
     data: DataConfig = doc(DataConfig(), "Dataset sources and the generator.")
     model: ModelConfig = doc(ModelConfig(), "The Decision Transformer.")
@@ -92,6 +105,11 @@ class ExperimentConfig:
     def validate(self) -> None:
         from dtrl.tasks import get_task
 
+        if not 1 <= self.jobs_per_gpu <= 32:
+            raise ConfigError(f"jobs_per_gpu is {self.jobs_per_gpu}; use 1 (a GPU per job) up to 32 jobs per GPU")
+        if self.rollout_workers < 0:
+            raise ConfigError(f"rollout_workers is {self.rollout_workers}; use 0 (in-process) or a number of "
+                              "env worker processes")
         for t in list(self.grid.tasks) + list(self.grid.ablation_tasks):
             try:
                 get_task(t)

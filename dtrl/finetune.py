@@ -11,6 +11,7 @@ from dtrl.experiment import ExperimentConfig
 from dtrl.methods import get_algorithm
 from dtrl.online import build_context, resolve_device, run_online
 from dtrl.tasks import get_task
+from dtrl.workers import set_default_workers
 
 
 def run_dir(exp: ExperimentConfig, method: str, task: str, seed: int) -> Path:
@@ -73,6 +74,7 @@ def finetune(exp: ExperimentConfig, method: str, task_name: str, seed: int, pret
 
         return run_external(exp, spec, task_name, seed, pretrained, out)
     ctx = build_context(task, seed, resolve_device(exp.device), dataset, pretrained, out, exp.eval)
+    set_default_workers(exp.rollout_workers)  # every RolloutEngine of the run
     impl = cls(spec.params, ctx)
     meta = {"method": method, "algo": spec.algo, "task": task_name, "seed": seed}
     summary = run_online(impl, ctx, spec.online, meta, config, allow_config_change)

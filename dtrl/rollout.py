@@ -26,9 +26,9 @@ import numpy as np
 import torch
 
 from dtrl.data.trajectories import Trajectory
-from dtrl.envs import get_sim_state, make_env, set_sim_state
 from dtrl.model import DecisionTransformer
 from dtrl.tasks import Task
+from dtrl.workers import EnvSet
 
 
 @dataclass
@@ -74,14 +74,15 @@ class _EnvBook:
 
 class RolloutEngine:
     def __init__(self, task: Task, n_envs: int, context_len: int, device: torch.device | str = "cpu",
-                 seed: int = 0):
+                 seed: int = 0, workers: int | None = None):
         self.task = task
         self.n = int(n_envs)
         self.K = int(context_len)
         self.device = torch.device(device)
-        self.envs = [make_env(task, seed=seed + i) for i in range(self.n)]
-        self.obs_dim = int(self.envs[0].observation_space.shape[0])
-        self.act_dim = int(self.envs[0].action_space.shape[0])
+        # workers: env worker processes (dtrl.workers; None = config rollout_workers, 0 = in-process)
+        self.env_set = EnvSet(task, [seed + i for i in range(self.n)], workers)
+        self.envs = self.env_set.envs  # the env objects when stepped in-process, else None
+        self.obs_dim, self.act_dim = self.env_set.info["obs_dim"], self.env_set.info["act_dim"]
         N, K, S, A, dev = self.n, self.K, self.obs_dim, self.act_dim, self.device
         self.c_states = torch.zeros(N, K, S, device=dev)
         self.c_actions = torch.zeros(N, K, A, device=dev)
@@ -113,8 +114,7 @@ class RolloutEngine:
         self.c_mask[i, -1] = True
 
     def reset(self, i: int, target_rtg: float, seed: int | None = None) -> None:
-        obs, _ = self.envs[i].reset(seed=seed)
-        self.obs[i] = obs
+        self.obs[i] = self.env_set.reset([i], [seed])[0]
         self.t[i] = 0
         self.rtg[i] = target_rtg
         self._clear_context(i)
@@ -125,7 +125,7 @@ class RolloutEngine:
         """Put env i exactly where ``traj`` was before its step ``t``: simulator and DT context."""
         if traj.sim_states is None:
             raise ValueError("cannot restore: the trajectory was collected without record_sim_states=True")
-        set_sim_state(self.envs[i], traj.sim_states[t])
+        self.env_set.set_sim([i], traj.sim_states[t][None])
         self.obs[i] = traj.observations[t]
         self.t[i] = int(traj.timesteps[t])
         self.rtg[i] = float(traj.policy_rtg[t])
@@ -198,13 +198,14 @@ class RolloutEngine:
                        "mask": self.c_mask[rows, -k_ctx:].cpu().numpy()}
             self.c_actions[rows, -1] = action
             act_np = action.cpu().numpy().astype(np.float64)
+            stepped = self.env_set.step(rows_np, act_np, record_sim_states)  # every env at once
             logp_np, var_np, sample_np = logp.cpu().numpy(), var.cpu().numpy(), sample.cpu().numpy()
             svar_np = svar.cpu().numpy()
             for j, i in enumerate(rows_np):
-                env, b = self.envs[i], books[i]
+                b = books[i]
                 if record_sim_states:
-                    b.sim.append(get_sim_state(env))
-                obs, reward, terminated, _, _ = env.step(act_np[j])
+                    b.sim.append(stepped.sims[j])
+                obs, reward, terminated = stepped.obs[j], stepped.rewards[j], bool(stepped.terminals[j])
                 b.obs.append(self.obs[i].copy())
                 b.act.append(act_np[j])
                 b.rew.append(float(reward))

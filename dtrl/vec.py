@@ -3,7 +3,8 @@
 One ``step`` takes a batch of actions, steps every env, and returns the batch of transitions with
 terminals and time-limit timeouts kept apart; finished envs are reset in place (auto-reset), so the
 caller's loop is one policy forward + one ``step`` per batch of env steps. On a few cores stepping
-in-process is faster than subprocess vector envs (MuJoCo steps take microseconds).
+in-process is fastest (MuJoCo steps take microseconds); with ``workers`` (config ``rollout_workers``)
+the envs are stepped across worker processes with bit-identical results (dtrl.workers).
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from dtrl.envs import get_sim_state, make_env, set_sim_state, sim_state_size
+from dtrl.envs import make_env
 from dtrl.tasks import Task
+from dtrl.workers import EnvSet
 
 
 @dataclass
@@ -42,17 +44,18 @@ class VecStepper:
     """
 
     def __init__(self, task: Task, n_envs: int, seed: int = 0, record_sim_states: bool = False,
-                 seeds: list[int] | None = None, reseed: bool = True):
+                 seeds: list[int] | None = None, reseed: bool = True, workers: int = 0):
         self.task = task
         self.n = int(n_envs)
-        self.envs = [make_env(task) for _ in range(self.n)]
+        # workers: env worker processes (dtrl.workers), 0 = in-process
+        self.env_set = EnvSet(task, [None] * self.n, workers)
+        self.envs = self.env_set.envs  # the env objects when stepped in-process, else None
         self.record = record_sim_states
         self.reseed = reseed
-        env = self.envs[0]
-        self.obs_dim = int(env.observation_space.shape[0])
-        self.act_dim = int(env.action_space.shape[0])
-        self.nq, self.nv = int(env.model.nq), int(env.model.nv)
-        self.state_dim = sim_state_size(env)
+        info = self.env_set.info
+        self.obs_dim, self.act_dim = info["obs_dim"], info["act_dim"]
+        self.nq, self.nv = info["nq"], info["nv"]
+        self.state_dim = info["state_dim"]
         self.obs = np.zeros((self.n, self.obs_dim), dtype=np.float64)
         self.t = np.zeros(self.n, dtype=np.int64)
         self.ret = np.zeros(self.n, dtype=np.float64)
@@ -70,7 +73,7 @@ class VecStepper:
     def _reset(self, i: int, seed: int | None = None) -> None:
         if seed is None and self.reseed:
             seed = self._seed + self._episodes
-        self.obs[i] = self.envs[i].reset(seed=None if seed is None else int(seed))[0]
+        self.obs[i] = self.env_set.reset([i], [None if seed is None else int(seed)])[0]
         self._episodes += 1
         self.t[i] = 0
         self.ret[i] = 0.0
@@ -91,43 +94,34 @@ class VecStepper:
         m = len(rows)
         actions = np.asarray(actions, dtype=np.float64).reshape(m, self.act_dim)
         obs = self.obs[rows].copy()
-        rewards = np.zeros(m)
-        next_obs = np.zeros_like(obs)
-        terms = np.zeros(m, dtype=bool)
+        res = self.env_set.step(rows, actions, record)
         touts = np.zeros(m, dtype=bool)
-        sims = qpos = qvel = None
-        if record:
-            sims = np.stack([get_sim_state(self.envs[i]) for i in rows])
-            qpos = np.stack([self.envs[i].data.qpos.copy() for i in rows])
-            qvel = np.stack([self.envs[i].data.qvel.copy() for i in rows])
         ep_returns, ep_lengths = [], []
         for j, i in enumerate(rows):
-            o, r, term, _, _ = self.envs[i].step(actions[j])
-            rewards[j] = r
-            next_obs[j] = o
             self.t[i] += 1
-            self.ret[i] += r
-            terms[j] = term
+            self.ret[i] += res.rewards[j]
+            term = bool(res.terminals[j])
             touts[j] = (not term) and self.t[i] >= self.task.max_episode_steps
             if term or touts[j]:
                 ep_returns.append(float(self.ret[i]))
                 ep_lengths.append(int(self.t[i]))
                 self._reset(i)
             else:
-                self.obs[i] = o
-        return StepBatch(obs, actions, rewards, next_obs, terms, touts, sims, qpos, qvel, ep_returns, ep_lengths)
+                self.obs[i] = res.obs[j]
+        return StepBatch(obs, actions, res.rewards, res.obs, res.terminals, touts, res.sims, res.qpos, res.qvel,
+                         ep_returns, ep_lengths)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything the next steps depend on (simulator states, episode counters, each env's RNG), so a
         stepper restored with :meth:`load_state_dict` continues bit-identically."""
-        return {"sim": [get_sim_state(e) for e in self.envs], "obs": self.obs.copy(), "t": self.t.copy(),
-                "ret": self.ret.copy(), "episodes": self._episodes,
-                "np_random": [e.np_random.bit_generator.state for e in self.envs]}
+        rows = np.arange(self.n)
+        return {"sim": list(self.env_set.get_sim(rows)), "obs": self.obs.copy(), "t": self.t.copy(),
+                "ret": self.ret.copy(), "episodes": self._episodes, "np_random": self.env_set.get_rng(rows)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for env, sim, rng in zip(self.envs, state["sim"], state["np_random"]):
-            set_sim_state(env, sim)
-            env.np_random.bit_generator.state = rng
+        rows = np.arange(self.n)
+        self.env_set.set_sim(rows, np.stack(state["sim"]))
+        self.env_set.set_rng(rows, state["np_random"])
         self.obs[:], self.t[:], self.ret[:] = state["obs"], state["t"], state["ret"]
         self._episodes = int(state["episodes"])
 

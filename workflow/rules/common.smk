@@ -229,6 +229,12 @@ GPU = _gpus(EXP.device)
 SAC_GPU = _gpus(EXP.data.generator.device)
 
 
+def gpu_milli(gpus):
+    """Thousandths of a GPU a job asks for: 1000 / jobs_per_gpu per GPU. The local-gpu profile provides
+    1000 per GPU of the machine, so `jobs_per_gpu` jobs share each GPU (SLURM ignores it: --gpus=gpu)."""
+    return gpus * 1000 // EXP.jobs_per_gpu
+
+
 def cpus(wildcards, threads):
     return threads
 

@@ -20,6 +20,7 @@ rule behaviour:
         mem_mb=RES.behaviour.mem_mb,
         runtime=RES.behaviour.runtime,
         cpus_per_task=cpus,
+        gpu_milli=gpu_milli(SAC_GPU),
     conda:
         "../envs/dtrl.yaml"
     shell:

@@ -23,6 +23,7 @@ rule pretrain:
         mem_mb=RES.pretrain.mem_mb,
         runtime=RES.pretrain.runtime,
         cpus_per_task=cpus,
+        gpu_milli=gpu_milli(GPU),
     conda:
         "../envs/dtrl.yaml"
     shell:
@@ -45,6 +46,7 @@ rule finetune:
         mem_mb=RES.finetune.mem_mb,
         runtime=RES.finetune.runtime,
         cpus_per_task=cpus,
+        gpu_milli=gpu_milli(GPU),
     conda:
         "../envs/dtrl.yaml"
     shell:

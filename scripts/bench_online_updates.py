@@ -1,0 +1,109 @@
+"""Online update throughput of ODT and ODT+TD3 beside DT pretraining at the same model size and batch.
+
+    python scripts/bench_online_updates.py --device cuda --layers 4 --embed 512 --heads 4 --batch 256 \
+        --updates 300 --warmup 30
+
+Each method is built as `dtrl finetune` builds it (its Config defaults: LAMB, bf16 and compile on
+CUDA, ODT+TD3's critic and target DT), with a replay buffer seeded from a synthetic hopper-sized
+dataset and a freshly initialised DT standing in for the pretrained one; its `_update_many`
+(one iteration's gradient updates, no env steps) is timed after warm-up updates, with the device
+synchronised around the timed call. The pretraining row is scripts/bench_pretrain.py run with the
+same size and batch. Issue 13's target: each online row at >= 90% of the pretraining updates/s
+(ODT+TD3 counts its DT updates; it also makes policy_delay critic minibatches per DT update).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_pretrain  # noqa: E402
+from dtrl.checkpoint import dt_payload  # noqa: E402
+from dtrl.config import from_dict  # noqa: E402
+from dtrl.io import atomic_torch_save  # noqa: E402
+from dtrl.methods import get_algorithm  # noqa: E402
+from dtrl.model import ModelConfig  # noqa: E402
+from dtrl.online import build_context  # noqa: E402
+from dtrl.online_config import EvalConfig  # noqa: E402
+from dtrl.pretrain import build_dt  # noqa: E402
+from dtrl.tasks import get_task  # noqa: E402
+
+HEADS = {"odt": "gaussian", "odt_td3": "deterministic"}
+
+
+def time_method(algo: str, args, ds, tmp: Path) -> tuple[float, dict]:
+    task = get_task(args.task)
+    device = torch.device(args.device)
+    cfg = ModelConfig(embed_dim=args.embed, n_layers=args.layers, n_heads=args.heads, dropout=0.1,
+                      context_len=args.context, eval_context_len=min(5, args.context), action_head=HEADS[algo])
+    torch.manual_seed(0)
+    path = atomic_torch_save(tmp / f"{algo}.pt", {"dt": dt_payload(build_dt(cfg, task, ds)), "task": task.name,
+                                                  "seed": 0, "updates": 0})
+    ctx = build_context(task, 0, device, ds, path, tmp / algo, EvalConfig())
+    cls = get_algorithm(algo)
+    params = {"batch_size": args.batch, "continue_pretrain_optimizer": False}
+    if args.compile is not None:
+        params["compile"] = args.compile
+    if algo == "odt_td3":
+        params["critic_warmup_updates"] = 0
+    method = cls(from_dict(cls.Config, params), ctx)
+    method._update_many(args.warmup)
+    bench_pretrain.sync(device)
+    before = ctx.counters.policy_updates, ctx.counters.critic_updates
+    t = time.perf_counter()
+    method._update_many(args.updates)
+    bench_pretrain.sync(device)
+    dt = time.perf_counter() - t
+    return args.updates / dt, {"critic minibatches/s": (ctx.counters.critic_updates - before[1]) / dt}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--task", default="hopper-medium", help="task whose dims, reward scale and RTG the DT uses")
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--embed", type=int, default=512)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--context", type=int, default=20)
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--updates", type=int, default=50, help="timed DT updates per method")
+    p.add_argument("--warmup", type=int, default=10, help="untimed DT updates first (compilation)")
+    p.add_argument("--methods", nargs="+", default=["odt", "odt_td3"], choices=sorted(HEADS))
+    p.add_argument("--trajectories", type=int, default=200)
+    p.add_argument("--length", type=int, default=1000)
+    p.add_argument("--no-pretrain", action="store_true", help="skip the pretraining row")
+    p.add_argument("--compile", choices=["off", "default", "reduce-overhead"], default=None,
+                   help="the methods' `compile` (default: their config default, off)")
+    args = p.parse_args(argv)
+    task = get_task(args.task)
+    from dtrl.envs import env_dims
+
+    obs_dim, act_dim = env_dims(task)
+    ds = bench_pretrain.synthetic_dataset(args.trajectories, args.length, obs_dim, act_dim)
+    print(f"device {args.device}; {args.layers}x{args.embed} heads {args.heads} K {args.context} batch {args.batch}; "
+          f"{args.updates} timed updates after {args.warmup}; compile {args.compile or 'config default'}", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for algo in args.methods:
+            ups, extra = time_method(algo, args, ds, Path(tmp))
+            more = "" if algo == "odt" else f"  ({extra['critic minibatches/s']:.2f} critic minibatches/s)"
+            print(f"{algo:<8} DT updates/s {ups:.2f}{more}", flush=True)
+    if not args.no_pretrain:
+        print("pretraining (scripts/bench_pretrain.py, same size and batch, bf16 and its default compile on CUDA):")
+        bench_pretrain.main(["--device", args.device, "--layers", str(args.layers), "--embed", str(args.embed),
+                             "--heads", str(args.heads), "--context", str(args.context), "--batch", str(args.batch),
+                             "--updates", str(args.updates), "--warmup", str(args.warmup), "--obs-dim", str(obs_dim),
+                             "--act-dim", str(act_dim), "--amp", "bf16", "--trajectories", str(args.trajectories),
+                             "--length", str(args.length)])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
