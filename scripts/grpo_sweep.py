@@ -48,7 +48,7 @@ def sweep_rows(exp, runs: dict) -> list[dict]:
             wall.append(float(r.summary["wall_time"]))
         rows.append({
             "method": m, "changes": table.loc[m, "changes"],
-            "scores": [r.score for r in mine],
+            "scores": [r.score for r in mine], "seeds": [r.seed for r in mine],
             "mean": table.loc[m, "average_mean"], "std": table.loc[m, "average_std"],
             "n": int(table.loc[m, "average_seeds"]),
             "clip": {e: float(np.mean(v)) for e, v in sorted(clip.items())},
@@ -61,13 +61,13 @@ def sweep_rows(exp, runs: dict) -> list[dict]:
 
 def markdown(exp, rows: list[dict]) -> str:
     lines = [f"Final D4RL normalised score on {', '.join(exp.grid.ablation_tasks)}, mean ± sample std over seeds "
-             f"{list(exp.grid.seeds)} (each seed's score in brackets); clip fraction = ratios outside the clip "
+             f"{list(exp.grid.seeds)} (each seed's score in brackets; seed k finetunes pretrained DT k); clip fraction = ratios outside the clip "
              "range in update epoch 1, 2, ... (mean over iterations and seeds); gradient = fraction of ratio units "
              "whose clipped surrogate passed a gradient.", "",
              "| setting | changes | score | seeds | clip fraction per epoch | gradient | updates / run | s / run |",
              "|---|---|---:|---|---|---:|---:|---:|"]
     for r in rows:
-        seeds = ", ".join(f"{s:.1f}" for s in r["scores"])
+        seeds = ", ".join(f"s{k}: {s:.1f}" for k, s in zip(r["seeds"], r["scores"]))
         clip = " / ".join(f"{v:.2f}" for v in r["clip"].values()) or "–"
         lines.append(f"| {method_label(exp, r['method'])} | {r['changes'] or '–'} | "
                      f"{_fmt_score(r['mean'], r['std'], r['n'])} | [{seeds}] | {clip} | {r['grad_frac']:.2f} | "
