@@ -48,7 +48,7 @@ def finetune(exp: ExperimentConfig, method: str, task_name: str, seed: int, pret
     task = get_task(task_name)
     cls = get_algorithm(spec.algo)
     if getattr(spec.params, "needs_pretrained_dt", cls.needs_pretrained_dt):
-        head = cls.pretrained_head
+        head = getattr(cls, "pretrained_head", "gaussian")  # as the workflow decides (common.smk)
         pretrained = Path(pretrained) if pretrained else pretrained_path(exp, task_name, seed, head)
         if not pretrained.exists():
             extra = "" if head == "gaussian" else f" --set model.action_head={head}"
@@ -61,6 +61,10 @@ def finetune(exp: ExperimentConfig, method: str, task_name: str, seed: int, pret
         from dtrl.io import read_json
 
         return read_json(out / "summary.json", fix=f"delete {out} to run it again")
+    if spec.algo == "external":  # its own process: no harness config record, dataset or torch threads here
+        from dtrl.external import run_external
+
+        return run_external(exp, spec, task_name, seed, pretrained, out)
     config = run_config(exp, spec, task_name, seed, pretrained)
     dataset = None
     if getattr(cls, "needs_dataset", False):
@@ -69,10 +73,6 @@ def finetune(exp: ExperimentConfig, method: str, task_name: str, seed: int, pret
         dataset = load_task_dataset(exp, task)
     if exp.threads > 0:
         torch.set_num_threads(exp.threads)
-    if spec.algo == "external":
-        from dtrl.external import run_external
-
-        return run_external(exp, spec, task_name, seed, pretrained, out)
     ctx = build_context(task, seed, resolve_device(exp.device), dataset, pretrained, out, exp.eval)
     set_default_workers(exp.rollout_workers)  # every RolloutEngine of the run
     impl = cls(spec.params, ctx)

@@ -132,6 +132,17 @@ def test_pretrained_placeholder_makes_the_workflow_pretrain(tmp_path):
     assert not _exp(tmp_path, toy=_toy()).method("toy").params.needs_pretrained_dt
 
 
+def test_an_external_command_gets_the_pretrained_dt(tmp_path):
+    """With {pretrained} in its command, the command is given the stochastic DT the workflow pretrains."""
+    from dtrl.finetune import finetune
+
+    write_pretrained(tmp_path / f"pretrain/{TASK}/seed0/model.pt", tiny_dt(TASK))
+    toy = _toy()
+    exp = _exp(tmp_path, toy={**toy, "command": "test -f {pretrained} && " + toy["command"]})
+    s = finetune(exp, "toy", TASK, 0)
+    assert s["method"] == "toy" and check_run(tmp_path / f"runs/toy/{TASK}/seed0") == []
+
+
 def test_contract_document_lists_the_schema():
     """docs/CONTRACTS.md documents exactly the columns and keys dtrl check-run requires."""
     from dtrl.external import PLACEHOLDERS
