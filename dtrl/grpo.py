@@ -84,6 +84,9 @@ def selection_probs(action_var: np.ndarray, mode: str, temperature: float) -> np
     return p / p.sum()
 
 
+LOG_RATIO_QUANTILES = (0.05, 0.5, 0.95)  # logged per iteration as log_ratio_q05 / _q50 / _q95
+
+
 def approx_kl(log_ratio: torch.Tensor) -> torch.Tensor:
     """The low-variance KL(pi_old || pi) estimator mean((r - 1) - log r) over samples from pi_old."""
     return ((log_ratio.exp() - 1.0) - log_ratio).mean()
@@ -352,7 +355,7 @@ class PolicyGradientDT(DTMethod):
         model.train()  # dropout as configured (0 by default: identical to the acting eval mode)
         U = batch.n_units
         mb = max(1, min(cfg.minibatch_size, U))
-        acc: dict[str, list] = {k: [] for k in ("ratio", "log_ratio", "clip", "kl", "ent", "gent", "loss", "gn")}
+        acc: dict[str, list] = {k: [] for k in ("ratio", "log_rho", "log_ratio", "clip", "kl", "ent", "gent", "loss", "gn")}
         clip_n = np.zeros(cfg.epochs)  # per epoch: ratios outside the clip range, units with gradient, ratios
         grad_n = np.zeros(cfg.epochs)
         seen_n = np.zeros(cfg.epochs)
@@ -380,6 +383,7 @@ class PolicyGradientDT(DTMethod):
                         self.first_minibatch_ratios = r_np
                     kl = approx_kl(log_ratio_tok.detach().clamp(-cfg.max_log_ratio, cfg.max_log_ratio)).item()
                     acc["ratio"].append(r_np)
+                    acc["log_rho"].append(log_rho.detach().cpu().numpy())
                     acc["log_ratio"].append(log_rho.detach().abs().max().item())
                     outside = ((rho - 1.0).abs() > eps).float()
                     acc["clip"].append(outside.mean().item())
@@ -401,6 +405,9 @@ class PolicyGradientDT(DTMethod):
         self.ctx.counters.policy_updates += updates
         r_all = np.concatenate(acc["ratio"])
         first = self.first_minibatch_ratios
+        # The distribution of unclamped log-ratios over the iteration's ratio units (every epoch): the
+        # spread relabeling is blamed for, which the clamped ratio_min/max and the mean KL can hide.
+        q05, q50, q95 = np.quantile(np.concatenate(acc["log_rho"]), LOG_RATIO_QUANTILES)
         with np.errstate(invalid="ignore", divide="ignore"):  # epochs skipped by early stopping: NaN
             per_epoch = {**{f"clip_frac_epoch{e + 1}": float(clip_n[e] / seen_n[e]) for e in range(cfg.epochs)},
                          **{f"grad_frac_epoch{e + 1}": float(grad_n[e] / seen_n[e]) for e in range(cfg.epochs)}}
@@ -411,6 +418,9 @@ class PolicyGradientDT(DTMethod):
             "ratio_min": float(r_all.min()),
             "ratio_first_absdev": float(np.abs(first - 1.0).max()),  # 0 up to float error unless relabel/dropout
             "log_ratio_absmax": float(max(acc["log_ratio"])),  # unclamped
+            "log_ratio_q05": float(q05),
+            "log_ratio_q50": float(q50),
+            "log_ratio_q95": float(q95),
             "clip_frac": float(np.mean(acc["clip"])),
             "grad_units": int(grad_n.sum()),
             "grad_frac": float(grad_n.sum() / seen_n.sum()),
@@ -428,6 +438,7 @@ class PolicyGradientDT(DTMethod):
         nan = float("nan")
         per_epoch = [f"{k}_epoch{e + 1}" for k in ("clip_frac", "grad_frac") for e in range(self.cfg.epochs)]
         return {k: nan for k in ("ratio_mean", "ratio_max", "ratio_min", "ratio_first_absdev", "log_ratio_absmax",
+                                 "log_ratio_q05", "log_ratio_q50", "log_ratio_q95",
                                  "clip_frac", "grad_frac", *per_epoch, "approx_kl", "entropy", "gaussian_entropy",
                                  "policy_loss", "grad_norm", "grad_norm_max",
                                  "early_stop")} | {"iter_policy_updates": 0, "grad_units": 0}

@@ -111,6 +111,10 @@ def test_relabel_both_starts_at_ratio_one_and_learner_does_not(tmp_path):
     learner = make_method(GRPO, tmp_path, **SMALL_GRPO, relabel="learner")
     d = learner.train_iteration()
     assert d["ratio_first_absdev"] > 1e-3 and d["log_ratio_absmax"] > 1e-3  # unclamped log-ratio logged
+    # the log-ratio distribution is logged in order, inside the largest |log ratio|
+    assert d["log_ratio_q05"] <= d["log_ratio_q50"] <= d["log_ratio_q95"]
+    assert max(abs(d["log_ratio_q05"]), abs(d["log_ratio_q95"])) <= d["log_ratio_absmax"]
+    assert d["log_ratio_q95"] - d["log_ratio_q05"] > 0
     # the old spelling still means the learner-only reading
     assert from_dict(GRPO.Config, {"relabel": True}).relabel_mode == "learner"
     assert from_dict(GRPO.Config, {"relabel": False}).relabel_mode == "none"
