@@ -13,6 +13,8 @@ Reads ``<runs>/<method>/<task>/seed<seed>/summary.json`` (final score, budgets) 
                                      (summary status other than completed, or no finite score) and missing
     figures/aggregate_metrics.png|pdf, performance_profile.png|pdf,
     figures/probability_of_improvement.png|pdf, learning_curves_<task>.png|pdf
+    figures/ratio_diagnostics_<task>.png|pdf   per ablation task, when an ablation changes relabel or ratio:
+                                     log-ratio quantiles, first |ratio - 1|, clip fraction, KL over training
     tables/findings.csv, .md, REPORT.md   the grid's comparisons and the results page (dtrl/report_page.py)
 
 Scores are D4RL normalised scores (0 = random, 100 = expert). The optimality gap is taken to the
@@ -788,6 +790,101 @@ def plot_learning_curves(exp: ExperimentConfig, task: str, runs: dict, stem: Pat
     return _save(fig, stem)
 
 
+# Ratio diagnostics over training (progress.csv columns of the ratio methods), one panel each.
+RATIO_PANELS = (("log_ratio_q", "log ratio: median, 5-95% band"), ("ratio_first_absdev", "first-minibatch max |ratio - 1|"),
+                ("clip_frac", "clip fraction"), ("approx_kl", "approximate KL"))
+# Settings whose variants change the importance ratios themselves: those ablations share the figure.
+RATIO_SETTINGS = ("relabel", "ratio")
+
+
+def ratio_figure_methods(exp: ExperimentConfig) -> list[str]:
+    """The main GRPO-DT entry and every ablation of it that changes how its ratios are formed
+    (``relabel``, ``ratio``): the relabeling question's figure. Empty without such an ablation."""
+    base = next((m for m in exp.grid.methods if algo_of(exp, m) == MAIN_ALGO), None)
+    if base is None:
+        return []
+    ref = method_settings(exp, base)
+    variants = [a for a in exp.grid.ablations if ablation_base(exp, a) == base
+                and any(method_settings(exp, a).get(k) != ref.get(k) for k in RATIO_SETTINGS)]
+    return [base, *variants] if variants else []
+
+
+def series_mean(runs: list[Run], col: str, x_key: str = "env_steps") -> tuple[np.ndarray, np.ndarray] | None:
+    """Mean over seeds of one progress.csv column, each seed interpolated onto the union of the
+    iterations within the range every seed covers (rows without the column skipped)."""
+    pts = []
+    for r in runs:
+        df = r.progress()
+        if df is None or col not in df or x_key not in df:
+            continue
+        df = df[pd.to_numeric(df[col], errors="coerce").notna()]
+        if not df.empty:
+            df = df.groupby(x_key, as_index=False)[col].last().sort_values(x_key)
+            pts.append((df[x_key].to_numpy(np.float64), df[col].to_numpy(np.float64)))
+    if not pts:
+        return None
+    lo, hi = max(x[0] for x, _ in pts), min(x[-1] for x, _ in pts)
+    grid = np.unique(np.concatenate([x for x, _ in pts]))
+    grid = grid[(grid >= lo) & (grid <= hi)]
+    if grid.size == 0:
+        return None
+    return grid, np.mean([np.interp(grid, x, y) for x, y in pts], axis=0)
+
+
+def plot_ratio_diagnostics(exp: ExperimentConfig, task: str, runs: dict, stem: Path,
+                           reps: int = CURVE_REPS) -> list[Path] | None:
+    """Return curves next to the ratio diagnostics over training for ``ratio_figure_methods``: does
+    relabeling make the ratios explode? Means over seeds; the return panel has its bootstrap CI."""
+    from matplotlib.figure import Figure
+
+    methods = ratio_figure_methods(exp)
+    if not methods:
+        return None
+    colors = _colors(list(exp.grid.methods) + list(exp.grid.ablations))
+    fig = Figure(figsize=(3.3 * (1 + len(RATIO_PANELS)), 3.6))
+    axes = fig.subplots(1, 1 + len(RATIO_PANELS))
+    drawn = False
+    for m in methods:
+        rs = [runs[(m, task, s)] for s in exp.grid.seeds if (m, task, s) in runs]
+        label = f"{method_label(exp, m)} (n={len(rs)})"
+        c = learning_curve(rs, "env_steps", reps=reps)
+        if c is not None:
+            x, y, lo, hi = c
+            axes[0].plot(x, y, color=colors[m], marker=".", label=label)
+            if len(rs) >= exp.report.min_runs_for_ci:
+                axes[0].fill_between(x, lo, hi, color=colors[m], alpha=0.2)
+        for ax, (col, _) in zip(axes[1:], RATIO_PANELS):
+            if col == "log_ratio_q":
+                mid, q05, q95 = (series_mean(rs, f"log_ratio_q{q}") for q in ("50", "05", "95"))
+                if mid is None:
+                    continue
+                ax.plot(*mid, color=colors[m])
+                if q05 is not None and q95 is not None and len(q05[0]) == len(q95[0]):
+                    ax.fill_between(q05[0], q05[1], q95[1], color=colors[m], alpha=0.2)
+                drawn = True
+                continue
+            sm = series_mean(rs, col)
+            if sm is not None:
+                ax.plot(*sm, color=colors[m], marker=".")
+                drawn = True
+    if not drawn:
+        return None
+    axes[0].set_ylabel("normalised return")
+    axes[0].set_title("evaluation return", fontsize=9)
+    for ax, (col, title) in zip(axes[1:], RATIO_PANELS):
+        ax.set_title(title, fontsize=9)
+        if col in ("ratio_first_absdev", "approx_kl"):
+            ax.set_yscale("symlog", linthresh=1e-4)  # 0 on-policy, orders of magnitude more when relabeled
+    for ax in axes:
+        ax.set_xlabel("training env steps")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{task}: importance ratios over training (means over seeds; per iteration, every epoch's "
+                 f"minibatches) next to the return", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, stem)
+
+
 # ----------------------------------------------------------------------------------------------
 # Entry point
 # ----------------------------------------------------------------------------------------------
@@ -926,6 +1023,9 @@ def report(exp: ExperimentConfig, out_root: Path | None = None, runs_dir: Path |
                 written["figures"] += plot_poi(exp, poi, fig_dir / "probability_of_improvement")
     for task in exp.grid.tasks if figures else []:
         figs = plot_learning_curves(exp, task, runs, fig_dir / f"learning_curves_{task}", reps=min(reps, CURVE_REPS))
+        written["figures"] += figs or []
+    for task in exp.grid.ablation_tasks if figures else []:
+        figs = plot_ratio_diagnostics(exp, task, runs, fig_dir / f"ratio_diagnostics_{task}", reps=min(reps, CURVE_REPS))
         written["figures"] += figs or []
     from dtrl.report_page import write_report_page  # REPORT.md: findings, tables, figures, provenance
 

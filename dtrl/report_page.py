@@ -41,8 +41,10 @@ REPORT_FILE = "REPORT.md"
 FINDINGS_TABLE = "findings"
 # progress.csv columns read as ratio diagnostics (where a method logs them), with how a run's rows
 # are summarised: the mean over iterations, or the largest value.
-DIAGNOSTICS = {"ratio_first_absdev": "mean", "log_ratio_absmax": "max", "clip_frac": "mean", "approx_kl": "mean"}
+DIAGNOSTICS = {"ratio_first_absdev": "mean", "log_ratio_absmax": "max", "log_ratio_q05": "mean", "log_ratio_q95": "mean",
+               "clip_frac": "mean", "approx_kl": "mean"}
 DIAGNOSTIC_LABELS = {"ratio_first_absdev": "first-minibatch max |ratio - 1|", "log_ratio_absmax": "largest |log ratio|",
+                     "log_ratio_q05": "log-ratio 5% quantile", "log_ratio_q95": "log-ratio 95% quantile",
                      "clip_frac": "clip fraction", "approx_kl": "approx. KL"}
 KIND_TITLES = {"vs_offline": "Each method against the offline DT it starts from",
                "vs_baseline": "GRPO-DT against each baseline",

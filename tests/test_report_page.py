@@ -26,7 +26,10 @@ def add_diagnostics(root, method, task, seed, absdev, clip):
     df = pd.read_csv(p)
     df["ratio_first_absdev"] = absdev
     df["clip_frac"] = clip
-    df.loc[df.index[-1], ["ratio_first_absdev", "clip_frac"]] = np.nan  # the final row has none
+    df["log_ratio_q05"], df["log_ratio_q50"], df["log_ratio_q95"] = -10 * absdev, 0.0, 10 * absdev
+    df["approx_kl"] = absdev ** 2
+    cols = ["ratio_first_absdev", "clip_frac", "log_ratio_q05", "log_ratio_q50", "log_ratio_q95", "approx_kl"]
+    df.loc[df.index[-1], cols] = np.nan  # the final row has none
     df.to_csv(p, index=False)
 
 
@@ -133,3 +136,29 @@ def test_one_seed_gives_no_interval_and_no_verdict(page):
     assert len(f) == 6 and (f["ci_low"] == f["iqm_diff"]).all() and (f["ci_high"] == f["iqm_diff"]).all()
     text = paragraph(one, f.iloc[0].to_dict())
     assert "(no CI;" in text and "nothing to resample" in text and "above 0" not in text
+
+
+def test_ratio_diagnostics_figure_for_the_relabel_ablation(page):
+    exp, root, written = page
+    from dtrl.report import ratio_figure_methods, series_mean
+
+    assert ratio_figure_methods(exp) == ["grpo", ABLATION]
+    figs = [p.name for p in written["figures"]]
+    assert [f for f in figs if f.startswith("ratio_diagnostics")] == [
+        f"ratio_diagnostics_{t}.{e}" for t in TASKS[:2] for e in ("png", "pdf")]
+    assert (root / "figures" / f"ratio_diagnostics_{TASKS[0]}.png").stat().st_size > 0
+    # the plotted series is the mean over seeds of the logged column (seed i logged 0.5 + 0.1 i)
+    from dtrl.report import load_runs
+    runs, _ = load_runs(root / "runs", [(ABLATION, TASKS[0], s) for s in SEEDS])
+    x, y = series_mean(list(runs.values()), "ratio_first_absdev")
+    assert np.allclose(y, 0.5 + 0.1 * np.mean(range(len(SEEDS))))
+    assert f"ratio_diagnostics_{TASKS[0]}.png" in (root / "REPORT.md").read_text()
+
+
+def test_no_ratio_figure_without_a_ratio_ablation():
+    from dtrl.report import ratio_figure_methods
+
+    exp = ExperimentConfig(grid=GridConfig(methods=["none", "grpo"], tasks=TASKS, seeds=SEEDS,
+                                           ablations=["grpo_l0"], ablation_tasks=TASKS[:1]),
+                           methods={"grpo_l0": {"algo": "grpo", "eval_len": 0}})
+    assert ratio_figure_methods(exp) == []
