@@ -264,12 +264,24 @@ class FlatGoalEnv:
         self.goal_env.close()
 
 
-def success_rate(task: Any, returns: np.ndarray) -> float | None:
-    """Fraction of episodes that reached the goal (AntMaze: reward 1 only at the goal, where the
-    episode ends, so a positive return is a success); None for tasks without a goal."""
-    if task.family.suite != ANTMAZE:
-        return None
-    return float(np.mean(np.asarray(returns, dtype=np.float64) > 0.0))
+# D4RL's Adroit success rule (hand_manipulation_suite evaluate_success, Farama-Foundation/D4RL @89141a6:
+# pen_v0.py:145, door_v0.py:127, hammer_v0.py:132, relocate_v0.py:123): an episode succeeds when the goal
+# holds (goal_achieved; gymnasium-robotics reports it as info["success"]) on MORE than this many steps.
+ADROIT_SUCCESS_STEPS = {"pen": 20, "door": 25, "hammer": 25, "relocate": 25}
+
+
+def success_rate(task: Any, returns: np.ndarray, goal_steps: np.ndarray | None = None) -> float | None:
+    """Fraction of successful episodes; None for tasks without a success rule.
+
+    AntMaze: reward 1 only at the goal, where the episode ends, so a positive return is a success.
+    Adroit: D4RL's rule, more than :data:`ADROIT_SUCCESS_STEPS` steps with ``info["success"]``
+    (``goal_steps``, one count per episode); None when the evaluation did not count them.
+    """
+    if task.family.suite == ANTMAZE:
+        return float(np.mean(np.asarray(returns, dtype=np.float64) > 0.0))
+    if task.family.suite == ADROIT and goal_steps is not None:
+        return float(np.mean(np.asarray(goal_steps) > ADROIT_SUCCESS_STEPS[task.family.name]))
+    return None
 
 
 # -- datasets ---------------------------------------------------------------------------------------
