@@ -267,9 +267,10 @@ def test_report_groups_tasks_by_family_with_family_averages_and_success(tmp_path
     for task, per_seed in scores.items():
         for seed, sc in enumerate(per_seed):
             write_run(tmp_path, "odt", task, seed, sc, 1000, 10)
-            if task.startswith("antmaze"):
+            rate = {"antmaze-umaze": sc / 100, "pen-human": 0.5}.get(task)  # door-human: a run without one
+            if rate is not None:
                 p = tmp_path / "runs/odt" / task / f"seed{seed}/summary.json"
-                p.write_text(json.dumps({**json.loads(p.read_text()), "final_success_rate": sc / 100}))
+                p.write_text(json.dumps({**json.loads(p.read_text()), "final_success_rate": rate}))
     grid = ["pen-human", "hopper-medium", "antmaze-umaze", "door-human"]  # families interleaved in the grid
     exp = ExperimentConfig(results=str(tmp_path), grid=GridConfig(methods=["odt"], tasks=grid, seeds=[0, 1]))
     report(exp, tmp_path, tmp_path / "runs", reps=50, figures=False)
@@ -282,10 +283,12 @@ def test_report_groups_tasks_by_family_with_family_averages_and_success(tmp_path
     assert table.loc["average (antmaze)", "odt_mean"] == pytest.approx(75.0)
     assert table.loc["average", "odt_mean"] == pytest.approx((20 + 2 + 60 + 75) / 4)
     assert table.loc["antmaze-umaze", "odt_success"] == pytest.approx(0.75)
-    assert np.isnan(table.loc["pen-human", "odt_success"])
+    assert table.loc["pen-human", "odt_success"] == pytest.approx(0.5)  # Adroit: D4RL's success rule
+    assert np.isnan(table.loc["door-human", "odt_success"]) and np.isnan(table.loc["hopper-medium", "odt_success"])
     assert np.isnan(table.loc["pen-human", "odt_published"]) and table.loc["hopper-medium", "odt_published"] > 0
     md = (tmp_path / "tables" / "main.md").read_text()
     assert "| **average (adroit)** |" in md and "75.0 ± 35.4 (success 75%)" in md
+    assert "| pen-human | 20.0 ± 14.1 (success 50%) |" in md
     assert "no published Adroit or AntMaze numbers" in md
 
 
