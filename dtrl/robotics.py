@@ -32,7 +32,9 @@ Conventions, each from the code behind the published numbers:
   methods, set in config/antmaze.yaml (IQL: ``reward_shift: -1``); ODT's own DT uses reward scale 1
   on AntMaze (``online-dt`` ``main.py`` line 89) with raw sparse rewards. AntMaze RTG targets: 1 at
   evaluation (reach the goal once) and 1 online; raw-reward units, so ODT+TD3's -100/-200/-500
-  targets (readme.md lines 93-95, shifted rewards) do not apply unshifted.
+  targets (readme.md lines 93-95, shifted rewards) do not apply unshifted. ODT+TD3's other AntMaze
+  conventions (trajectory splitting and the dropped 1-step trajectories, K = 1 / 5, the TD3 term during
+  pretraining) and which of them dtrl matches: docs/baselines.md, "ODT and ODT+TD3 on AntMaze".
 - AntMaze mazes: D4RL's evaluation maps ``U_MAZE_TEST``, ``BIG_MAZE_TEST``, ``HARDEST_MAZE_TEST``
   (``d4rl/locomotion/maze_env.py`` lines 56-79; fixed start cell R and goal cell G), passed to
   gymnasium-robotics' AntMaze v4 (Ant-v4 body without contact forces, as D4RL's ant), which adds
