@@ -68,7 +68,7 @@ from dtrl.critic import mlp
 from dtrl.data.trajectories import DataError, TrajectoryDataset
 from dtrl.envs import get_sim_state, set_sim_state
 from dtrl.guard import FiniteSince
-from dtrl.online import OnlineMethod, RunContext, eval_seed
+from dtrl.online import Evaluation, OnlineMethod, RunContext, eval_seed
 from dtrl.vec import VecStepper, evaluate_policy
 
 ACTION_LIMIT = 1.0 - 1e-5  # dataset actions are clipped to this before their log-likelihood is taken
@@ -552,7 +552,7 @@ class IQL(OnlineMethod):
             self._updates(n, online=False, acc=acc)
             diag = self._diagnostics(acc, phase=0)
             if self.offline_done == self.cfg.offline_updates and self.cfg.offline_eval_episodes:
-                r = self.evaluate(self.cfg.offline_eval_episodes, eval_seed(self.ctx.eval_cfg, self.ctx.seed, 0))
+                r = self.evaluate(self.cfg.offline_eval_episodes, eval_seed(self.ctx.eval_cfg, self.ctx.seed, 0)).returns
                 diag.update(offline_eval_return=float(r.mean()),
                             offline_eval_norm_return=float(np.mean(self.ctx.task.normalize(r))))
             return diag
@@ -579,11 +579,11 @@ class IQL(OnlineMethod):
             diag["explore_return"] = float(np.mean(ep_returns))
         return diag
 
-    def evaluate(self, episodes: int, seed: int) -> np.ndarray:
-        returns, lengths = evaluate_policy(self.learner.act, self.ctx.task, episodes, seed=seed,
-                                           n_envs=self.ctx.eval_cfg.n_envs)
+    def evaluate(self, episodes: int, seed: int) -> Evaluation:
+        returns, lengths, goal = evaluate_policy(self.learner.act, self.ctx.task, episodes, seed=seed,
+                                                 n_envs=self.ctx.eval_cfg.n_envs)
         self.ctx.counters.env_steps_eval += int(lengths.sum())
-        return returns
+        return Evaluation(returns, goal)
 
     def state_dict(self) -> dict[str, Any]:
         st = self.stepper

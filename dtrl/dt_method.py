@@ -11,7 +11,7 @@ from dtrl.checkpoint import check_dims, dt_payload, load_pretrained_dt
 from dtrl.config import ConfigError
 from dtrl.pretrain_config import HEAD_DIRS
 from dtrl.evaluate import evaluate_dt_episodes
-from dtrl.online import OnlineMethod, RunContext
+from dtrl.online import Evaluation, OnlineMethod, RunContext
 from dtrl.rollout import RolloutEngine
 
 
@@ -36,15 +36,15 @@ class DTMethod(OnlineMethod):
                               f"{HEAD_DIRS[self.pretrained_head]}/)")
         self._eval_engine: RolloutEngine | None = None
 
-    def evaluate(self, episodes: int, seed: int) -> np.ndarray:
+    def evaluate(self, episodes: int, seed: int) -> Evaluation:
         n_envs = self.ctx.eval_cfg.n_envs or episodes
         if self._eval_engine is None or self._eval_engine.n < min(n_envs, episodes):
             self._eval_engine = RolloutEngine(self.ctx.task, n_envs, self.model.cfg.context_len, self.ctx.device,
                                               seed=seed)
-        returns, lengths = evaluate_dt_episodes(self.model, self.ctx.task, episodes, seed=seed,
-                                                rtg=self.eval_rtg(), engine=self._eval_engine)
+        returns, lengths, goal = evaluate_dt_episodes(self.model, self.ctx.task, episodes, seed=seed,
+                                                      rtg=self.eval_rtg(), engine=self._eval_engine)
         self.ctx.counters.env_steps_eval += int(lengths.sum())
-        return returns
+        return Evaluation(returns, goal)
 
     def eval_rtg(self) -> float:
         """eval.rtg, else the task's eval_rtg: ODT's rule (relabeling trains every RTG up to the best seen)."""

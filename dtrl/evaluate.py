@@ -26,8 +26,9 @@ def evaluate_dt(model: DecisionTransformer, task: Task, episodes: int, seed: int
 def evaluate_dt_episodes(model: DecisionTransformer, task: Task, episodes: int, seed: int = 0,
                          rtg: float | None = None, context_len: int | None = None, n_envs: int = 0,
                          device: torch.device | str | None = None,
-                         engine: RolloutEngine | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(returns, lengths) of the evaluation episodes; see :func:`evaluate_dt`."""
+                         engine: RolloutEngine | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(returns, lengths, goal steps) of the evaluation episodes; see :func:`evaluate_dt`. Goal steps:
+    per episode, the steps whose ``info["success"]`` was true (what Adroit's success rate counts)."""
     device = next(model.parameters()).device if device is None else torch.device(device)
     if engine is None:
         engine = RolloutEngine(task, n_envs or episodes, model.cfg.context_len, device, seed=seed)
@@ -35,7 +36,8 @@ def evaluate_dt_episodes(model: DecisionTransformer, task: Task, episodes: int, 
                              seeds=[seed + k for k in range(episodes)], sample=False,
                              context_len=model.cfg.eval_context_len if context_len is None else context_len)
     return (np.array([t.total_return for t in trajs], dtype=np.float64),
-            np.array([len(t) for t in trajs], dtype=np.int64))
+            np.array([len(t) for t in trajs], dtype=np.int64),
+            np.array([int(t.goal.sum()) for t in trajs], dtype=np.int64))
 
 
 def evaluate_checkpoint(exp, checkpoint: Path, task_name: str, episodes: int | None = None, seed: int = 0,

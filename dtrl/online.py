@@ -58,6 +58,16 @@ class Counters:
         return self.policy_updates
 
 
+@dataclass
+class Evaluation:
+    """What :meth:`OnlineMethod.evaluate` may return instead of bare returns: the raw returns and, per
+    episode, the steps whose ``info["success"]`` was true. Adroit's success rate needs those steps (D4RL's
+    rule, dtrl.robotics.success_rate); AntMaze's is read off the returns, so bare returns suffice there."""
+
+    returns: np.ndarray
+    goal_steps: np.ndarray | None = None
+
+
 CHECKPOINT_COUNTERS = ("env_steps", "env_steps_eval", "policy_updates", "critic_updates", "iterations",
                        "wall_time", "extra")
 
@@ -97,8 +107,10 @@ class OnlineMethod:
         """One online iteration: collect env steps, make updates, advance ``ctx.counters``; return diagnostics."""
         raise NotImplementedError
 
-    def evaluate(self, episodes: int, seed: int) -> np.ndarray:
-        """Raw returns of ``episodes`` evaluation episodes of the current policy (deterministic actions)."""
+    def evaluate(self, episodes: int, seed: int) -> np.ndarray | Evaluation:
+        """Raw returns of ``episodes`` evaluation episodes of the current policy (deterministic actions),
+        or an :class:`Evaluation` that adds each episode's goal steps (without them Adroit reports no
+        success rate)."""
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:
@@ -199,9 +211,12 @@ def run_online(method: OnlineMethod, ctx: RunContext, online: OnlineConfig, meta
         logger.rows = []
         next_eval = 0
 
-    def evaluate(episodes: int, index: int) -> np.ndarray:
-        returns = method.evaluate(episodes, eval_seed(ctx.eval_cfg, ctx.seed, index))
-        return np.asarray(returns, dtype=np.float64)
+    def evaluate(episodes: int, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+        out = method.evaluate(episodes, eval_seed(ctx.eval_cfg, ctx.seed, index))
+        if isinstance(out, Evaluation):
+            goal = None if out.goal_steps is None else np.asarray(out.goal_steps, dtype=np.int64)
+            return np.asarray(out.returns, dtype=np.float64), goal
+        return np.asarray(out, dtype=np.float64), None
 
     saved = {"iteration": c.iterations if state is not None else None}  # of the checkpoint on disk
 
@@ -270,9 +285,10 @@ def run_online(method: OnlineMethod, ctx: RunContext, online: OnlineConfig, meta
                "env_steps_per_s": sps, "updates_per_s": ups, **{f"steps_{k}": v for k, v in c.extra.items()},
                **diag}
         if c.env_steps >= next_eval:
-            r = evaluate(ctx.eval_cfg.episodes, c.iterations)
+            r, goal = evaluate(ctx.eval_cfg.episodes, c.iterations)
             last_norm = float(np.mean(ctx.task.normalize(r)))
-            row.update(eval_return=float(r.mean()), eval_norm_return=last_norm, **_success(ctx.task, r, "eval_success"),
+            row.update(eval_return=float(r.mean()), eval_norm_return=last_norm,
+                       **_success(ctx.task, r, goal, "eval_success"),
                        eval_rtg=method.eval_rtg())
             while next_eval <= c.env_steps:
                 next_eval += online.eval_every_env_steps
@@ -285,13 +301,13 @@ def run_online(method: OnlineMethod, ctx: RunContext, online: OnlineConfig, meta
     if bar is not None:
         bar.close()
 
-    r = evaluate(ctx.eval_cfg.final_episodes, FINAL_EVAL_INDEX)
+    r, goal = evaluate(ctx.eval_cfg.final_episodes, FINAL_EVAL_INDEX)
     norm = ctx.task.normalize(r)
     c.wall_time = time.perf_counter() - t_start
     logger.log({"iteration": c.iterations, "env_steps": c.env_steps, "env_steps_eval": c.env_steps_eval,
                 **update_counts(c), "wall_time": round(c.wall_time, 3),
                 "eval_return": float(r.mean()), "eval_norm_return": float(np.mean(norm)), "final": 1,
-                **_success(ctx.task, r, "eval_success"), "eval_rtg": method.eval_rtg()})
+                **_success(ctx.task, r, goal, "eval_success"), "eval_rtg": method.eval_rtg()})
     summary = {
         **meta,
         "status": "completed",
@@ -299,7 +315,7 @@ def run_online(method: OnlineMethod, ctx: RunContext, online: OnlineConfig, meta
         "final_norm_return": float(np.mean(norm)),
         "final_norm_return_std": float(np.std(norm)),
         "final_returns": r.tolist(),
-        **_success(ctx.task, r, "final_success_rate"),
+        **_success(ctx.task, r, goal, "final_success_rate"),
         "eval_episodes": int(len(r)),
         "env_steps": c.env_steps,
         "env_steps_eval": c.env_steps_eval,
@@ -315,11 +331,11 @@ def run_online(method: OnlineMethod, ctx: RunContext, online: OnlineConfig, meta
     return summary
 
 
-def _success(task: Task, returns: np.ndarray, key: str) -> dict[str, float]:
-    """{key: fraction of episodes that reached the goal} for goal tasks (AntMaze), else {}."""
+def _success(task: Task, returns: np.ndarray, goal_steps: np.ndarray | None, key: str) -> dict[str, float]:
+    """{key: fraction of successful episodes} for tasks with a success rule (AntMaze, Adroit), else {}."""
     from dtrl.robotics import success_rate
 
-    rate = success_rate(task, returns)
+    rate = success_rate(task, returns, goal_steps)
     return {} if rate is None else {key: rate}
 
 

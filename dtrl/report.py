@@ -255,7 +255,7 @@ def main_table(exp: ExperimentConfig, runs: dict) -> pd.DataFrame:
     row when the grid has several families, then ``average`` over every task, then one row per budget.
 
     Columns: ``task``; per method ``<m>_mean``, ``<m>_std``, ``<m>_seeds`` (runs found; for budget
-    rows, runs averaged over); ``<m>_success`` (mean goal success rate over seeds, goal tasks only);
+    rows, runs averaged over); ``<m>_success`` (mean success rate over seeds: AntMaze, Adroit);
     and ``<m>_published`` where the method's algorithm has published numbers (Yan et al. 2024, D4RL
     v2). Budget rows hold per-run means in ``_mean`` and std over runs.
     """
@@ -351,8 +351,9 @@ def main_markdown(exp: ExperimentConfig, table: pd.DataFrame, n_missing: int, rt
     lines = ["# Main results", "",
              f"Final D4RL normalised score (0 = random, 100 = expert), mean ± std over seeds "
              f"{list(exp.grid.seeds)} (sample std). Budget rows: mean per run. Tasks are grouped by benchmark "
-             "family, each family with its average when there are several; goal tasks (AntMaze) add the "
-             "success rate (goal reached) averaged over seeds.", "",
+             "family, each family with its average when there are several; AntMaze and Adroit add the "
+             "success rate averaged over seeds (AntMaze: goal reached; Adroit: D4RL's rule, goal held on more "
+             "than 20 steps for pen, 25 for door, hammer and relocate).", "",
              "| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
     for _, r in table.iterrows():
         task = r["task"]
@@ -379,8 +380,10 @@ def main_markdown(exp: ExperimentConfig, table: pd.DataFrame, n_missing: int, rt
               "The published average is shown only when every task of the table has a published number; "
               "a method has a published column only when some task of the table has a published number."]
     if any(suite != "locomotion" for suite, _ in task_groups(list(exp.grid.tasks))):
-        lines += ["", "dtrl/reference holds no published Adroit or AntMaze numbers (Yan et al. 2024's tables for "
-                  "them were not available when it was written), so those published cells are empty."]
+        lines += ["", "dtrl/reference holds no published Adroit or AntMaze numbers, so those published cells are "
+                  "empty: Yan et al. 2024's Adroit table (Table 2) gives average reward, not this table's "
+                  "normalised score, and neither it nor their AntMaze table could be transcribed offline "
+                  "(dtrl/reference/__init__.py)."]
     if n_missing:
         lines += ["", f"**{n_missing} run(s) of the grid are missing**; cells average the seeds found."]
     if rtg_note:

@@ -32,7 +32,9 @@ Conventions, each from the code behind the published numbers:
   methods, set in config/antmaze.yaml (IQL: ``reward_shift: -1``); ODT's own DT uses reward scale 1
   on AntMaze (``online-dt`` ``main.py`` line 89) with raw sparse rewards. AntMaze RTG targets: 1 at
   evaluation (reach the goal once) and 1 online; raw-reward units, so ODT+TD3's -100/-200/-500
-  targets (readme.md lines 93-95, shifted rewards) do not apply unshifted.
+  targets (readme.md lines 93-95, shifted rewards) do not apply unshifted. ODT+TD3's other AntMaze
+  conventions (trajectory splitting and the dropped 1-step trajectories, K = 1 / 5, the TD3 term during
+  pretraining) and which of them dtrl matches: docs/baselines.md, "ODT and ODT+TD3 on AntMaze".
 - AntMaze mazes: D4RL's evaluation maps ``U_MAZE_TEST``, ``BIG_MAZE_TEST``, ``HARDEST_MAZE_TEST``
   (``d4rl/locomotion/maze_env.py`` lines 56-79; fixed start cell R and goal cell G), passed to
   gymnasium-robotics' AntMaze v4 (Ant-v4 body without contact forces, as D4RL's ant), which adds
@@ -264,12 +266,24 @@ class FlatGoalEnv:
         self.goal_env.close()
 
 
-def success_rate(task: Any, returns: np.ndarray) -> float | None:
-    """Fraction of episodes that reached the goal (AntMaze: reward 1 only at the goal, where the
-    episode ends, so a positive return is a success); None for tasks without a goal."""
-    if task.family.suite != ANTMAZE:
-        return None
-    return float(np.mean(np.asarray(returns, dtype=np.float64) > 0.0))
+# D4RL's Adroit success rule (hand_manipulation_suite evaluate_success, Farama-Foundation/D4RL @89141a6:
+# pen_v0.py:145, door_v0.py:127, hammer_v0.py:132, relocate_v0.py:123): an episode succeeds when the goal
+# holds (goal_achieved; gymnasium-robotics reports it as info["success"]) on MORE than this many steps.
+ADROIT_SUCCESS_STEPS = {"pen": 20, "door": 25, "hammer": 25, "relocate": 25}
+
+
+def success_rate(task: Any, returns: np.ndarray, goal_steps: np.ndarray | None = None) -> float | None:
+    """Fraction of successful episodes; None for tasks without a success rule.
+
+    AntMaze: reward 1 only at the goal, where the episode ends, so a positive return is a success.
+    Adroit: D4RL's rule, more than :data:`ADROIT_SUCCESS_STEPS` steps with ``info["success"]``
+    (``goal_steps``, one count per episode); None when the evaluation did not count them.
+    """
+    if task.family.suite == ANTMAZE:
+        return float(np.mean(np.asarray(returns, dtype=np.float64) > 0.0))
+    if task.family.suite == ADROIT and goal_steps is not None:
+        return float(np.mean(np.asarray(goal_steps) > ADROIT_SUCCESS_STEPS[task.family.name]))
+    return None
 
 
 # -- datasets ---------------------------------------------------------------------------------------

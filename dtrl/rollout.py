@@ -41,6 +41,7 @@ class RolloutTrajectory(Trajectory):
     action_var: np.ndarray | None = None  # (T,) mean over action dims of the pre-squash Gaussian variance
     squashed_var: np.ndarray | None = None  # (T,) mean over action dims of Var[tanh(u)], u ~ the Gaussian
     sampled: np.ndarray | None = None  # (T,) bool: action was sampled (True) or the mean action (False)
+    goal: np.ndarray | None = None  # (T,) bool: the env's info["success"] after the step (Adroit's goal_achieved)
     contexts: dict[str, np.ndarray] | None = None  # per step: states/actions/rtg/timesteps/mask (T, K, .)
     start_context: dict[str, np.ndarray] | None = None  # context history before step 0 (restored rollouts)
 
@@ -68,6 +69,7 @@ class _EnvBook:
     var: list = field(default_factory=list)
     svar: list = field(default_factory=list)
     sampled: list = field(default_factory=list)
+    goal: list = field(default_factory=list)
     sim: list = field(default_factory=list)
     ctx: list = field(default_factory=list)
 
@@ -215,6 +217,7 @@ class RolloutEngine:
                 b.var.append(var_np[j])
                 b.svar.append(svar_np[j])
                 b.sampled.append(bool(sample_np[j]))
+                b.goal.append(bool(stepped.goal[j]))
                 if record_contexts:
                     b.ctx.append({k: v[j] for k, v in ctx.items()})
                 self.t[i] += 1
@@ -256,6 +259,7 @@ class RolloutEngine:
             action_var=np.asarray(b.var, dtype=np.float32),
             squashed_var=np.asarray(b.svar, dtype=np.float32),
             sampled=np.asarray(b.sampled, dtype=bool),
+            goal=np.asarray(b.goal, dtype=bool),
         )
         if record_contexts:
             traj.contexts = {k: np.stack([c[k] for c in b.ctx]) for k in b.ctx[0]} if b.ctx else None

@@ -127,14 +127,15 @@ class VecStepper:
 
 
 def evaluate_policy(act: Callable[[np.ndarray], np.ndarray], task: Task, episodes: int, seed: int = 0,
-                    n_envs: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(returns, lengths) of ``episodes`` episodes of a memoryless deterministic policy.
+                    n_envs: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(returns, lengths, goal steps) of ``episodes`` episodes of a memoryless deterministic policy; goal
+    steps: per episode, the steps whose ``info["success"]`` was true (Adroit's success rate counts them).
 
     Envs are seeded seed, seed+1, ... per episode, so the result does not depend on ``n_envs``.
     """
     n = min(episodes, n_envs or episodes)
     envs = [make_env(task) for _ in range(n)]
-    returns, lengths = np.zeros(episodes), np.zeros(episodes, dtype=np.int64)
+    returns, lengths, goal = np.zeros(episodes), np.zeros(episodes, dtype=np.int64), np.zeros(episodes, dtype=np.int64)
     next_ep = 0
     slot_ep = np.full(n, -1)
     obs = np.zeros((n, envs[0].observation_space.shape[0]))
@@ -146,9 +147,10 @@ def evaluate_policy(act: Callable[[np.ndarray], np.ndarray], task: Task, episode
         live = np.flatnonzero(slot_ep >= 0)
         acts = np.asarray(act(obs[live]), dtype=np.float64)
         for j, i in enumerate(live):
-            o, r, term, _, _ = envs[i].step(acts[j])
+            o, r, term, _, info = envs[i].step(acts[j])
             e = slot_ep[i]
             returns[e] += r
+            goal[e] += bool(info.get("success", False))
             lengths[e] += 1
             obs[i] = o
             if term or lengths[e] >= task.max_episode_steps:
@@ -158,4 +160,4 @@ def evaluate_policy(act: Callable[[np.ndarray], np.ndarray], task: Task, episode
                     next_ep += 1
                 else:
                     slot_ep[i] = -1
-    return returns, lengths
+    return returns, lengths, goal

@@ -63,6 +63,9 @@ class Stepped:
     sims: np.ndarray | None  # (m, D) snapshot before the step, when recorded
     qpos: np.ndarray | None
     qvel: np.ndarray | None
+    # (m,) bool: the env's info["success"] after the step (gymnasium-robotics Adroit's per-step goal_achieved;
+    # False for envs that report none). Adroit's episode success counts these steps (dtrl.robotics.success_rate).
+    goal: np.ndarray | None = None
 
 
 class _Slice:
@@ -93,12 +96,12 @@ class _Slice:
             sims = np.stack([get_sim_state(self.envs[i]) for i in rows])
             qpos = np.stack([self.envs[i].data.qpos.copy() for i in rows])
             qvel = np.stack([self.envs[i].data.qvel.copy() for i in rows])
-        obs, rewards, terms = [], np.zeros(m), np.zeros(m, dtype=bool)
+        obs, rewards, terms, goal = [], np.zeros(m), np.zeros(m, dtype=bool), np.zeros(m, dtype=bool)
         for j, i in enumerate(rows):
-            o, r, term, _, _ = self.envs[i].step(actions[j])
+            o, r, term, _, info = self.envs[i].step(actions[j])
             obs.append(np.asarray(o, dtype=np.float64))
-            rewards[j], terms[j] = r, term
-        return np.stack(obs), rewards, terms, sims, qpos, qvel
+            rewards[j], terms[j], goal[j] = r, term, bool(info.get("success", False))
+        return np.stack(obs), rewards, terms, sims, qpos, qvel, goal
 
     def set_sim(self, rows, states) -> None:
         from dtrl.envs import set_sim_state
@@ -256,9 +259,9 @@ class EnvSet:
         res = Stepped(np.zeros((m, self.info["obs_dim"])), np.zeros(m), np.zeros(m, dtype=bool),
                       np.zeros((m, self.info["state_dim"])) if record else None,
                       np.zeros((m, self.info["nq"])) if record else None,
-                      np.zeros((m, self.info["nv"])) if record else None)
-        for sel, (obs, rew, term, sims, qpos, qvel) in self._call("step", rows, np.asarray(actions), record):
-            res.obs[sel], res.rewards[sel], res.terminals[sel] = obs, rew, term
+                      np.zeros((m, self.info["nv"])) if record else None, np.zeros(m, dtype=bool))
+        for sel, (obs, rew, term, sims, qpos, qvel, goal) in self._call("step", rows, np.asarray(actions), record):
+            res.obs[sel], res.rewards[sel], res.terminals[sel], res.goal[sel] = obs, rew, term, goal
             if record:
                 res.sims[sel], res.qpos[sel], res.qvel[sel] = sims, qpos, qvel
         return res

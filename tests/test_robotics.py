@@ -43,7 +43,37 @@ def test_normalised_scores_are_d4rls_formula_with_d4rls_constants():
     maze = get_task("antmaze-medium-diverse")
     np.testing.assert_array_equal(maze.normalize(np.array([0.0, 1.0, 1.0, 0.0])), [0.0, 100.0, 100.0, 0.0])
     assert success_rate(maze, np.array([0.0, 1.0, 1.0, 0.0])) == 0.5
-    assert success_rate(pen, np.array([1.0])) is None
+    assert success_rate(pen, np.array([1.0])) is None  # Adroit: no goal steps counted, no rate
+
+
+def test_adroit_success_is_d4rls_rule_on_goal_steps():
+    """D4RL evaluate_success: goal achieved on more than 20 (pen) / 25 (door, hammer, relocate) steps."""
+    pen, door = get_task("pen-expert"), get_task("door-human")
+    assert success_rate(pen, np.zeros(4), np.array([0, 20, 21, 100])) == 0.5
+    assert success_rate(door, np.zeros(3), np.array([25, 26, 200])) == pytest.approx(2 / 3)
+    assert success_rate(get_task("relocate-cloned"), np.zeros(1), np.array([26])) == 1.0
+    assert success_rate(get_task("hopper-medium"), np.zeros(1), np.array([99])) is None
+
+
+def test_adroit_goal_steps_come_from_info_success_through_envset_and_evaluate_policy():
+    """The per-step info["success"] reaches EnvSet.step (DT rollouts) and evaluate_policy (IQL)."""
+    from dtrl.vec import evaluate_policy
+    from dtrl.workers import EnvSet
+
+    task = get_task("door-human")
+    es = EnvSet(task, [None], workers=0)
+    es.reset([0], [3])
+    env = es.envs[0]
+    act = np.zeros((1, env.action_space.shape[0]))
+    assert not es.step([0], act).goal[0]  # door shut at reset
+    env.data.qpos[env.door_hinge_addrs] = 1.5  # past door_v0's 1.35: goal achieved
+    assert es.step([0], act).goal[0]
+
+    ref = make_env(task, seed=0)  # evaluate_policy's count equals the info flags of the same episode
+    ref.reset(seed=5)
+    want = sum(bool(ref.step(np.zeros(act.shape[1]))[4]["success"]) for _ in range(task.max_episode_steps))
+    _, lengths, goal = evaluate_policy(lambda o: np.zeros((len(o), act.shape[1])), task, 1, seed=5)
+    assert lengths[0] == task.max_episode_steps and goal[0] == want
 
 
 def test_door_reward_is_d4rls():
@@ -237,9 +267,10 @@ def test_report_groups_tasks_by_family_with_family_averages_and_success(tmp_path
     for task, per_seed in scores.items():
         for seed, sc in enumerate(per_seed):
             write_run(tmp_path, "odt", task, seed, sc, 1000, 10)
-            if task.startswith("antmaze"):
+            rate = {"antmaze-umaze": sc / 100, "pen-human": 0.5}.get(task)  # door-human: a run without one
+            if rate is not None:
                 p = tmp_path / "runs/odt" / task / f"seed{seed}/summary.json"
-                p.write_text(json.dumps({**json.loads(p.read_text()), "final_success_rate": sc / 100}))
+                p.write_text(json.dumps({**json.loads(p.read_text()), "final_success_rate": rate}))
     grid = ["pen-human", "hopper-medium", "antmaze-umaze", "door-human"]  # families interleaved in the grid
     exp = ExperimentConfig(results=str(tmp_path), grid=GridConfig(methods=["odt"], tasks=grid, seeds=[0, 1]))
     report(exp, tmp_path, tmp_path / "runs", reps=50, figures=False)
@@ -252,10 +283,12 @@ def test_report_groups_tasks_by_family_with_family_averages_and_success(tmp_path
     assert table.loc["average (antmaze)", "odt_mean"] == pytest.approx(75.0)
     assert table.loc["average", "odt_mean"] == pytest.approx((20 + 2 + 60 + 75) / 4)
     assert table.loc["antmaze-umaze", "odt_success"] == pytest.approx(0.75)
-    assert np.isnan(table.loc["pen-human", "odt_success"])
+    assert table.loc["pen-human", "odt_success"] == pytest.approx(0.5)  # Adroit: D4RL's success rule
+    assert np.isnan(table.loc["door-human", "odt_success"]) and np.isnan(table.loc["hopper-medium", "odt_success"])
     assert np.isnan(table.loc["pen-human", "odt_published"]) and table.loc["hopper-medium", "odt_published"] > 0
     md = (tmp_path / "tables" / "main.md").read_text()
     assert "| **average (adroit)** |" in md and "75.0 ± 35.4 (success 75%)" in md
+    assert "| pen-human | 20.0 ± 14.1 (success 50%) |" in md
     assert "no published Adroit or AntMaze numbers" in md
 
 

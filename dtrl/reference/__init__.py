@@ -6,6 +6,17 @@ finetuning, one column per method (named by the dtrl algorithm that reimplements
 ``odt``, ``odt_td3``), one row per task. The numbers were obtained on the D4RL **v2** datasets and
 the gym v2 environments; dtrl runs on Gymnasium v5 with locally generated D4RL-recipe datasets unless
 real D4RL files are configured, so they are a reference point, not a like-for-like comparison.
+
+Adroit and AntMaze: not held. Yan et al. also tabulate ODT, ODT+TD3 and IQL on Adroit (Table 2, whose
+caption reads "Average reward for each method in Adroit Environments before and after online
+finetuning": returns, in whatever reward units their code used -- it divides Adroit rewards by 100 or
+1000, RL_as_Vitamin @de8be0a main.py:249-251 -- not D4RL normalised scores) and on AntMaze. Their numbers
+could not be read offline: the stored copies of arXiv 2410.24108v1 and of Luo & Zhu's arXiv 2601.00167v1
+(which may restate the baselines) give the opening of each page only, and only the caption above came
+through, from a third-party summary (liner.com). Whoever transcribes them: AntMaze rows go into this
+file (D4RL's AntMaze score is 100 x success rate, already normalised; check the table says so); Adroit
+rows go into a sibling file with their own label unless the table is in normalised score, since the
+report's main table compares normalised scores.
 """
 
 from __future__ import annotations
