@@ -33,7 +33,6 @@ Reconstruction choices (the ODT paper and code leave these open or do them diffe
 
 from __future__ import annotations
 
-import contextlib
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Literal, Sequence
@@ -48,7 +47,7 @@ from dtrl.dt_method import DTMethod
 from dtrl.guard import FiniteSince
 from dtrl.io import torch_load
 from dtrl.online import RunContext
-from dtrl.pretrain import SupervisedTrainer
+from dtrl.pretrain import SupervisedTrainer, amp_dtype_of
 from dtrl.rollout import RolloutEngine, RolloutTrajectory, Start
 
 # Per-step arrays the buffer keeps for a critic (``transitions=True``), gathered with each context.
@@ -105,11 +104,16 @@ class TrajectoryReplay:
     tokens = each trajectory's achieved return-to-go (hindsight relabeling). With
     ``transitions=True`` every context also carries the per-step arrays of
     :func:`transition_arrays` in ``batch.extra`` (for ODT+TD3's critic).
+
+    ``generator``: a ``torch.Generator`` on ``device`` from which windows are drawn on the device
+    (``sampler: device``); None draws them with ``rng`` on the host. Its state is part of
+    :meth:`state_dict`, so a resumed run draws the same windows.
     """
 
     def __init__(self, capacity: int, context_len: int, seeds: Sequence[Trajectory], *,
                  device: torch.device | str = "cpu", rng: np.random.Generator | None = None,
-                 anchor: Literal["end", "start"] = "end", transitions: bool = False):
+                 anchor: Literal["end", "start"] = "end", transitions: bool = False,
+                 generator: torch.Generator | None = None):
         if capacity < 1:
             raise ValueError(f"replay capacity must be >= 1, got {capacity}")
         if not seeds:
@@ -120,7 +124,7 @@ class TrajectoryReplay:
         self.n_seeds = len(seeds)  # seeds inserted at construction
         self.trajectories: deque[Trajectory] = deque(seeds)
         self.sampler = ContextSampler(seeds, context_len, extra=self._extra(seeds), device=device, rng=rng,
-                                      anchor=anchor)
+                                      anchor=anchor, generator=generator)
         self.evicted = 0  # trajectories dropped so far (seeds go first)
 
     def _extra(self, trajs: Sequence[Trajectory]) -> dict[str, list[np.ndarray]] | None:
@@ -158,7 +162,9 @@ class TrajectoryReplay:
     def state_dict(self) -> dict[str, Any]:
         online = list(self.trajectories)[self.seeds_left:]
         keys = ("observations", "actions", "rewards", "terminals", "timeouts", "next_observations")
-        return {"evicted": self.evicted, "online": [{k: getattr(t, k) for k in keys} for t in online]}
+        gen = self.sampler.generator
+        return {"evicted": self.evicted, "online": [{k: getattr(t, k) for k in keys} for t in online],
+                "generator": None if gen is None else gen.get_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore into a freshly built buffer (same seeds): drop the evicted seeds, re-add what came online."""
@@ -175,6 +181,9 @@ class TrajectoryReplay:
             self.sampler.add(t, extra=None if not self.transitions else transition_arrays(t))
             self.trajectories.append(t)
         self.evicted = n
+        gen = self.sampler.generator
+        if gen is not None and state.get("generator") is not None:
+            gen.set_state(state["generator"])
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -223,10 +232,23 @@ class ODTConfig:
         "end", "How context windows are drawn from the buffer: 'end' = each transition equally likely to be a "
                "context's last step (padding at episode starts, as when acting; dtrl's pretraining default); "
                "'start' = ODT's uniform first step (padding at episode ends).")
-    amp: Literal["off", "bf16"] = doc("bf16", "Autocast dtype of the DT on CUDA (ignored on CPU).")
+    sampler: Literal["device", "host"] = doc(
+        "device", "Where the replay buffer draws its context windows. 'device': with a torch.Generator on the "
+                  "training device (seeded from the run's seed, saved in the checkpoint), so an update makes no "
+                  "host work or host-to-device copy for its minibatch; 'host': with the run's numpy generator, "
+                  "copied to the device per minibatch (the sampler before issue 13). Both draw each window's "
+                  "anchor uniformly over the stored transitions (trajectories in proportion to their length) "
+                  "and build batches with the same gathers, so the distribution is the same (device: up to a "
+                  "relative bias below transitions / 2^62); they use different random streams, so the same "
+                  "seed draws different windows.")
+    amp: Literal["off", "bf16"] = doc("bf16", "Autocast dtype of the DT on CUDA (ignored on CPU); pretrain.amp's "
+                                              "default and the same autocast code (dtrl.pretrain.autocast).")
     compile: Literal["off", "default", "reduce-overhead"] = doc(
-        "off", "torch.compile mode of ODT's supervised forward+loss on CUDA (SupervisedTrainer's; ignored on CPU "
-               "and by ODT+TD3's actor step). Off by default: the online loop has not been timed compiled.")
+        "reduce-overhead", "torch.compile mode on CUDA (ignored on CPU) of the loss computations, as "
+                           "pretrain.compile (its default, and the same code: dtrl.pretrain.CompiledLoss): ODT's "
+                           "supervised forward+loss; ODT+TD3's critic loss (target DT, target critic, critic) and "
+                           "actor loss (DT, MSE, frozen critic). A failed compilation warns and goes on eagerly. "
+                           "Eager ('off') resumes bit-exactly; compiled runs within float rounding.")
 
     def validate(self) -> None:
         require(self.rollouts_per_iteration >= 1, "rollouts_per_iteration must be >= 1")
@@ -285,38 +307,38 @@ def min_env_steps_per_iteration(cfg: ODTConfig, task) -> int:
 
 
 class MeanTerms:
-    """Running sums of per-update diagnostic tensors; one host sync when read."""
+    """Running sums of per-update diagnostic tensors, kept on the device as one stacked vector (one
+    add per update, no host sync); read once per iteration (:meth:`means`, :meth:`check`)."""
 
     def __init__(self):
-        self.sums: dict[str, torch.Tensor] = {}
+        self.keys: list[str] = []
+        self.sum: torch.Tensor | None = None
         self.n = 0
         self.finite = FiniteSince()  # which term went non-finite first (dtrl.guard)
 
+    @property
+    def sums(self) -> dict[str, torch.Tensor]:
+        return {} if self.sum is None else dict(zip(self.keys, self.sum.unbind()))
+
     def add(self, terms: dict[str, torch.Tensor]) -> None:
-        for k, v in terms.items():
-            v = v.detach().float()
-            self.sums[k] = self.sums[k] + v if k in self.sums else v.clone()
+        if self.sum is None:
+            self.keys = list(terms)
+        elif list(terms) != self.keys:
+            raise ValueError(f"MeanTerms got terms {sorted(terms)} after {sorted(self.keys)}")
+        v = torch.stack([terms[k].detach().reshape(()).float() for k in self.keys])
+        self.sum = v if self.sum is None else self.sum.add_(v)
         self.n += 1
-        self.finite.add(self.sums)
+        self.finite.add_stacked(self.keys, self.sum)
 
     def check(self, fault_keys: dict[str, str], where: str) -> None:
         """Raise dtrl.guard.DivergenceError if a term went non-finite (the earliest named first)."""
         self.finite.check(fault_keys, where)
 
     def means(self, prefix: str = "") -> dict[str, float]:
-        if not self.sums:
+        if self.sum is None:
             return {}
-        keys = list(self.sums)
-        vals = (torch.stack([self.sums[k] for k in keys]) / max(self.n, 1)).tolist()
-        return {prefix + k: float(v) for k, v in zip(keys, vals)}
-
-
-def amp_context(model: torch.nn.Module, amp: str):
-    """bf16 autocast for DT forwards on CUDA when asked; nothing on CPU."""
-    dev = next(model.parameters()).device
-    if amp == "bf16" and dev.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+        vals = (self.sum / max(self.n, 1)).tolist()  # the one host sync
+        return {prefix + k: float(v) for k, v in zip(self.keys, vals)}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -342,18 +364,24 @@ class ODTFamily(DTMethod):
         self.trainer = SupervisedTrainer(
             model, optimizer=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.eps,
             warmup_updates=cfg.warmup_updates, grad_clip=cfg.grad_clip, temperature_lr=cfg.temperature_lr,
-            entropy_samples=cfg.entropy_samples, amp_dtype=torch.bfloat16 if cfg.amp == "bf16" else None,
-            compile=cfg.compile)
+            entropy_samples=cfg.entropy_samples, amp_dtype=amp_dtype_of(cfg.amp), compile=cfg.compile)
         self.pretrain_updates = (continue_pretraining(self.trainer, ctx.pretrained_path, cfg.optimizer)
                                  if cfg.continue_pretrain_optimizer else 0)
         self.buffer = TrajectoryReplay(cfg.buffer_size, self.K, ctx.dataset.top_k(cfg.buffer_size),
                                        device=ctx.device, rng=ctx.np_rng, anchor=cfg.context_anchor,
-                                       transitions=self.buffer_transitions)
+                                       transitions=self.buffer_transitions, generator=self._window_generator())
         self.online_rtg = float(ctx.task.online_rtg if cfg.online_rtg is None else cfg.online_rtg)
         self.rollout_context = min(cfg.rollout_context_len or model.cfg.eval_context_len, self.K)
         self.min_env_steps = min_env_steps_per_iteration(cfg, ctx.task)
         self.engine = RolloutEngine(ctx.task, cfg.rollouts_per_iteration, self.K, ctx.device,
                                     seed=10**8 + 10**4 * ctx.seed)
+
+    def _window_generator(self) -> torch.Generator | None:
+        """The replay buffer's device generator (``sampler: device``), seeded from the run's seed alone,
+        so the host generator's stream (exploration seeds) is the same for both samplers."""
+        if self.cfg.sampler != "device":
+            return None
+        return torch.Generator(device=self.ctx.device).manual_seed(2 * 10**8 + 10**4 * self.ctx.seed)
 
     # -- exploration --------------------------------------------------------------------------------
     def _explorer(self) -> tuple[torch.nn.Module, bool]:

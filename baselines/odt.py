@@ -17,6 +17,11 @@ rollout per iteration, lr 1e-4, weight decay 5e-4, warmup 10k, buffer of 1000 tr
 exploration and evaluation context 5, dropout 0.1, gradient clip 0.25, temperature init 0.1
 (the model's). That is 300 gradient updates per exploration episode: 0.3 per env step when
 episodes last the full 1000 steps, more when they end early.
+
+An update makes no host sync: the minibatch is drawn on the device (``sampler: device``), the
+forward+loss runs under pretraining's bf16 autocast and ``torch.compile`` switch (``amp``,
+``compile``; the same ``SupervisedTrainer``), and the loss terms are summed on the device, read and
+checked for divergence once per iteration.
 """
 
 from __future__ import annotations

@@ -50,6 +50,13 @@ Reconstruction choices (not published, or cheaper variants; each is a config fie
 * Critic optimizer: AdamW, lr 1e-3, torch's default weight decay 0.01 (main.py:134,
   get_args.py:62; the readme pins torch 2.0.1, whose AdamW default is 0.01); no gradient clipping
   of the critic (trainer.py:665-668).
+
+Speed (issue 13): a minibatch is drawn on the device (``sampler: device``), the critic loss (target
+DT, target critic, critic) and the actor loss (DT, MSE, the critic with its parameters detached)
+each run under pretraining's ``torch.compile`` switch (``compile``, ``dtrl.pretrain.CompiledLoss``)
+and bf16 autocast on CUDA, the critic's AdamW is fused and the Polyak updates are multi-tensor
+kernels; between the critic and the actor step nothing waits for the host, and the iteration's
+diagnostics are read, and checked for divergence, once at its end.
 """
 
 from __future__ import annotations
@@ -63,14 +70,14 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from baselines.common import MeanTerms, ODTConfig, ODTFamily, amp_context
+from baselines.common import MeanTerms, ODTConfig, ODTFamily
 from dtrl.batching import ContextBatch
 from dtrl.config import doc, require
 from dtrl.critic import TwinQ, soft_update
-from dtrl.dt_method import set_requires_grad
 from dtrl.losses import dt_mse_loss, masked_mean
 from dtrl.model import DeterministicAction
 from dtrl.online import RunContext
+from dtrl.pretrain import CompiledLoss, amp_dtype_of, autocast
 
 
 @dataclass
@@ -134,11 +141,13 @@ class NoisyAction(nn.Module):
 @contextlib.contextmanager
 def eval_mode(module: nn.Module):
     was = module.training
-    module.eval()
+    if was:
+        module.eval()
     try:
         yield module
     finally:
-        module.train(was)
+        if was:
+            module.train(True)
 
 
 def next_window(batch: ContextBatch) -> dict[str, torch.Tensor]:
@@ -153,6 +162,21 @@ def next_window(batch: ContextBatch) -> dict[str, torch.Tensor]:
     }
 
 
+def _backward(loss_fn, args: tuple, zero_grad, key: str) -> dict[str, torch.Tensor]:
+    """One forward (``loss_fn(*args)``) and the backward of its ``key`` term: what CompiledLoss runs."""
+    terms = loss_fn(*args)
+    zero_grad()
+    terms[key].backward()
+    return terms
+
+
+def _copy_out(terms: dict[str, torch.Tensor], keys: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """The named terms, detached and copied out in one kernel (CUDA-graph outputs are overwritten by the
+    next replay; the iteration's sums keep them)."""
+    values = torch.stack([terms[k].detach().reshape(()).float() for k in keys])
+    return dict(zip(keys, values.unbind()))
+
+
 class ODTTD3(ODTFamily):
     Config = ODTTD3Config
     needs_dataset = True
@@ -164,17 +188,28 @@ class ODTTD3(ODTFamily):
     ACTOR_FAULT_KEYS = {"loss_supervised": "lr", "nll": "lr", "entropy": "lr", "actor_q": "alpha", "loss": "alpha",
                         "grad_norm": "lr", "loss_temperature": "temperature_lr", "temperature": "temperature_lr"}
     pretrained_head = "deterministic"
+    CRITIC_TERMS = ("critic_loss", "q_mean", "td_error", "target_q")
+    ACTOR_TERMS = ("loss", "loss_supervised", "mse", "actor_q", "grad_norm")
 
     def __init__(self, cfg: ODTTD3Config, ctx: RunContext):
         super().__init__(cfg, ctx)
         m = self.model
         self.critic = TwinQ(ctx.obs_dim, ctx.act_dim, cfg.critic_hidden, m.state_mean, m.state_std).to(ctx.device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        on_cuda = ctx.device.type == "cuda"
+        # fused on CUDA: one kernel for the whole critic instead of a few per tensor
         self.critic_opt = torch.optim.AdamW(self.critic.parameters(), lr=cfg.critic_lr,
-                                            weight_decay=cfg.critic_weight_decay)
+                                            weight_decay=cfg.critic_weight_decay, fused=True if on_cuda else None)
         self.target = copy.deepcopy(m).requires_grad_(False).eval() if cfg.target_dt else None
         self.minibatches = 0  # critic updates made online (the policy delay counts these)
         self.warmed_up = cfg.critic_warmup_updates == 0
+        # Pretraining's switches and code (dtrl.pretrain): bf16 autocast of the DT forwards and the two
+        # loss computations compiled (cfg.compile, CUDA only); the optimizer steps, soft updates and
+        # diagnostics between them are device kernels with no host sync.
+        self.device_type = ctx.device.type
+        self.amp_dtype = amp_dtype_of(cfg.amp)
+        self.critic_compiled = CompiledLoss(self._critic_terms, cfg.compile, self.device_type)
+        self.actor_compiled = CompiledLoss(self._actor_terms, cfg.compile, self.device_type)
 
     # -- exploration: deterministic action + Gaussian noise -----------------------------------------
     def _explorer(self) -> tuple[nn.Module, bool]:
@@ -183,13 +218,21 @@ class ODTTD3(ODTFamily):
         return NoisyAction(self.model, self.cfg.exploration_noise), True
 
     # -- the critic ---------------------------------------------------------------------------------
+    def target_actor(self) -> nn.Module:
+        """The DT that gives a': the target copy (always in eval mode), or the current DT (``target_dt: false``),
+        which :meth:`_critic_step` puts in eval mode around the critic loss."""
+        return self.target if self.target is not None else self.model
+
     @torch.no_grad()
     def target_actions(self, batch: ContextBatch) -> torch.Tensor:
         """a'_{t+1} at every context position: the target DT's mean action on the next window, smoothed."""
+        actor = self.target_actor()
+        if actor.training:  # the current DT, called outside _critic_step (which sets eval mode around it)
+            with eval_mode(actor):
+                return self.target_actions(batch)
         cfg = self.cfg
-        actor = self.target if self.target is not None else self.model
         nxt = next_window(batch)
-        with eval_mode(actor), amp_context(actor, cfg.amp):
+        with autocast(self.device_type, self.amp_dtype):
             dist = actor(nxt["states"], nxt["actions"], nxt["rtg"], nxt["timesteps"], nxt["mask"])
         a = torch.tanh(dist.mean.float())
         noise = (torch.randn_like(a) * cfg.policy_noise).clamp(-cfg.noise_clip, cfg.noise_clip)
@@ -214,43 +257,47 @@ class ODTTD3(ODTFamily):
         return {"critic_loss": loss, "q_mean": masked_mean(q1.detach(), w),
                 "td_error": masked_mean((q1.detach() - y).abs(), w), "target_q": masked_mean(y, w)}
 
+    def _critic_terms(self, states, actions, rtg, timesteps, mask, reward, terminal, next_obs, td_ok):
+        """:meth:`critic_loss` on tensors: the function ``compile`` compiles."""
+        extra = {"reward": reward, "terminal": terminal, "next_obs": next_obs, "td_ok": td_ok}
+        return self.critic_loss(ContextBatch(states, actions, rtg, timesteps, mask, extra=extra))
+
     def _critic_step(self, batch: ContextBatch) -> dict[str, torch.Tensor]:
-        terms = self.critic_loss(batch)
-        self.critic_opt.zero_grad(set_to_none=True)
-        terms["critic_loss"].backward()
+        x = batch.extra
+        args = (batch.states, batch.actions, batch.rtg, batch.timesteps, batch.mask,
+                x["reward"], x["terminal"], x["next_obs"], x["td_ok"])
+        zero = lambda: self.critic_opt.zero_grad(set_to_none=True)  # noqa: E731
+        with eval_mode(self.target_actor()):
+            terms = self.critic_compiled(lambda loss_fn: _backward(loss_fn, args, zero, "critic_loss"))
         self.critic_opt.step()
-        terms["critic_loss"] = terms["critic_loss"].detach()
-        return terms
+        return _copy_out(terms, self.CRITIC_TERMS)
 
     # -- the actor (the DT) ---------------------------------------------------------------------------
     def actor_loss(self, batch: ContextBatch) -> dict[str, torch.Tensor]:
         """The masked MSE plus the TD3 term; ``loss`` reaches the DT's policy parameters only."""
         m = self.model
-        with amp_context(m, self.cfg.amp):
+        with autocast(self.device_type, self.amp_dtype):
             dist = m(batch.states, batch.actions, batch.rtg, batch.timesteps, batch.mask)
         terms = dt_mse_loss(dist, batch.actions, batch.mask)
         pi = torch.tanh(dist.mean.float())
-        params = list(self.critic.parameters())
-        set_requires_grad(params, False)  # the actor term moves the DT, never the critic
-        try:
-            q_pi = self.critic(batch.states, pi)[0]
-        finally:
-            set_requires_grad(params, True)
+        q_pi = self.critic(batch.states, pi, frozen=True)[0]  # the actor term moves the DT, never the critic
         actor_q = masked_mean(q_pi, batch.mask)
         return {**terms, "loss_supervised": terms["loss"].detach(), "actor_q": actor_q,
                 "loss": terms["loss"] - self.cfg.alpha * actor_q}
 
+    def _actor_terms(self, states, actions, rtg, timesteps, mask):
+        """:meth:`actor_loss` on tensors: the function ``compile`` compiles."""
+        return self.actor_loss(ContextBatch(states, actions, rtg, timesteps, mask))
+
     def _actor_step(self, batch: ContextBatch) -> dict[str, torch.Tensor]:
         tr = self.trainer
-        terms = self.actor_loss(batch)
-        tr.zero_grad()
-        terms["loss"].backward()
-        grad_norm = tr.step()
+        args = (batch.states, batch.actions, batch.rtg, batch.timesteps, batch.mask)
+        terms = self.actor_compiled(lambda loss_fn: _backward(loss_fn, args, tr.zero_grad, "loss"))
+        terms["grad_norm"] = tr.step()
         soft_update(self.critic_target, self.critic, self.cfg.tau)
         if self.target is not None:
             soft_update(self.target, self.model, self.cfg.tau)
-        return {"loss": terms["loss"].detach(), "loss_supervised": terms["loss_supervised"], "mse": terms["mse"],
-                "actor_q": terms["actor_q"].detach(), "grad_norm": grad_norm.detach()}
+        return _copy_out(terms, self.ACTOR_TERMS)
 
     # -- one iteration --------------------------------------------------------------------------------
     def _before_first_iteration(self) -> dict[str, float]:

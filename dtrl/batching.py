@@ -21,6 +21,18 @@ RTG is raw (the model applies ``reward_scale``). By default it is the hindsight 
 each trajectory (ODT's relabeling); ``rtg_override`` supplies per-trajectory arrays instead, e.g.
 the RTG tokens a policy was actually fed during a rollout (GRPO, relabel off).
 
+Where anchors are drawn. By default (``generator=None``) from a numpy generator on the host, then
+copied to the device (pinned, asynchronous): pretraining's sampler, whose checkpoint holds that
+generator. With ``generator`` (a ``torch.Generator`` on the sampler's device) they are drawn on the
+device, so a minibatch costs no host work beyond launching a few kernels (ODT's online updates,
+``sampler: device``). Both draw each anchor uniformly over the live transitions and build the
+batch with the same gathers (:meth:`ContextSampler.contexts_at`), so for the same anchors the
+batches are identical; they consume different random streams, so for the same seed they draw
+different anchors. The device draw is a 62-bit uniform integer reduced modulo the number of
+transitions n, uniform up to a relative bias below n / 2**62 (5e-13 for a million transitions);
+numpy's ``integers`` is exactly uniform. ``torch.randint(0, n)`` itself is not used: for n < 2**32
+it reduces a 32-bit draw modulo n, a relative bias up to n / 2**32 (2e-4 for a million transitions).
+
 Replay buffers: :meth:`ContextSampler.add` appends a trajectory and :meth:`ContextSampler.pop_oldest`
 drops the oldest ones (FIFO, insertion order), each in time proportional to the trajectory's
 length, amortised: live steps occupy a contiguous slice of over-allocated storage that is
@@ -64,7 +76,8 @@ class ContextSampler:
     ``trajectories`` (length T each). ``timesteps`` defaults to the step index within the
     trajectory (pass absolute episode timesteps for trajectory pieces that start mid-episode).
     ``extra`` names further per-step arrays (rewards, terminals, next observations, ...) gathered
-    in the same windows and returned in ``ContextBatch.extra``.
+    in the same windows and returned in ``ContextBatch.extra``. ``generator``: draw anchors on the
+    device with this ``torch.Generator`` (on ``device``) instead of ``rng`` (see the module docstring).
     """
 
     def __init__(
@@ -78,6 +91,7 @@ class ContextSampler:
         device: str | torch.device = "cpu",
         rng: np.random.Generator | None = None,
         anchor: Anchor = "end",
+        generator: torch.Generator | None = None,
     ):
         if isinstance(context_len, bool) or not isinstance(context_len, (int, np.integer)) or context_len < 1:
             raise ValueError(f"context_len must be a positive integer, got {context_len!r}")
@@ -90,6 +104,9 @@ class ContextSampler:
         self.anchor: Anchor = anchor
         self.device = torch.device(device)
         self.rng = rng if rng is not None else np.random.default_rng()
+        if generator is not None and torch.device(generator.device).type != self.device.type:
+            raise ValueError(f"the sampler's generator is on {generator.device}, its storage on {self.device}")
+        self.generator = generator
         self.obs_dim = int(trajectories[0].observations.shape[1])
         self.act_dim = int(trajectories[0].actions.shape[1])
         self.extra_names = tuple(extra) if extra else ()
@@ -146,13 +163,25 @@ class ContextSampler:
 
     # -- sampling --------------------------------------------------------------------------------
     def sample(self, batch_size: int, rng: np.random.Generator | None = None) -> ContextBatch:
-        """``batch_size`` contexts with anchors drawn uniformly over all stored transitions."""
+        """``batch_size`` contexts with anchors drawn uniformly over all stored transitions: on the
+        device with ``self.generator`` if the sampler has one and no ``rng`` is given, else with
+        ``rng`` (default ``self.rng``) on the host."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if self.num_transitions == 0:
             raise ValueError("cannot sample from an empty ContextSampler (all trajectories were dropped)")
+        if rng is None and self.generator is not None:
+            return self.contexts_at(self.draw_anchors(batch_size))
         draws = (rng or self.rng).integers(0, self.num_transitions, size=batch_size, dtype=np.int64)
         return self.contexts(draws)
+
+    def draw_anchors(self, batch_size: int) -> torch.Tensor:
+        """``batch_size`` anchors (0-based over stored steps) drawn on the device with ``self.generator``."""
+        # 62 random bits (torch.randint takes its 64-bit path for ranges >= 2**32, and 2**62 divides
+        # 2**64, so these are exactly uniform), then mod n: see the module docstring.
+        bits = torch.randint(0, 2**62, (batch_size,), generator=self.generator, device=self.device,
+                             dtype=torch.int64)
+        return bits.remainder_(self.num_transitions)
 
     def contexts(self, anchors: np.ndarray | Sequence[int]) -> ContextBatch:
         """The contexts anchored at the given transitions (0-based over stored steps, oldest first).
@@ -163,13 +192,22 @@ class ContextSampler:
         if a.size and (a.min() < 0 or a.max() >= self.num_transitions):
             raise IndexError(f"anchor indices must lie in [0, {self.num_transitions}), got "
                              f"[{a.min()}, {a.max()}]")
-        a = torch.from_numpy(a + self._lo)
+        a = torch.from_numpy(a)
         if self.device.type == "cuda":
             # Pinned source so the copy is asynchronous; the caching host allocator keeps the
             # pinned block alive until the copy has run.
             a = a.pin_memory().to(self.device, non_blocking=True)
         else:
             a = a.to(self.device)
+        return self.contexts_at(a)
+
+    def contexts_at(self, anchors: torch.Tensor) -> ContextBatch:
+        """:meth:`contexts` for anchors already on the device (int64, 0-based over stored steps).
+
+        Not range-checked (that would cost a host sync): the caller guarantees
+        ``0 <= anchors < num_transitions``, as :meth:`draw_anchors` does.
+        """
+        a = anchors.reshape(-1) + self._lo  # storage index of each anchor
         K, ar, st = self.context_len, self._arange, self._store
         if self.anchor == "end":
             first = a - st["pos"][a]  # storage index of each anchor's trajectory start

@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from dtrl.rollout import RolloutTrajectory
 
@@ -46,9 +47,24 @@ class TwinQ(nn.Module):
         self.q1 = mlp(obs_dim + act_dim, hidden, 1)
         self.q2 = mlp(obs_dim + act_dim, hidden, 1)
 
-    def forward(self, obs: torch.Tensor, act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, obs: torch.Tensor, act: torch.Tensor, frozen: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(Q1, Q2). ``frozen``: with the parameters detached, so the result's gradient reaches ``act``
+        (and whatever produced it) but never the critic; the same values, and no toggling of
+        ``requires_grad`` (which a compiled region could not do)."""
         x = torch.cat([(obs - self.state_mean) / self.state_std, act], dim=-1)
-        return self.q1(x).squeeze(-1), self.q2(x).squeeze(-1)
+        if not frozen:
+            return self.q1(x).squeeze(-1), self.q2(x).squeeze(-1)
+        return _frozen_mlp(self.q1, x).squeeze(-1), _frozen_mlp(self.q2, x).squeeze(-1)
+
+
+def _frozen_mlp(net: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """``net(x)`` with every Linear's weight and bias detached (the layers of :func:`mlp`)."""
+    for m in net:
+        if isinstance(m, nn.Linear):
+            x = F.linear(x, m.weight.detach(), None if m.bias is None else m.bias.detach())
+        else:
+            x = m(x)
+    return x
 
 
 class ValueNet(nn.Module):
@@ -77,8 +93,14 @@ class ValueNet(nn.Module):
 
 @torch.no_grad()
 def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
-    for pt, ps in zip(target.parameters(), source.parameters()):
-        pt.mul_(1.0 - tau).add_(ps, alpha=tau)
+    """target <- (1 - tau) target + tau source, parameter by parameter: two multi-tensor kernels (the same
+    arithmetic as ``pt.mul_(1 - tau).add_(ps, alpha=tau)`` per parameter)."""
+    tgt, src = list(target.parameters()), list(source.parameters())
+    if len(tgt) != len(src):
+        raise ValueError(f"soft_update: target has {len(tgt)} parameters, source {len(src)}")
+    if tgt:
+        torch._foreach_mul_(tgt, 1.0 - tau)
+        torch._foreach_add_(tgt, src, alpha=tau)
 
 
 def final_rtg(traj: RolloutTrajectory) -> np.float32:

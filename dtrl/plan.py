@@ -230,15 +230,18 @@ class Planner:
             j.charge(g.transitions, self.rates.get("env_rollout", n_envs=g.rollout_envs))
         return j
 
+    def _dt_update_kind(self, compile_mode: str) -> str:
+        """The measured rate a DT update is charged at: compiled on a GPU when the run compiles (pretraining's
+        ``compile``, ODT's and ODT+TD3's, the same switch) and such a rate was measured, else eager."""
+        kind = "dt_update_compiled" if self.rates.gpu and compile_mode != "off" else "dt_update"
+        return kind if any(r.kind == kind for r in self.rates.rows) else "dt_update"
+
     def pretrain(self, task_name: str, seed: int, head: str = "gaussian") -> JobCost:
         exp = self._for(task_name)
         p = exp.pretrain
         name = f"{task_name}/seed{seed}" + ("" if head == "gaussian" else f"/{head}")
         j = JobCost("pretrain", name, updates=p.updates)
-        kind = "dt_update_compiled" if self.rates.gpu and p.compile != "off" else "dt_update"
-        if not any(r.kind == kind for r in self.rates.rows):
-            kind = "dt_update"
-        j.charge(p.updates, self.rates.get(kind, model=self._model(p.batch_size, exp=exp)))
+        j.charge(p.updates, self.rates.get(self._dt_update_kind(p.compile), model=self._model(p.batch_size, exp=exp)))
         self._charge_eval(j, task_name, p.eval_episodes, dt=True, exp=exp)
         return j
 
@@ -292,7 +295,8 @@ class Planner:
             k = cfg.rollout_context_len or mdl.eval_context_len
             j.charge(budget, self.rates.get("dt_rollout", n_envs=cfg.rollouts_per_iteration,
                                             model=self._model(cfg.rollouts_per_iteration, k, exp)))
-            j.charge(j.updates, self.rates.get("dt_update", model=self._model(cfg.batch_size, exp=exp)))
+            j.charge(j.updates, self.rates.get(self._dt_update_kind(cfg.compile),
+                                               model=self._model(cfg.batch_size, exp=exp)))
             if algo == "odt_td3":  # policy_delay critic updates (an MLP) per DT update, after the critic warmup
                 j.critic_updates = cfg.critic_warmup_updates + j.updates * cfg.policy_delay
                 j.charge(j.critic_updates, self.rates.get("mlp_update", hidden=max(cfg.critic_hidden)))

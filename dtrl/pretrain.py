@@ -62,6 +62,60 @@ PRETRAIN_COLUMNS = ["updates", "loss", "nll", "entropy", "temperature", "lr", "g
 PRETRAIN_COLUMNS_DETERMINISTIC = ["updates", "loss", "mse", "lr", "grad_norm", "updates_per_s", "wall_time"]
 
 
+COMPILE_MODES = ("off", "default", "reduce-overhead")
+
+
+def autocast(device_type: str, amp_dtype: torch.dtype | None):
+    """The autocast context of DT training and its online finetuning: ``amp_dtype`` (bf16) on CUDA only.
+
+    CPU bf16 matmuls are slower than fp32 on most hosts, so CPU always runs in fp32."""
+    if amp_dtype is not None and device_type == "cuda":
+        return torch.autocast(device_type, dtype=amp_dtype)
+    return contextlib.nullcontext()
+
+
+def amp_dtype_of(amp: str) -> torch.dtype | None:
+    """``pretrain.amp`` / an online method's ``amp`` field as the dtype :func:`autocast` takes."""
+    if amp not in ("off", "bf16"):
+        raise ValueError(f"amp must be off or bf16, got {amp!r}")
+    return torch.bfloat16 if amp == "bf16" else None
+
+
+class CompiledLoss:
+    """A loss function under ``torch.compile(mode=...)`` on CUDA, eager elsewhere: the one switch that
+    pretraining (``pretrain.compile``), ODT and ODT+TD3 (their ``compile``) share.
+
+    ``step(loss_fn)`` runs one forward+backward with the loss function given to it; calling
+    ``compiled(step)`` marks a new CUDA-graph step first (``reduce-overhead``: outputs of the previous
+    replay may be overwritten from here on) and, on the first call, falls back to eager with a
+    warning if compilation fails (nothing has been stepped yet, so nothing is lost but the compile
+    time). Only the loss computation is compiled (forward, loss and, through AOT autograd, their
+    backward); it reads the modules' own parameters, so their state_dicts are unchanged.
+    """
+
+    def __init__(self, fn, mode: str, device_type: str):
+        if mode not in COMPILE_MODES:
+            raise ValueError(f"compile must be off, default or reduce-overhead, got {mode!r}")
+        self.eager = fn
+        self.mode = mode if device_type == "cuda" else "off"
+        self.fn = fn if self.mode == "off" else torch.compile(fn, mode=self.mode)
+        self.unproven = self.mode != "off"
+
+    def __call__(self, step):
+        if self.mode == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()
+        if not self.unproven:
+            return step(self.fn)
+        self.unproven = False
+        try:
+            return step(self.fn)
+        except Exception as e:  # noqa: BLE001 - any compiler failure; real input errors re-raise below
+            warnings.warn(f"torch.compile(mode={self.mode!r}) failed ({type(e).__name__}: {e}); "
+                          "training continues without compilation", RuntimeWarning, stacklevel=3)
+            self.mode, self.fn = "off", self.eager
+            return step(self.fn)
+
+
 class SupervisedTrainer:
     """ODT's update on one context minibatch: policy loss -> clipped LAMB/AdamW step with warmup;
     temperature loss -> Adam step on ``log_temperature``. Returns detached tensors (no host sync).
@@ -89,15 +143,9 @@ class SupervisedTrainer:
             fused=True if self.device_type == "cuda" else None)
         self.grad_clip = float(grad_clip)
         self.entropy_samples = int(entropy_samples)
-        # Autocast only where it pays: bf16 on CUDA. CPU bf16 matmuls are slower than fp32 on most hosts.
+        # Autocast only where it pays: bf16 on CUDA (see autocast).
         self.amp_dtype = amp_dtype if self.device_type == "cuda" else None
-        if compile not in ("off", "default", "reduce-overhead"):
-            raise ValueError(f"compile must be off, default or reduce-overhead, got {compile!r}")
-        self.compile = compile if self.device_type == "cuda" else "off"
-        # Only the loss computation is compiled (forward, loss and, through AOT autograd, their
-        # backward); it reads the same parameters, so state_dicts stay those of `model`.
-        self._loss_fn = self._losses if self.compile == "off" else torch.compile(self._losses, mode=self.compile)
-        self._compile_unproven = self.compile != "off"
+        self.compiled = CompiledLoss(self._losses, compile, self.device_type)
         self.updates = 0
         self.last_lr = self.optimizer.param_groups[0]["lr"]
 
@@ -105,14 +153,16 @@ class SupervisedTrainer:
     def from_config(cls, model: DecisionTransformer, cfg: PretrainConfig) -> "SupervisedTrainer":
         return cls(model, optimizer=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.eps,
                    warmup_updates=cfg.warmup_updates, grad_clip=cfg.grad_clip, temperature_lr=cfg.temperature_lr,
-                   entropy_samples=cfg.entropy_samples, amp_dtype=torch.bfloat16 if cfg.amp == "bf16" else None,
-                   compile=cfg.compile)
+                   entropy_samples=cfg.entropy_samples, amp_dtype=amp_dtype_of(cfg.amp), compile=cfg.compile)
+
+    @property
+    def compile(self) -> str:
+        """The compile mode in effect: ``off`` on CPU or after a failed compilation."""
+        return self.compiled.mode
 
     def _losses(self, states, actions, rtg, timesteps, mask) -> dict[str, torch.Tensor]:
         model = self.model
-        amp = (torch.autocast(self.device_type, dtype=self.amp_dtype) if self.amp_dtype is not None
-               else contextlib.nullcontext())
-        with amp:
+        with autocast(self.device_type, self.amp_dtype):
             dist = model(states, actions, rtg, timesteps, mask)
         if self.deterministic:
             terms = dt_mse_loss(dist, actions, mask)
@@ -125,10 +175,7 @@ class SupervisedTrainer:
         return terms
 
     def update(self, batch: ContextBatch) -> dict[str, torch.Tensor]:
-        if self._compile_unproven:
-            terms = self._first_compiled_pass(batch)
-        else:
-            terms = self._forward_backward(batch)
+        terms = self.compiled(lambda loss_fn: self._forward_backward(loss_fn, batch))
         grad_norm = self.step()
         # Copied out in one kernel: CUDA-graph outputs are overwritten by the next update, and
         # callers may keep these across updates.
@@ -159,25 +206,11 @@ class SupervisedTrainer:
         self.updates += 1
         return grad_norm
 
-    def _forward_backward(self, batch: ContextBatch) -> dict[str, torch.Tensor]:
-        if self.compile == "reduce-overhead":
-            torch.compiler.cudagraph_mark_step_begin()
-        terms = self._loss_fn(batch.states, batch.actions, batch.rtg, batch.timesteps, batch.mask)
+    def _forward_backward(self, loss_fn, batch: ContextBatch) -> dict[str, torch.Tensor]:
+        terms = loss_fn(batch.states, batch.actions, batch.rtg, batch.timesteps, batch.mask)
         self.zero_grad()
         terms["total"].backward()
         return terms
-
-    def _first_compiled_pass(self, batch: ContextBatch) -> dict[str, torch.Tensor]:
-        """The first compiled forward/backward; if compilation fails, warn and go on eagerly (the
-        optimizers have not moved yet, so nothing is lost but the compile time)."""
-        self._compile_unproven = False
-        try:
-            return self._forward_backward(batch)
-        except Exception as e:  # noqa: BLE001 - any compiler failure; real input errors re-raise below
-            warnings.warn(f"torch.compile(mode={self.compile!r}) failed ({type(e).__name__}: {e}); "
-                          "training continues without compilation", RuntimeWarning, stacklevel=3)
-            self.compile, self._loss_fn = "off", self._losses
-            return self._forward_backward(batch)
 
     def state_dict(self) -> dict[str, Any]:
         temp = self.temperature_optimizer

@@ -3,8 +3,9 @@
 #
 #   bash scripts/bench_gpu.sh rollout   # ~2 min: rollout rows (engine in-process and with 7/15 env
 #                                       #   workers) vs the 16-core env-only ceiling
-#   bash scripts/bench_gpu.sh updates   # ~5 min: ODT and ODT+TD3 online updates/s (eager, compiled) vs pretraining at the
-#                                       #   paper's size (4x512, batch 256), the issue's item 1 "before"
+#   bash scripts/bench_gpu.sh updates   # ~7 min: ODT and ODT+TD3 online updates/s (defaults: compiled, device sampler;
+#                                       #   then eager; then the host sampler) vs pretraining at the paper's
+#                                       #   size (4x512, batch 256), issue 13 item 1
 #   bash scripts/bench_gpu.sh jobs      # ~6 min: k = 1, 2, 4, 8 concurrent DT pretraining jobs on the
 #                                       #   GPU (the paper's 4x512 DT, batch 256, bf16, compiled)
 #
@@ -26,10 +27,15 @@ case "${1:-}" in
       --act-context 5 --envs 64 256 --steps 200 --sequential-episodes 2 --workers 7 15 \
       | tee "$OUT/rollout_gpu.txt" ;;
   updates)
+    # The methods' defaults (compiled, bf16, windows drawn on the device) beside pretraining, then
+    # each switch back alone: eager (compile off, the default before issue 13) and the host sampler.
     python scripts/bench_online_updates.py --device cuda --layers 4 --embed 512 --heads 4 --context 20 \
       --batch 256 --updates 300 --warmup 30 | tee "$OUT/online_updates_gpu.txt"
     python scripts/bench_online_updates.py --device cuda --layers 4 --embed 512 --heads 4 --context 20 \
-      --batch 256 --updates 300 --warmup 30 --compile reduce-overhead --no-pretrain \
+      --batch 256 --updates 300 --warmup 30 --compile off --no-pretrain \
+      | tee -a "$OUT/online_updates_gpu.txt"
+    python scripts/bench_online_updates.py --device cuda --layers 4 --embed 512 --heads 4 --context 20 \
+      --batch 256 --updates 300 --warmup 30 --sampler host --no-pretrain \
       | tee -a "$OUT/online_updates_gpu.txt" ;;
   jobs)
     # Summed steady-state updates/s over k jobs sharing the GPU; also run it with CUDA MPS started

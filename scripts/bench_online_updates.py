@@ -8,8 +8,15 @@ CUDA, ODT+TD3's critic and target DT), with a replay buffer seeded from a synthe
 dataset and a freshly initialised DT standing in for the pretrained one; its `_update_many`
 (one iteration's gradient updates, no env steps) is timed after warm-up updates, with the device
 synchronised around the timed call. The pretraining row is scripts/bench_pretrain.py run with the
-same size and batch. Issue 13's target: each online row at >= 90% of the pretraining updates/s
-(ODT+TD3 counts its DT updates; it also makes policy_delay critic minibatches per DT update).
+same size and batch (bf16, pretrain.compile's default), and the last lines give each online rate as
+a fraction of it. Issue 13's target: ODT at >= 90% of the pretraining updates/s. ODT+TD3 counts its
+DT updates; each also makes policy_delay critic minibatches (a critic step with a target-DT
+forward), so its minibatches/s are printed beside them.
+
+On CPU, with a tiny model (compile and bf16 are CUDA-only, so CPU rows time the eager loop):
+
+    python scripts/bench_online_updates.py --device cpu --layers 1 --embed 32 --heads 1 --batch 32 \
+        --updates 300 --warmup 20 --trajectories 50 --length 200 --threads 1
 """
 
 from __future__ import annotations
@@ -52,6 +59,8 @@ def time_method(algo: str, args, ds, tmp: Path) -> tuple[float, dict]:
     params = {"batch_size": args.batch, "continue_pretrain_optimizer": False}
     if args.compile is not None:
         params["compile"] = args.compile
+    if args.sampler is not None:
+        params["sampler"] = args.sampler
     if algo == "odt_td3":
         params["critic_warmup_updates"] = 0
     method = cls(from_dict(cls.Config, params), ctx)
@@ -81,27 +90,41 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--length", type=int, default=1000)
     p.add_argument("--no-pretrain", action="store_true", help="skip the pretraining row")
     p.add_argument("--compile", choices=["off", "default", "reduce-overhead"], default=None,
-                   help="the methods' `compile` (default: their config default, off)")
+                   help="the methods' `compile` (default: their config default, pretrain.compile's)")
+    p.add_argument("--sampler", choices=["device", "host"], default=None,
+                   help="the methods' `sampler` (default: their config default, device)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     args = p.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    if torch.device(args.device).type == "cuda":
+        torch.set_float32_matmul_precision("high")  # as dtrl pretrain and finetune set it
     task = get_task(args.task)
     from dtrl.envs import env_dims
 
     obs_dim, act_dim = env_dims(task)
     ds = bench_pretrain.synthetic_dataset(args.trajectories, args.length, obs_dim, act_dim)
     print(f"device {args.device}; {args.layers}x{args.embed} heads {args.heads} K {args.context} batch {args.batch}; "
-          f"{args.updates} timed updates after {args.warmup}; compile {args.compile or 'config default'}", flush=True)
+          f"{args.updates} timed updates after {args.warmup}; compile {args.compile or 'config default'}; "
+          f"sampler {args.sampler or 'config default'}; torch threads {torch.get_num_threads()}", flush=True)
+    rates: dict[str, tuple[float, float | None]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for algo in args.methods:
             ups, extra = time_method(algo, args, ds, Path(tmp))
-            more = "" if algo == "odt" else f"  ({extra['critic minibatches/s']:.2f} critic minibatches/s)"
+            mb = None if algo == "odt" else extra["critic minibatches/s"]
+            rates[algo] = ups, mb
+            more = "" if mb is None else f"  ({mb:.2f} critic minibatches/s)"
             print(f"{algo:<8} DT updates/s {ups:.2f}{more}", flush=True)
     if not args.no_pretrain:
         print("pretraining (scripts/bench_pretrain.py, same size and batch, bf16 and its default compile on CUDA):")
-        bench_pretrain.main(["--device", args.device, "--layers", str(args.layers), "--embed", str(args.embed),
+        pre = bench_pretrain.run(["--device", args.device, "--threads", str(args.threads), "--layers", str(args.layers), "--embed", str(args.embed),
                              "--heads", str(args.heads), "--context", str(args.context), "--batch", str(args.batch),
                              "--updates", str(args.updates), "--warmup", str(args.warmup), "--obs-dim", str(obs_dim),
                              "--act-dim", str(act_dim), "--amp", "bf16", "--trajectories", str(args.trajectories),
                              "--length", str(args.length)])
+        for algo, (ups, mb) in rates.items():
+            more = "" if mb is None else f", critic minibatches {mb / pre:.1%}"
+            print(f"{algo:<8} vs pretraining: DT updates {ups / pre:.1%}{more}")
     return 0
 
 

@@ -55,6 +55,12 @@ def rate(fn, n: int, device: torch.device) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
+    run(argv)
+    return 0
+
+
+def run(argv: list[str] | None = None) -> float:
+    """Parse ``argv``, time, print the two lines; return the steady-state updates/s."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
     p.add_argument("--layers", type=int, default=4)
@@ -111,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"updates/s {ups:.2f}  (update alone {step_only:.2f}/s, sampler alone {samples:.0f} batches/s; "
           f"{args.updates} timed updates after {args.warmup} warm-up updates "
           f"taking {warm_s:.1f}s)")
-    return 0
+    return ups
 
 
 if __name__ == "__main__":

@@ -97,6 +97,79 @@ def test_sampling_reproducible_from_generator_state(two_trajs):
     assert torch.equal(first, s.sample(16).states)
 
 
+def _shifted_sampler(anchor: str, generator: torch.Generator | None = None, seed: int = 0) -> ContextSampler:
+    """Trajectories of 3, 5, 1 and 4 steps, the first one dropped (live steps start at storage index 3);
+    every state is unique, so a window identifies its anchor."""
+    lens = [3, 5, 1, 4]
+    trajs = [_traj([[100 * i + t, i] for t in range(n)], [[0.01 * (100 * i + t)] for t in range(n)],
+                   np.arange(1, n + 1)) for i, n in enumerate(lens)]
+    s = ContextSampler(trajs[:3], 4, anchor=anchor, rng=np.random.default_rng(seed), generator=generator)
+    s.pop_oldest(1)
+    s.add(trajs[3])
+    return s
+
+
+def _window_ids(s: ContextSampler, batch) -> np.ndarray:
+    """The anchor (0-based over live steps) of each context in ``batch``, by matching whole windows."""
+    every = s.contexts(np.arange(s.num_transitions))
+    key = lambda b, i: (b.states[i].numpy().tobytes(), b.mask[i].numpy().tobytes())  # noqa: E731
+    table = {key(every, i): i for i in range(s.num_transitions)}
+    assert len(table) == s.num_transitions  # windows are distinct
+    return np.array([table[key(batch, i)] for i in range(batch.batch_size)])
+
+
+@pytest.mark.parametrize("anchor", ["end", "start"])
+def test_device_and_host_samplers_draw_windows_from_the_same_distribution(anchor):
+    """Issue 13: the device sampler consumes another random stream than numpy's, so it cannot be
+    bit-identical for a seed; it must draw the same window distribution: every live transition
+    equally likely as the anchor (trajectories in proportion to their length). Chi-square goodness
+    of fit of both against that exact distribution, and of the two against each other."""
+    from scipy.stats import chi2, chi2_contingency
+
+    host = _shifted_sampler(anchor)
+    dev = _shifted_sampler(anchor, generator=torch.Generator().manual_seed(5))
+    n = host.num_transitions
+    assert n == 10 and dev.num_transitions == n
+    draws = 30_000
+    counts = {}
+    for name, s in (("host", host), ("device", dev)):
+        ids = np.concatenate([_window_ids(s, s.sample(3000)) for _ in range(draws // 3000)])
+        counts[name] = np.bincount(ids, minlength=n)
+        stat = ((counts[name] - draws / n) ** 2 / (draws / n)).sum()
+        assert chi2.sf(stat, n - 1) > 1e-4, (name, counts[name])
+    assert chi2_contingency(np.stack([counts["host"], counts["device"]]))[1] > 1e-4
+
+
+@pytest.mark.parametrize("anchor", ["end", "start"])
+def test_device_batches_equal_host_batches_for_the_same_windows(anchor):
+    """The device path (anchors drawn on the device, contexts_at) builds, element by element, the batch
+    the host path (numpy anchors, contexts) builds for the same anchors; extra arrays included."""
+    gen = torch.Generator().manual_seed(11)
+    s = _shifted_sampler(anchor, generator=gen)
+    replay = torch.Generator().set_state(gen.get_state())
+    drawn = s.sample(64)  # device path
+    anchors = torch.randint(0, 2**62, (64,), generator=replay, dtype=torch.int64) % s.num_transitions
+    for dev_batch, host_batch in ((drawn, s.contexts(anchors.numpy())),
+                                  (s.contexts_at(torch.arange(s.num_transitions)),
+                                   s.contexts(np.arange(s.num_transitions)))):
+        for f in ("states", "actions", "rtg", "timesteps", "mask"):
+            a, b = getattr(dev_batch, f), getattr(host_batch, f)
+            assert a.dtype == b.dtype and torch.equal(a, b), f
+    assert set(_window_ids(s, drawn)) <= set(range(s.num_transitions))
+    # an explicit numpy generator still draws on the host
+    rng_state = s.rng.bit_generator.state
+    explicit = s.sample(8, np.random.default_rng(1))
+    assert torch.equal(explicit.states, s.contexts(np.random.default_rng(1).integers(0, 10, 8)).states)
+    assert s.rng.bit_generator.state == rng_state
+
+
+def test_device_generator_must_live_on_the_samplers_device(two_trajs):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a second device type")
+    with pytest.raises(ValueError, match="generator"):
+        ContextSampler(two_trajs, 4, device="cpu", generator=torch.Generator(device="cuda"))
+
+
 def test_add_and_pop_match_a_rebuilt_sampler():
     rng = np.random.default_rng(0)
     trajs = [_traj(rng.normal(size=(n, 2)), rng.uniform(-1, 1, (n, 1)), rng.normal(size=n))

@@ -237,6 +237,67 @@ def test_defaults_are_odts_published_values():
     assert all(f.metadata.get("doc") for f in dataclasses.fields(ODTConfig))
 
 
+def test_online_updates_use_pretrainings_precision_and_compile_switches():
+    """ODT (and ODT+TD3, which inherits the fields) autocast and compile as pretraining does by default,
+    through the same code (dtrl.pretrain.CompiledLoss / autocast)."""
+    from dtrl.pretrain_config import PretrainConfig
+
+    c, p = ODTConfig(), PretrainConfig()
+    assert (c.amp, c.compile) == (p.amp, p.compile) == ("bf16", "reduce-overhead")
+    assert c.sampler == "device"
+
+
+def test_compiled_loss_is_eager_on_cpu_and_checks_its_mode():
+    from dtrl.pretrain import CompiledLoss, amp_dtype_of, autocast
+
+    fn = lambda x: x + 1  # noqa: E731
+    c = CompiledLoss(fn, "reduce-overhead", "cpu")
+    assert c.mode == "off" and c.fn is fn and not c.unproven and c(lambda f: f(1)) == 2
+    with pytest.raises(ValueError, match="compile"):
+        CompiledLoss(fn, "max-autotune", "cpu")
+    assert amp_dtype_of("bf16") == torch.bfloat16 and amp_dtype_of("off") is None
+    with autocast("cpu", torch.bfloat16):  # CPU always runs in fp32
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+
+
+@pytest.mark.parametrize("sampler", ["device", "host"])
+def test_the_buffer_draws_windows_where_configured_and_resumes_its_stream(tmp_path, sampler):
+    odt = method_instance(ODT, tmp_path, sampler=sampler)
+    gen = odt.buffer.sampler.generator
+    assert (gen is not None) == (sampler == "device")
+    np_state = odt.ctx.np_rng.bit_generator.state
+    state = odt.buffer.state_dict()
+    first = odt.buffer.sample(16)
+    # the device sampler leaves the run's numpy generator (exploration seeds) alone; the host one draws from it
+    assert (odt.ctx.np_rng.bit_generator.state == np_state) == (sampler == "device")
+    fresh = method_instance(ODT, tmp_path / "again", sampler=sampler)
+    fresh.buffer.load_state_dict(state)
+    fresh.ctx.np_rng.bit_generator.state = np_state  # the harness restores the numpy generator itself
+    again = fresh.buffer.sample(16)
+    assert torch.equal(first.states, again.states) and torch.equal(first.mask, again.mask)
+
+
+def test_mean_terms_sum_on_the_device_and_name_the_first_broken_term():
+    from baselines.common import MeanTerms
+    from dtrl.guard import DivergenceError
+
+    acc = MeanTerms()
+    vals = [{"a": torch.tensor(1.5), "b": torch.tensor(2.0, dtype=torch.float64)},
+            {"a": torch.tensor(2.5), "b": torch.tensor(-1.0)}]
+    for v in vals:
+        acc.add(v)
+    assert acc.means() == {"a": 2.0, "b": 0.5} and acc.means("x_") == {"x_a": 2.0, "x_b": 0.5}
+    acc.check({"a": "lr", "b": "lr"}, "here")  # all finite
+    acc.add({"a": torch.tensor(1.0), "b": torch.tensor(float("nan"))})
+    acc.add({"a": torch.tensor(float("inf")), "b": torch.tensor(1.0)})
+    with pytest.raises(DivergenceError, match="non-finite b, a") as e:
+        acc.check({"a": "lr", "b": "temperature_lr"}, "here")
+    assert e.value.key == "temperature_lr" and e.value.finite_updates == 2
+    with pytest.raises(ValueError, match="terms"):
+        acc.add({"a": torch.tensor(1.0)})
+    assert MeanTerms().means() == {}
+
+
 # -- under the harness -----------------------------------------------------------------------------------
 
 def test_odt_run_writes_documented_outputs(tmp_path):

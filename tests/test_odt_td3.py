@@ -1,6 +1,7 @@
 """ODT+TD3 (`--method odt_td3`): deterministic DT, TD targets, next contexts, gradient isolation, update counts,
 harness run, resume."""
 
+import copy
 import csv
 import dataclasses
 import math
@@ -150,6 +151,42 @@ def test_each_loss_reaches_only_its_own_parameters(td3):
     assert grads(a["loss"]) == (True, False)
     assert grads(-a["actor_q"]) == (True, False)  # the TD3 term alone reaches the DT
     assert all(p.requires_grad for p in critic)  # the critic is trainable again after the actor loss
+
+
+def test_frozen_critic_gives_the_same_values_and_no_critic_gradient(td3):
+    from dtrl.critic import TwinQ
+
+    q = td3.critic
+    obs, act = torch.randn(6, 11), torch.randn(6, 3, requires_grad=True)
+    free, frozen = q(obs, act), q(obs, act, frozen=True)
+    assert all(torch.equal(a, b) for a, b in zip(free, frozen))
+    frozen[0].sum().backward()
+    assert act.grad is not None and act.grad.abs().sum() > 0
+    assert all(p.grad is None for p in q.parameters()) and isinstance(q, TwinQ)
+
+
+def test_soft_update_matches_the_per_parameter_update_bit_for_bit(td3):
+    from dtrl.critic import soft_update
+
+    target, source = copy.deepcopy(td3.critic_target), td3.critic
+    with torch.no_grad():
+        for p in source.parameters():
+            p.add_(torch.randn_like(p))
+    ref = copy.deepcopy(target)
+    with torch.no_grad():
+        for pt, ps in zip(ref.parameters(), source.parameters()):
+            pt.mul_(1.0 - 0.005).add_(ps, alpha=0.005)
+    soft_update(target, source, 0.005)
+    assert all(torch.equal(a, b) for a, b in zip(target.parameters(), ref.parameters()))
+
+
+def test_update_steps_return_detached_scalar_terms(td3):
+    b = td3.buffer.sample(8)
+    c = td3._critic_step(b)
+    assert tuple(c) == ODTTD3.CRITIC_TERMS and all(v.dim() == 0 and not v.requires_grad for v in c.values())
+    a = td3._actor_step(b)
+    assert tuple(a) == ODTTD3.ACTOR_TERMS and all(v.dim() == 0 and not v.requires_grad for v in a.values())
+    assert td3.critic_compiled.mode == td3.actor_compiled.mode == "off"  # CPU: eager
 
 
 def _count_iteration(m):

@@ -235,7 +235,8 @@ def test_trainer_falls_back_to_eager_when_compilation_fails(tiny_model_cfg):
     def broken(*args):
         raise RuntimeError("inductor exploded")
 
-    trainer.compile, trainer._loss_fn, trainer._compile_unproven = "default", broken, True  # as on a GPU
+    c = trainer.compiled
+    c.mode, c.fn, c.unproven = "default", broken, True  # as on a GPU
     batch = ContextSampler(ds.trajectories, 4, rng=np.random.default_rng(0)).sample(8)
     with pytest.warns(RuntimeWarning, match="inductor exploded"):
         out = trainer.update(batch)
