@@ -614,15 +614,25 @@ def performance_profiles(scores: dict[str, np.ndarray], taus: np.ndarray, reps: 
 # Learning curves
 # ----------------------------------------------------------------------------------------------
 
-def curve_points(run: Run, x_key: str) -> tuple[np.ndarray, np.ndarray] | None:
+def curve_points(run: Run, x_key: str, col: str = "eval_norm_return") -> tuple[np.ndarray, np.ndarray] | None:
+    """(x, y) of one progress.csv column against ``x_key``, rows without a number skipped, the last
+    row kept where x repeats; None if the run has no such rows."""
     df = run.progress()
-    if df is None or "eval_norm_return" not in df or x_key not in df:
+    if df is None or col not in df or x_key not in df:
         return None
-    df = df[df["eval_norm_return"].notna() & df[x_key].notna()]
+    df = df[pd.to_numeric(df[col], errors="coerce").notna() & df[x_key].notna()]
     if df.empty:
         return None
-    df = df.groupby(x_key, as_index=False)["eval_norm_return"].last().sort_values(x_key)
-    return df[x_key].to_numpy(np.float64), df["eval_norm_return"].to_numpy(np.float64)
+    df = df.groupby(x_key, as_index=False)[col].last().sort_values(x_key)
+    return df[x_key].to_numpy(np.float64), df[col].to_numpy(np.float64)
+
+
+def common_grid(pts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, float]:
+    """The union of the seeds' x points within the range every seed covers (empty when the ranges do
+    not overlap), and the smallest last x."""
+    lo, hi = max(x[0] for x, _ in pts), min(x[-1] for x, _ in pts)
+    grid = np.unique(np.concatenate([x for x, _ in pts]))
+    return grid[(grid >= lo) & (grid <= hi)], hi
 
 
 def learning_curve(runs: list[Run], x_key: str, reps: int = CURVE_REPS, seed: int = 0):
@@ -631,9 +641,7 @@ def learning_curve(runs: list[Run], x_key: str, reps: int = CURVE_REPS, seed: in
     pts = [p for r in runs if (p := curve_points(r, x_key)) is not None]
     if not pts:
         return None
-    lo, hi = max(x[0] for x, _ in pts), min(x[-1] for x, _ in pts)
-    grid = np.unique(np.concatenate([x for x, _ in pts]))
-    grid = grid[(grid >= lo) & (grid <= hi)]
+    grid, hi = common_grid(pts)
     if grid.size == 0:
         grid = np.array([hi])
     ys = np.stack([np.interp(grid, x, y) for x, y in pts])  # (seeds, points)
@@ -815,20 +823,10 @@ def ratio_figure_methods(exp: ExperimentConfig) -> list[str]:
 def series_mean(runs: list[Run], col: str, x_key: str = "env_steps") -> tuple[np.ndarray, np.ndarray] | None:
     """Mean over seeds of one progress.csv column, each seed interpolated onto the union of the
     iterations within the range every seed covers (rows without the column skipped)."""
-    pts = []
-    for r in runs:
-        df = r.progress()
-        if df is None or col not in df or x_key not in df:
-            continue
-        df = df[pd.to_numeric(df[col], errors="coerce").notna()]
-        if not df.empty:
-            df = df.groupby(x_key, as_index=False)[col].last().sort_values(x_key)
-            pts.append((df[x_key].to_numpy(np.float64), df[col].to_numpy(np.float64)))
+    pts = [p for r in runs if (p := curve_points(r, x_key, col)) is not None]
     if not pts:
         return None
-    lo, hi = max(x[0] for x, _ in pts), min(x[-1] for x, _ in pts)
-    grid = np.unique(np.concatenate([x for x, _ in pts]))
-    grid = grid[(grid >= lo) & (grid <= hi)]
+    grid, _ = common_grid(pts)
     if grid.size == 0:
         return None
     return grid, np.mean([np.interp(grid, x, y) for x, y in pts], axis=0)

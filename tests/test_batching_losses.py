@@ -339,9 +339,7 @@ def test_lamb_matches_an_independent_implementation(impl, wd, steps):
     opt = Lamb(params, lr=0.01, weight_decay=wd, eps=1e-8, impl=impl)
     oracle = _PaperLamb(w0, lr=0.01, wd=wd)
     for gs in grads:
-        for p, g in zip(params, gs):
-            p.grad = g.clone()
-        opt.step()
+        _run_lamb(opt, params, [gs])
         oracle.step(gs)
         for p, w in zip(params, oracle.w):
             assert p.detach().flatten().tolist() == pytest.approx(w, rel=1e-10, abs=1e-12)
@@ -359,9 +357,7 @@ def test_lamb_in_float32_matches_in_float64_and_without_clipping():
         opt = Lamb(params, lr=1e-3, weight_decay=5e-4, eps=1e-8, max_grad_norm=max_grad_norm)
         oracle = _PaperLamb(w0, lr=1e-3, wd=5e-4, max_grad_norm=float("inf") if max_grad_norm is None else 1.0)
         for gs in grads:
-            for p, g in zip(params, gs):
-                p.grad = g.clone()
-            opt.step()
+            _run_lamb(opt, params, [gs])
             oracle.step(gs)
         for p, w in zip(params, oracle.w):
             assert p.detach().flatten().tolist() == pytest.approx(w, rel=1e-5, abs=1e-6)
