@@ -10,7 +10,7 @@ ODT's online phase (Zheng, Zhang & Grover 2022), one iteration:
    which was seeded with the best offline trajectories;
 3. make ``updates_per_iteration`` DT updates on context minibatches from the buffer. The RTG tokens of
    stored trajectories are their *achieved* returns-to-go (hindsight relabeling): the buffer keeps
-   rewards, never the RTG the policy was fed, and :class:`dtrl.batching.ContextSampler` computes
+   rewards, never the RTG the policy was fed, and :class:`dtrl.models.batching.ContextSampler` computes
    each trajectory's return-to-go once when it is added.
 
 :class:`ODTFamily` is that loop; a subclass supplies the updates (``_update_many``) and may warm
@@ -40,15 +40,15 @@ from typing import Any, Literal, Sequence
 import numpy as np
 import torch
 
-from dtrl.batching import ContextBatch, ContextSampler
+from dtrl.models.batching import ContextBatch, ContextSampler
 from dtrl.config import doc, require
 from dtrl.data.trajectories import Trajectory
-from dtrl.dt_method import DTMethod
-from dtrl.guard import FiniteSince
-from dtrl.io import torch_load
-from dtrl.online import RunContext
-from dtrl.pretrain import SupervisedTrainer, amp_dtype_of
-from dtrl.rollout import RolloutEngine, RolloutTrajectory, Start
+from dtrl.harness.dt_method import DTMethod
+from dtrl.util.guard import FiniteSince
+from dtrl.util.io import torch_load
+from dtrl.harness.online import RunContext
+from dtrl.harness.pretrain import SupervisedTrainer, amp_dtype_of
+from dtrl.harness.rollout import RolloutEngine, RolloutTrajectory, Start
 
 # Per-step arrays the buffer keeps for a critic (``transitions=True``), gathered with each context.
 TRANSITION_KEYS = ("reward", "terminal", "next_obs", "td_ok")
@@ -242,10 +242,10 @@ class ODTConfig:
                   "relative bias below transitions / 2^62); they use different random streams, so the same "
                   "seed draws different windows.")
     amp: Literal["off", "bf16"] = doc("bf16", "Autocast dtype of the DT on CUDA (ignored on CPU); pretrain.amp's "
-                                              "default and the same autocast code (dtrl.pretrain.autocast).")
+                                              "default and the same autocast code (dtrl.harness.pretrain.autocast).")
     compile: Literal["off", "default", "reduce-overhead"] = doc(
         "reduce-overhead", "torch.compile mode on CUDA (ignored on CPU) of the loss computations, as "
-                           "pretrain.compile (its default, and the same code: dtrl.pretrain.CompiledLoss): ODT's "
+                           "pretrain.compile (its default, and the same code: dtrl.harness.pretrain.CompiledLoss): ODT's "
                            "supervised forward+loss; ODT+TD3's critic loss (target DT, target critic, critic) and "
                            "actor loss (DT, MSE, frozen critic). A failed compilation warns and goes on eagerly. "
                            "Eager ('off') resumes bit-exactly; compiled runs within float rounding.")
@@ -314,7 +314,7 @@ class MeanTerms:
         self.keys: list[str] = []
         self.sum: torch.Tensor | None = None
         self.n = 0
-        self.finite = FiniteSince()  # which term went non-finite first (dtrl.guard)
+        self.finite = FiniteSince()  # which term went non-finite first (dtrl.util.guard)
 
     @property
     def sums(self) -> dict[str, torch.Tensor]:
@@ -331,7 +331,7 @@ class MeanTerms:
         self.finite.add_stacked(self.keys, self.sum)
 
     def check(self, fault_keys: dict[str, str], where: str) -> None:
-        """Raise dtrl.guard.DivergenceError if a term went non-finite (the earliest named first)."""
+        """Raise dtrl.util.guard.DivergenceError if a term went non-finite (the earliest named first)."""
         self.finite.check(fault_keys, where)
 
     def means(self, prefix: str = "") -> dict[str, float]:

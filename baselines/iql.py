@@ -3,7 +3,7 @@
 The MLP baseline of the paper's tables (Yan et al. 2024 report its final finetuned scores). It
 shares tasks, datasets, evaluation, logging and budgets with every dtrl method, not the DT.
 
-One run, under the shared harness (:func:`dtrl.online.run_online`):
+One run, under the shared harness (:func:`dtrl.harness.online.run_online`):
 
 1. **Offline phase**: ``offline_updates`` IQL updates on the task's dataset, ``offline_updates_per_iteration``
    per harness iteration and no env step, so progress is logged and a killed run resumes mid-phase.
@@ -64,12 +64,12 @@ import torch
 from torch import nn
 
 from dtrl.config import doc, require
-from dtrl.critic import mlp
+from dtrl.harness.critic import mlp
 from dtrl.data.trajectories import DataError, TrajectoryDataset
-from dtrl.envs import get_sim_state, set_sim_state
-from dtrl.guard import FiniteSince
-from dtrl.online import Evaluation, OnlineMethod, RunContext, eval_seed
-from dtrl.vec import VecStepper, evaluate_policy
+from dtrl.envs.make import get_sim_state, set_sim_state
+from dtrl.util.guard import FiniteSince
+from dtrl.harness.online import Evaluation, OnlineMethod, RunContext, eval_seed
+from dtrl.envs.vec import VecStepper, evaluate_policy
 
 ACTION_LIMIT = 1.0 - 1e-5  # dataset actions are clipped to this before their log-likelihood is taken
 
@@ -476,7 +476,7 @@ class IQL(OnlineMethod):
     needs_pretrained_dt = False
     needs_dataset = True
     fault_key = "critic_lr"
-    # Checked once per iteration (dtrl.guard), the term that broke first named; ties in update order.
+    # Checked once per iteration (dtrl.util.guard), the term that broke first named; ties in update order.
     FAULT_KEYS = {"value_loss": "value_lr", "v_mean": "value_lr", "actor_loss": "actor_lr",
                   "log_std_mean": "actor_lr", "critic_loss": "critic_lr", "q_mean": "critic_lr"}
 

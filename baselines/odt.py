@@ -7,9 +7,9 @@ pretrained with, on a replay buffer that fills with its own exploration:
   online RTG target (ODT: twice the evaluation target) and adds them to a FIFO buffer of whole
   trajectories seeded with the best offline ones (``baselines.common.TrajectoryReplay``);
 * stored RTG tokens are the returns-to-go the episode actually achieved (hindsight relabeling);
-* ``updates_per_iteration`` updates of ODT's loss (``dtrl.losses.dt_supervised_loss``: masked NLL
+* ``updates_per_iteration`` updates of ODT's loss (``dtrl.models.losses.dt_supervised_loss``: masked NLL
   minus temperature x entropy, and the temperature's own loss towards the target entropy -|A|)
-  with LAMB + warmup + gradient clipping (``dtrl.pretrain.SupervisedTrainer``, the same update as
+  with LAMB + warmup + gradient clipping (``dtrl.harness.pretrain.SupervisedTrainer``, the same update as
   pretraining, continuing its optimizer state as ODT does).
 
 Defaults are ODT's published MuJoCo values: K = 20 (the model's), batch 256, 300 updates and one
@@ -27,7 +27,7 @@ checked for divergence once per iteration.
 from __future__ import annotations
 
 from baselines.common import MeanTerms, ODTConfig, ODTFamily
-from dtrl.guard import SUPERVISED_FAULT_KEYS
+from dtrl.util.guard import SUPERVISED_FAULT_KEYS
 
 
 class ODT(ODTFamily):

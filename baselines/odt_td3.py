@@ -10,9 +10,9 @@ ODT's online phase (``baselines.common.ODTFamily``: same buffer, relabeling, LAM
 
 where pi(context) is the action of the DT's deterministic head (``model.action_head:
 deterministic``: linear + tanh, no temperature), MSE the masked mean squared error over real
-positions and action dims (``dtrl.losses.dt_mse_loss``), Q' the target critic, pi' the target DT
+positions and action dims (``dtrl.models.losses.dt_mse_loss``), Q' the target critic, pi' the target DT
 (Polyak-averaged copies, tau = 0.005), and the twin critic is an MLP 256-256
-(``dtrl.critic.TwinQ``) on the DT's normalised state. Every MuJoCo command of the reference passes
+(``dtrl.harness.critic.TwinQ``) on the DT's normalised state. Every MuJoCo command of the reference passes
 ``--stoc 0 --use_entropy_reg 0`` (KaiYan289/RL_as_Vitamin_for_Online_Decision_Transformers
 readme.md:102-114), so the supervised term is the MSE of a deterministic head (main.py:647-648,
 trainer.py:891-893), not ODT's NLL and entropy: the workflow pretrains that DT with MSE per (task,
@@ -53,7 +53,7 @@ Reconstruction choices (not published, or cheaper variants; each is a config fie
 
 Speed (issue 13): a minibatch is drawn on the device (``sampler: device``), the critic loss (target
 DT, target critic, critic) and the actor loss (DT, MSE, the critic with its parameters detached)
-each run under pretraining's ``torch.compile`` switch (``compile``, ``dtrl.pretrain.CompiledLoss``)
+each run under pretraining's ``torch.compile`` switch (``compile``, ``dtrl.harness.pretrain.CompiledLoss``)
 and bf16 autocast on CUDA, the critic's AdamW is fused and the Polyak updates are multi-tensor
 kernels; between the critic and the actor step nothing waits for the host, and the iteration's
 diagnostics are read, and checked for divergence, once at its end.
@@ -71,13 +71,13 @@ import torch
 import torch.nn as nn
 
 from baselines.common import MeanTerms, ODTConfig, ODTFamily
-from dtrl.batching import ContextBatch
+from dtrl.models.batching import ContextBatch
 from dtrl.config import doc, require
-from dtrl.critic import TwinQ, soft_update
-from dtrl.losses import dt_mse_loss, masked_mean
-from dtrl.model import DeterministicAction
-from dtrl.online import RunContext
-from dtrl.pretrain import CompiledLoss, amp_dtype_of, autocast
+from dtrl.harness.critic import TwinQ, soft_update
+from dtrl.models.losses import dt_mse_loss, masked_mean
+from dtrl.models.dt import DeterministicAction
+from dtrl.harness.online import RunContext
+from dtrl.harness.pretrain import CompiledLoss, amp_dtype_of, autocast
 
 
 @dataclass
@@ -181,7 +181,7 @@ class ODTTD3(ODTFamily):
     Config = ODTTD3Config
     needs_dataset = True
     buffer_transitions = True
-    # Checked once per iteration (dtrl.guard): the critic's terms first, since a broken critic breaks the actor.
+    # Checked once per iteration (dtrl.util.guard): the critic's terms first, since a broken critic breaks the actor.
     CRITIC_FAULT_KEYS = {"critic_loss": "critic_lr", "q_mean": "critic_lr", "td_error": "critic_lr",
                          "target_q": "critic_lr"}
     # ODT's part broken -> lr; ODT's part finite but the total not -> the TD3 term's weight alpha.
@@ -203,7 +203,7 @@ class ODTTD3(ODTFamily):
         self.target = copy.deepcopy(m).requires_grad_(False).eval() if cfg.target_dt else None
         self.minibatches = 0  # critic updates made online (the policy delay counts these)
         self.warmed_up = cfg.critic_warmup_updates == 0
-        # Pretraining's switches and code (dtrl.pretrain): bf16 autocast of the DT forwards and the two
+        # Pretraining's switches and code (dtrl.harness.pretrain): bf16 autocast of the DT forwards and the two
         # loss computations compiled (cfg.compile, CUDA only); the optimizer steps, soft updates and
         # diagnostics between them are device kernels with no host sync.
         self.device_type = ctx.device.type

@@ -127,8 +127,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from dtrl.config import ConfigError
     from dtrl.data.trajectories import DataError
-    from dtrl.guard import DivergenceError, RecordedDivergence
-    from dtrl.io import InputError
+    from dtrl.util.guard import DivergenceError, RecordedDivergence
+    from dtrl.util.io import InputError
     from dtrl.tasks import UnknownTaskError
 
     args = build_parser().parse_args(argv)
@@ -154,7 +154,7 @@ def _error_line(command: str, e: BaseException) -> None:
 
 
 def _load(args):
-    from dtrl.experiment import load_config, parse_overrides
+    from dtrl.config.experiment import load_config, parse_overrides
 
     return load_config(args.config, parse_overrides(args.overrides))
 
@@ -175,7 +175,7 @@ def _dispatch(args) -> int:
         return 0
     if args.command == "config":
         from dtrl.config import ConfigError, to_dict
-        from dtrl.experiment import describe
+        from dtrl.config.experiment import describe
 
         if args.doc:
             print("| key | default | meaning |\n|---|---|---|")
@@ -193,13 +193,13 @@ def _dispatch(args) -> int:
         return 0
 
     if args.command == "check-run":
-        from dtrl.run_schema import cmd_check_run
+        from dtrl.harness.run_schema import cmd_check_run
 
         return cmd_check_run(args.run_dir, args.task)
 
     exp = _load(args)
     if args.command == "status":
-        from dtrl.status import cmd_status
+        from dtrl.workflow.status import cmd_status
 
         return cmd_status(exp)
     if getattr(args, "task", None):
@@ -215,24 +215,24 @@ def _dispatch(args) -> int:
 
         return cmd_data(exp, args.task, args.out)
     if args.command == "pretrain":
-        from dtrl.pretrain import cmd_pretrain
+        from dtrl.harness.pretrain import cmd_pretrain
 
         return cmd_pretrain(exp, args.task, args.seed, args.out, args.allow_config_change)
     if args.command == "finetune":
-        from dtrl.finetune import cmd_finetune
+        from dtrl.workflow.finetune import cmd_finetune
 
         return cmd_finetune(exp, args.method, args.task, args.seed, args.pretrained, args.out,
                             args.allow_config_change)
     if args.command == "evaluate":
-        from dtrl.evaluate import cmd_evaluate
+        from dtrl.harness.evaluate import cmd_evaluate
 
         return cmd_evaluate(exp, args.checkpoint, args.task, args.episodes, args.seed, args.rtg)
     if args.command == "report":
-        from dtrl.report import cmd_report
+        from dtrl.report.build import cmd_report
 
         return cmd_report(exp, args.out, args.runs)
     if args.command == "plan":
-        from dtrl.plan import cmd_plan
+        from dtrl.workflow.plan import cmd_plan
 
         return cmd_plan(exp, args.device_kind, args.slots, args.episode_len)
     raise AssertionError(args.command)

@@ -35,8 +35,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from dtrl.data.cli import cmd_data
     from dtrl.data.generate import load_behaviour_metadata
-    from dtrl.experiment import deep_merge, load_config, parse_overrides
-    from dtrl.io import read_json
+    from dtrl.config.experiment import deep_merge, load_config, parse_overrides
+    from dtrl.util.io import read_json
     from dtrl.tasks import get_task
 
     task = get_task(args.task)

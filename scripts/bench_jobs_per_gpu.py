@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     best = max(rows, key=lambda r: r["jobs_per_hour"])
     print(f"best k = {best['k']} ({best['jobs_per_hour']:.1f} jobs/h)")
     if args.json:
-        from dtrl.io import atomic_write_text
+        from dtrl.util.io import atomic_write_text
 
         atomic_write_text(args.json, json.dumps(rows, indent=1) + "\n")
     print(json.dumps(rows))

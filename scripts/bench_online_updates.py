@@ -33,14 +33,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_pretrain  # noqa: E402
-from dtrl.checkpoint import dt_payload  # noqa: E402
+from dtrl.models.checkpoint import dt_payload  # noqa: E402
 from dtrl.config import from_dict  # noqa: E402
-from dtrl.io import atomic_torch_save  # noqa: E402
-from dtrl.methods import get_algorithm  # noqa: E402
-from dtrl.model import ModelConfig  # noqa: E402
-from dtrl.online import build_context  # noqa: E402
-from dtrl.online_config import EvalConfig  # noqa: E402
-from dtrl.pretrain import build_dt  # noqa: E402
+from dtrl.util.io import atomic_torch_save  # noqa: E402
+from dtrl.config.registry import get_algorithm  # noqa: E402
+from dtrl.models.dt import ModelConfig  # noqa: E402
+from dtrl.harness.online import build_context  # noqa: E402
+from dtrl.config.online import EvalConfig  # noqa: E402
+from dtrl.harness.pretrain import build_dt  # noqa: E402
 from dtrl.tasks import get_task  # noqa: E402
 
 HEADS = {"odt": "gaussian", "odt_td3": "deterministic"}
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     if torch.device(args.device).type == "cuda":
         torch.set_float32_matmul_precision("high")  # as dtrl pretrain and finetune set it
     task = get_task(args.task)
-    from dtrl.envs import env_dims
+    from dtrl.envs.make import env_dims
 
     obs_dim, act_dim = env_dims(task)
     ds = bench_pretrain.synthetic_dataset(args.trajectories, args.length, obs_dim, act_dim)

@@ -21,11 +21,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dtrl.batching import ContextSampler  # noqa: E402
+from dtrl.models.batching import ContextSampler  # noqa: E402
 from dtrl.data.trajectories import Trajectory, TrajectoryDataset  # noqa: E402
-from dtrl.model import ModelConfig  # noqa: E402
-from dtrl.pretrain import SupervisedTrainer, build_dt  # noqa: E402
-from dtrl.pretrain_config import PretrainConfig  # noqa: E402
+from dtrl.models.dt import ModelConfig  # noqa: E402
+from dtrl.harness.pretrain import SupervisedTrainer, build_dt  # noqa: E402
+from dtrl.config.pretrain import PretrainConfig  # noqa: E402
 from dtrl.tasks import get_task  # noqa: E402
 
 

@@ -9,7 +9,7 @@ Rows (env steps per second, sampled actions from env resets at the task's online
   batched N       N envs stepped together, one batched DT forward per step
   batched+rec N   the same, also recording simulator states and contexts (what GRPO-DT's rollouts do)
   env-only N      the N envs stepped with random actions and no model: the Python/MuJoCo ceiling
-  batched+rec wW N  batched+rec with the envs stepped in W worker processes (--workers; dtrl.workers)
+  batched+rec wW N  batched+rec with the envs stepped in W worker processes (--workers; dtrl.envs.workers)
   env-only xC N   the all-cores ceiling: C processes (--ceiling-procs, default every core) each step
                   N/C envs with random actions at the same time, no model; steps/s is their sum
 The task defaults to halfcheetah, which never terminates early, so every env runs all --steps.
@@ -27,9 +27,9 @@ import time
 import numpy as np
 import torch
 
-from dtrl.envs import env_dims, make_env
-from dtrl.model import DecisionTransformer, ModelConfig
-from dtrl.rollout import RolloutEngine, Start
+from dtrl.envs.make import env_dims, make_env
+from dtrl.models.dt import DecisionTransformer, ModelConfig
+from dtrl.harness.rollout import RolloutEngine, Start
 from dtrl.tasks import get_task
 
 
@@ -130,7 +130,7 @@ def main() -> None:
     p.add_argument("--no-env-only", action="store_true", help="skip the env-only rows")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     p.add_argument("--workers", type=int, nargs="*", default=[],
-                   help="env worker process counts to time (batched+rec rows with dtrl.workers)")
+                   help="env worker process counts to time (batched+rec rows with dtrl.envs.workers)")
     p.add_argument("--ceiling-procs", type=int, default=0,
                    help="processes of the all-cores env-only ceiling (0 = the cores this process may use)")
     args = p.parse_args()

@@ -4,7 +4,7 @@
         --task hopper-medium --budget 2000000 --eval-every 100000 --device cuda --out results/curves/hopper-medium
 
 Runs, on one pretrained checkpoint and task, each variant under the real online harness
-(``dtrl.finetune.finetune``; resumable, one run dir per variant and seed under ``--out``):
+(``dtrl.workflow.finetune.finetune``; resumable, one run dir per variant and seed under ``--out``):
 
   pretrained     the checkpoint evaluated without finetuning (method ``none``)
   grpo           GRPO-DT, the paper's method (relabel: false)
@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from dtrl.experiment import deep_merge, load_config, parse_overrides
-from dtrl.finetune import finetune
+from dtrl.config.experiment import deep_merge, load_config, parse_overrides
+from dtrl.workflow.finetune import finetune
 from dtrl.tasks import get_task, register_task, with_overrides
 
 VARIANTS = {"pretrained": ("none", {}), "grpo": ("grpo", {"relabel": False}),

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dtrl.experiment import load_config
-from dtrl.report import _fmt_score, _save, ablation_table, expected_runs, load_runs, method_label
+from dtrl.config.experiment import load_config
+from dtrl.report.build import _fmt_score, _save, ablation_table, expected_runs, load_runs, method_label
 
 
 def epoch_columns(df, prefix: str) -> list[str]:

@@ -12,6 +12,6 @@ torch.set_num_threads(1)
 
 @pytest.fixture
 def tiny_model_cfg():
-    from dtrl.model import ModelConfig
+    from dtrl.models.dt import ModelConfig
 
     return ModelConfig(embed_dim=32, n_layers=1, n_heads=2, dropout=0.0, context_len=4, eval_context_len=2)

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import torch
 
-from dtrl.checkpoint import dt_payload
-from dtrl.envs import env_dims
-from dtrl.io import atomic_torch_save
-from dtrl.model import DecisionTransformer, ModelConfig
+from dtrl.models.checkpoint import dt_payload
+from dtrl.envs.make import env_dims
+from dtrl.util.io import atomic_torch_save
+from dtrl.models.dt import DecisionTransformer, ModelConfig
 from dtrl.tasks import get_task
 
 

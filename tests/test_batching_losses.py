@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from dtrl.batching import ContextSampler
+from dtrl.models.batching import ContextSampler
 from dtrl.data.trajectories import Trajectory
-from dtrl.losses import dt_supervised_loss, masked_mean
-from dtrl.model import DecisionTransformer, SquashedGaussian
-from dtrl.optim import Lamb, make_optimizer, warmup_schedule
+from dtrl.models.losses import dt_supervised_loss, masked_mean
+from dtrl.models.dt import DecisionTransformer, SquashedGaussian
+from dtrl.models.optim import Lamb, make_optimizer, warmup_schedule
 
 
 def _traj(states, actions, rewards):

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dtrl.experiment import load_config
+from dtrl.config.experiment import load_config
 
 from helpers import tiny_dt, write_pretrained
 
@@ -49,8 +49,8 @@ def test_evaluate_reproduces_the_runs_summary(tmp_path, capsys):
     """`dtrl evaluate` on the checkpoint a run was scored with, with the run's seed and config, gives the
     run's summary.json returns exactly: the same env seeds, episodes, RTG and context."""
     from dtrl.cli import main
-    from dtrl.evaluate import evaluate_checkpoint
-    from dtrl.finetune import finetune
+    from dtrl.harness.evaluate import evaluate_checkpoint
+    from dtrl.workflow.finetune import finetune
 
     task, seed = "pendulum-medium-replay", 1
     cfg = tmp_path / "exp.yaml"
@@ -78,7 +78,7 @@ def test_status_counts_jobs_work_and_eta(tmp_path, capsys):
     import time
 
     from dtrl.cli import main
-    from dtrl.status import RUNNING_WINDOW_S, grid_status
+    from dtrl.workflow.status import RUNNING_WINDOW_S, grid_status
 
     cfg = tmp_path / "exp.yaml"
     cfg.write_text(f"results: {tmp_path}\ngrid: {{methods: [none, odt], tasks: [pendulum-random], seeds: [0, 1, 2]}}\n"

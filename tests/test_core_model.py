@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from dtrl.model import DecisionTransformer, ModelConfig, SquashedGaussian
+from dtrl.models.dt import DecisionTransformer, ModelConfig, SquashedGaussian
 
 
 def _batch(B=3, T=4, S=5, A=2, pad=1):
@@ -132,7 +132,7 @@ def test_checkpoint_without_the_new_fields_loads_as_it_was_trained(tiny_model_cf
     """A payload written before timestep_embedding/activation existed had both (timestep on, GELU)."""
     import dataclasses
 
-    from dtrl.checkpoint import dt_from_payload, dt_payload
+    from dtrl.models.checkpoint import dt_from_payload, dt_payload
     from dtrl.config import to_dict
 
     old = DecisionTransformer(5, 2, dataclasses.replace(tiny_model_cfg, timestep_embedding=True, activation="gelu"))

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from dtrl.envs import get_sim_state, make_env, set_sim_state
+from dtrl.envs.make import get_sim_state, make_env, set_sim_state
 from dtrl.tasks import UnknownTaskError, get_task, known_tasks
 
 

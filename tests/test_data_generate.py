@@ -9,9 +9,9 @@ from dtrl.data.cli import cmd_behaviour, cmd_data
 from dtrl.data.d4rl_hdf5 import read_d4rl
 from dtrl.data.generate import behaviour_dir, generated_path, load_behaviour_metadata
 from dtrl.data.trajectories import DataError
-from dtrl.envs import make_env, observe, set_sim_state
-from dtrl.experiment import load_config
-from dtrl.io import read_json
+from dtrl.envs.make import make_env, observe, set_sim_state
+from dtrl.config.experiment import load_config
+from dtrl.util.io import read_json
 from dtrl.tasks import get_task
 
 # Pendulum, a few thousand SAC steps; 'medium' at 2% of the reference max (20 return) so that even
@@ -133,7 +133,7 @@ def test_same_seed_same_dataset(generated, tmp_path):
 
 
 def test_rollout_data_does_not_depend_on_worker_processes():
-    from dtrl.data.config import GeneratorConfig
+    from dtrl.config.data import GeneratorConfig
     from dtrl.data.generate import initial_actor, rollout_policy
 
     task = get_task("pendulum-random")

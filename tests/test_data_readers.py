@@ -273,7 +273,7 @@ def test_minari_wrong_env_size(tmp_path, monkeypatch):
 def test_sources_pick_configured_file_or_explain(tmp_path):
     from dtrl.config import ConfigError
     from dtrl.data.sources import dataset_summary_path, generated_path, load_task_dataset
-    from dtrl.experiment import load_config
+    from dtrl.config.experiment import load_config
 
     path = write_h5(tmp_path / "h.hdf5", d4rl_arrays())
     exp = load_config(overrides={"results": str(tmp_path / "res"),
@@ -292,7 +292,7 @@ def test_sources_pick_configured_file_or_explain(tmp_path):
 
 def test_cmd_data_on_configured_source_writes_summary(tmp_path, capsys):
     from dtrl.cli import main
-    from dtrl.io import read_json
+    from dtrl.util.io import read_json
 
     path = write_h5(tmp_path / "h.hdf5", d4rl_arrays())
     rc = main(["data", "hopper-medium", "--set", f"results={tmp_path / 'res'}",

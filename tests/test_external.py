@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from dtrl.config import ConfigError
-from dtrl.experiment import load_config
-from dtrl.run_schema import check_run
+from dtrl.config.experiment import load_config
+from dtrl.harness.run_schema import check_run
 
 from helpers import tiny_dt, write_pretrained
 
@@ -36,7 +36,7 @@ def _toy(**over):
 @pytest.fixture(scope="module")
 def native_run(tmp_path_factory):
     """A run the harness wrote (the offline DT): the reference the contract describes."""
-    from dtrl.finetune import finetune
+    from dtrl.workflow.finetune import finetune
 
     root = tmp_path_factory.mktemp("native")
     write_pretrained(root / f"pretrain/{TASK}/seed0/model.pt", tiny_dt(TASK), TASK)
@@ -89,7 +89,7 @@ def test_summary_errors_are_named(native_run, tmp_path):
 
 def test_external_command_runs_per_task_and_seed(tmp_path, capsys):
     from dtrl.cli import main
-    from dtrl.finetune import finetune
+    from dtrl.workflow.finetune import finetune
 
     exp = _exp(tmp_path, toy=_toy())
     s = finetune(exp, "toy", TASK, 0)
@@ -100,7 +100,7 @@ def test_external_command_runs_per_task_and_seed(tmp_path, capsys):
     finetune(exp, "toy", TASK, 0)  # a finished run is not rerun
     assert (run / "summary.json").stat().st_mtime_ns == before
     # The report names it by its entry name.
-    from dtrl.report import method_label
+    from dtrl.report.build import method_label
 
     assert method_label(exp, "toy") == "toy"
     # A command that breaks the contract: a clear error, and the run is not taken as complete.
@@ -134,7 +134,7 @@ def test_pretrained_placeholder_makes_the_workflow_pretrain(tmp_path):
 
 def test_an_external_command_gets_the_pretrained_dt(tmp_path):
     """With {pretrained} in its command, the command is given the stochastic DT the workflow pretrains."""
-    from dtrl.finetune import finetune
+    from dtrl.workflow.finetune import finetune
 
     write_pretrained(tmp_path / f"pretrain/{TASK}/seed0/model.pt", tiny_dt(TASK))
     toy = _toy()
@@ -145,8 +145,8 @@ def test_an_external_command_gets_the_pretrained_dt(tmp_path):
 
 def test_contract_document_lists_the_schema():
     """docs/CONTRACTS.md documents exactly the columns and keys dtrl check-run requires."""
-    from dtrl.external import PLACEHOLDERS
-    from dtrl.run_schema import PROGRESS_COLUMNS, SUMMARY_TYPES
+    from dtrl.methods.external import PLACEHOLDERS
+    from dtrl.harness.run_schema import PROGRESS_COLUMNS, SUMMARY_TYPES
 
     text = (REPO / "docs" / "CONTRACTS.md").read_text()
     section = text.split("## The run contract", 1)[1].split("\n## ", 1)[0]

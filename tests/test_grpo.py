@@ -9,17 +9,17 @@ import pytest
 import torch
 
 from dtrl.config import from_dict
-from dtrl.critic import TrajectoryBuffer, final_rtg
-from dtrl.experiment import load_config
-from dtrl.finetune import finetune
-from dtrl.grpo import (GRPO, approx_kl, group_advantages, last_slot_dist, minibatch_log_ratios, relabel_contexts,
+from dtrl.harness.critic import TrajectoryBuffer, final_rtg
+from dtrl.config.experiment import load_config
+from dtrl.workflow.finetune import finetune
+from dtrl.methods.grpo import (GRPO, approx_kl, group_advantages, last_slot_dist, minibatch_log_ratios, relabel_contexts,
                        selection_probs)
-from dtrl.logger import CORE_COLUMNS, SUMMARY_KEYS
-from dtrl.online import build_context
-from dtrl.online_config import EvalConfig
-from dtrl.ppo_dt import PPODT, gae
-from dtrl.qgrpo import QGRPO
-from dtrl.rollout import RolloutEngine, Start, collect_episodes, context_at
+from dtrl.util.logger import CORE_COLUMNS, SUMMARY_KEYS
+from dtrl.harness.online import build_context
+from dtrl.config.online import EvalConfig
+from dtrl.methods.ppo_dt import PPODT, gae
+from dtrl.methods.qgrpo import QGRPO
+from dtrl.harness.rollout import RolloutEngine, Start, collect_episodes, context_at
 from dtrl.tasks import get_task, with_overrides
 
 from helpers import tiny_dt, write_pretrained
@@ -322,7 +322,7 @@ def test_context_at_with_a_shorter_context_than_the_engine():
 
 
 def test_zero_spread_groups_are_left_out_of_the_update(tmp_path, monkeypatch):
-    import dtrl.grpo as grpo_mod
+    import dtrl.methods.grpo as grpo_mod
 
     g = make_method(GRPO, tmp_path, **SMALL_GRPO)
     real = grpo_mod.group_advantages

@@ -10,15 +10,15 @@ harness's protocol) must beat the pretrained model's on the same evaluation seed
 import numpy as np
 import torch
 
-from dtrl.checkpoint import dt_payload
+from dtrl.models.checkpoint import dt_payload
 from dtrl.config import from_dict
-from dtrl.envs import make_env
-from dtrl.evaluate import evaluate_dt
-from dtrl.grpo import GRPO
-from dtrl.io import atomic_torch_save
-from dtrl.model import DecisionTransformer, ModelConfig
-from dtrl.online import build_context, eval_seed, run_online
-from dtrl.online_config import EvalConfig, OnlineConfig
+from dtrl.envs.make import make_env
+from dtrl.harness.evaluate import evaluate_dt
+from dtrl.methods.grpo import GRPO
+from dtrl.util.io import atomic_torch_save
+from dtrl.models.dt import DecisionTransformer, ModelConfig
+from dtrl.harness.online import build_context, eval_seed, run_online
+from dtrl.config.online import EvalConfig, OnlineConfig
 from dtrl.tasks import get_task, with_overrides
 
 T = 100

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from dtrl.config import ConfigError, from_dict
-from dtrl.experiment import load_config
-from dtrl.finetune import finetune
-from dtrl.grpo import GRPO, carries_gradient, minibatch_log_ratios, selection_probs
-from dtrl.report import Run, eval_rtg_note
-from dtrl.rollout import squashed_variance
+from dtrl.config.experiment import load_config
+from dtrl.workflow.finetune import finetune
+from dtrl.methods.grpo import GRPO, carries_gradient, minibatch_log_ratios, selection_probs
+from dtrl.report.build import Run, eval_rtg_note
+from dtrl.harness.rollout import squashed_variance
 
 from helpers import tiny_dt, write_pretrained
 from test_grpo import SMALL_GRPO, make_method

@@ -13,13 +13,13 @@ import torch
 from baselines.iql import (IQL, IQLConfig, IQLLearner, ReplayBuffer, advantage_weights, cosine_lr,
                            dataset_transitions, expectile_loss, reward_scale, td_target)
 from dtrl.data.trajectories import Trajectory, TrajectoryDataset
-from dtrl.experiment import load_config
-from dtrl.finetune import finetune
-from dtrl.logger import CORE_COLUMNS, SUMMARY_KEYS
-from dtrl.online import build_context, run_online
-from dtrl.online_config import EvalConfig, OnlineConfig
+from dtrl.config.experiment import load_config
+from dtrl.workflow.finetune import finetune
+from dtrl.util.logger import CORE_COLUMNS, SUMMARY_KEYS
+from dtrl.harness.online import build_context, run_online
+from dtrl.config.online import EvalConfig, OnlineConfig
 from dtrl.tasks import get_task, with_overrides
-from dtrl.vec import VecStepper
+from dtrl.envs.vec import VecStepper
 
 PD_GAINS = np.array([0.5, 5.0, 0.5, 1.0])  # balances InvertedPendulum (obs: x, angle, x', angle') for 1000 steps
 DIAG_COLUMNS = ["phase", "value_loss", "critic_loss", "actor_loss", "v_mean", "q_mean", "adv_mean", "weight_mean",
@@ -150,7 +150,7 @@ def test_cuda_graph_update_matches_eager_and_resumes():
     f = io.BytesIO()
     torch.save({"nets": graph.state_dict(), "optim": graph.optim_state()}, f)
     f.seek(0)
-    state = torch.load(f, map_location="cpu")  # as dtrl.io.torch_load reads checkpoints
+    state = torch.load(f, map_location="cpu")  # as dtrl.util.io.torch_load reads checkpoints
     resumed, cpu = learner(1), learner(1, torch.device("cpu"))
     for m in (resumed, cpu):
         m.load_state_dict(state["nets"])

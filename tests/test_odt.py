@@ -12,14 +12,14 @@ from baselines.odt import ODT
 from dtrl.config import from_dict
 from dtrl.data.d4rl_hdf5 import write_d4rl
 from dtrl.data.trajectories import Trajectory, TrajectoryDataset
-from dtrl.experiment import load_config
-from dtrl.finetune import finetune
+from dtrl.config.experiment import load_config
+from dtrl.workflow.finetune import finetune
 from dtrl.config import ConfigError
-from dtrl.logger import CORE_COLUMNS, SUMMARY_KEYS
-from dtrl.losses import dt_supervised_loss
-from dtrl.online import build_context
-from dtrl.online_config import EvalConfig
-from dtrl.rollout import RolloutEngine, collect_episodes
+from dtrl.util.logger import CORE_COLUMNS, SUMMARY_KEYS
+from dtrl.models.losses import dt_supervised_loss
+from dtrl.harness.online import build_context
+from dtrl.config.online import EvalConfig
+from dtrl.harness.rollout import RolloutEngine, collect_episodes
 from dtrl.tasks import get_task
 
 from helpers import tiny_dt, write_pretrained
@@ -200,7 +200,7 @@ def test_odt_refuses_a_deterministic_dt(tmp_path):
 
 
 def test_online_phase_continues_the_pretraining_optimizer(tmp_path):
-    from dtrl.pretrain import SupervisedTrainer
+    from dtrl.harness.pretrain import SupervisedTrainer
 
     model = tiny_dt()
     ds = offline_dataset()
@@ -209,8 +209,8 @@ def test_online_phase_continues_the_pretraining_optimizer(tmp_path):
     for _ in range(4):
         pre.update(buf.sample(8))
     path = tmp_path / "model.pt"
-    from dtrl.checkpoint import dt_payload
-    from dtrl.io import atomic_torch_save
+    from dtrl.models.checkpoint import dt_payload
+    from dtrl.util.io import atomic_torch_save
 
     atomic_torch_save(path, {"dt": dt_payload(model), "trainer": pre.state_dict(), "updates": 4,
                              "config": {"pretrain": {"optimizer": "lamb"}}})
@@ -239,8 +239,8 @@ def test_defaults_are_odts_published_values():
 
 def test_online_updates_use_pretrainings_precision_and_compile_switches():
     """ODT (and ODT+TD3, which inherits the fields) autocast and compile as pretraining does by default,
-    through the same code (dtrl.pretrain.CompiledLoss / autocast)."""
-    from dtrl.pretrain_config import PretrainConfig
+    through the same code (dtrl.harness.pretrain.CompiledLoss / autocast)."""
+    from dtrl.config.pretrain import PretrainConfig
 
     c, p = ODTConfig(), PretrainConfig()
     assert (c.amp, c.compile) == (p.amp, p.compile) == ("bf16", "reduce-overhead")
@@ -248,7 +248,7 @@ def test_online_updates_use_pretrainings_precision_and_compile_switches():
 
 
 def test_compiled_loss_is_eager_on_cpu_and_checks_its_mode():
-    from dtrl.pretrain import CompiledLoss, amp_dtype_of, autocast
+    from dtrl.harness.pretrain import CompiledLoss, amp_dtype_of, autocast
 
     fn = lambda x: x + 1  # noqa: E731
     c = CompiledLoss(fn, "reduce-overhead", "cpu")
@@ -279,7 +279,7 @@ def test_the_buffer_draws_windows_where_configured_and_resumes_its_stream(tmp_pa
 
 def test_mean_terms_sum_on_the_device_and_name_the_first_broken_term():
     from baselines.common import MeanTerms
-    from dtrl.guard import DivergenceError
+    from dtrl.util.guard import DivergenceError
 
     acc = MeanTerms()
     vals = [{"a": torch.tensor(1.5), "b": torch.tensor(2.0, dtype=torch.float64)},

@@ -13,11 +13,11 @@ import torch
 from baselines.odt_td3 import NoisyAction, ODTTD3, ODTTD3Config, next_window
 from dtrl.config import ConfigError, from_dict
 from dtrl.data.trajectories import Trajectory, TrajectoryDataset
-from dtrl.finetune import finetune
-from dtrl.losses import masked_mean
-from dtrl.model import DeterministicAction
-from dtrl.online import build_context
-from dtrl.online_config import EvalConfig
+from dtrl.workflow.finetune import finetune
+from dtrl.models.losses import masked_mean
+from dtrl.models.dt import DeterministicAction
+from dtrl.harness.online import build_context
+from dtrl.config.online import EvalConfig
 from dtrl.tasks import get_task
 
 from helpers import tiny_dt, write_pretrained
@@ -154,7 +154,7 @@ def test_each_loss_reaches_only_its_own_parameters(td3):
 
 
 def test_frozen_critic_gives_the_same_values_and_no_critic_gradient(td3):
-    from dtrl.critic import TwinQ
+    from dtrl.harness.critic import TwinQ
 
     q = td3.critic
     obs, act = torch.randn(6, 11), torch.randn(6, 3, requires_grad=True)
@@ -166,7 +166,7 @@ def test_frozen_critic_gives_the_same_values_and_no_critic_gradient(td3):
 
 
 def test_soft_update_matches_the_per_parameter_update_bit_for_bit(td3):
-    from dtrl.critic import soft_update
+    from dtrl.harness.critic import soft_update
 
     target, source = copy.deepcopy(td3.critic_target), td3.critic
     with torch.no_grad():

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from dtrl.config import ConfigError, doc
-from dtrl.experiment import load_config
-from dtrl.finetune import finetune
-from dtrl.logger import CORE_COLUMNS, SUMMARY_KEYS
-from dtrl.methods import ALGORITHMS, register
-from dtrl.online import OnlineMethod
+from dtrl.config.experiment import load_config
+from dtrl.workflow.finetune import finetune
+from dtrl.util.logger import CORE_COLUMNS, SUMMARY_KEYS
+from dtrl.config.registry import ALGORITHMS, register
+from dtrl.harness.online import OnlineMethod
 
 from helpers import tiny_dt, write_pretrained
 
@@ -126,7 +126,7 @@ def test_missing_pretrained_model_is_one_clear_error(tmp_path):
 
 
 def test_policy_and_critic_updates_are_separate_columns(tmp_path, with_random_walk):
-    from dtrl.io import atomic_torch_save, torch_load
+    from dtrl.util.io import atomic_torch_save, torch_load
 
     exp = _exp(tmp_path, methods={"rw": {"algo": "random_walk", "steps_per_iteration": 100}},
                grid={"methods": ["rw"], "tasks": ["hopper-medium"]})

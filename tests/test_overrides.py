@@ -7,9 +7,9 @@ import pytest
 import yaml
 
 from dtrl.config import ConfigError
-from dtrl.experiment import load_config
-from dtrl.finetune import finetune
-from dtrl.methods import ALGORITHMS, register
+from dtrl.config.experiment import load_config
+from dtrl.workflow.finetune import finetune
+from dtrl.config.registry import ALGORITHMS, register
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = REPO / "config" / "config.yaml"
@@ -122,9 +122,9 @@ def test_finetune_runs_with_the_resolved_settings(tmp_path, with_random_walk):
 
 
 def test_pretraining_runs_with_the_resolved_settings(tmp_path):
-    from dtrl.experiment import OverrideEntry
-    from dtrl.io import torch_load
-    from dtrl.pretrain import pretrain
+    from dtrl.config.experiment import OverrideEntry
+    from dtrl.util.io import torch_load
+    from dtrl.harness.pretrain import pretrain
     from dtrl.tasks import get_task
     from test_pretrain import _dataset, _exp
 

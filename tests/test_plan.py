@@ -9,8 +9,8 @@ import json
 
 import pytest
 
-from dtrl.experiment import load_config
-from dtrl.plan import Throughput, load_throughputs, make_plan
+from dtrl.config.experiment import load_config
+from dtrl.workflow.plan import Throughput, load_throughputs, make_plan
 
 EVIDENCE_CPU = ["config/config.yaml", "config/evidence_cpu.yaml"]
 EVIDENCE_GPU = ["config/config.yaml", "config/evidence_gpu.yaml"]
@@ -74,7 +74,7 @@ def test_cost_comes_from_the_throughput_table(tmp_path):
 def test_dt_update_rates_scale_with_model_size_on_cpu_only_down_on_gpu(tmp_path):
     row = Throughput(device="x", kind="dt_update", value=10.0, unit="updates/s", status="measured", source="test",
                      n_layers=2, embed_dim=64, context_len=10, batch_size=64)
-    from dtrl.plan import Rates
+    from dtrl.workflow.plan import Rates
 
     cpu, gpu = Rates("cpu-x", [dataclasses.replace(row, device="cpu-x")]), Rates("g", [dataclasses.replace(row, device="g")])
     bigger, smaller = (4, 64, 10, 64), (1, 64, 10, 64)
@@ -157,13 +157,13 @@ def test_every_method_of_a_matched_grid_ends_within_one_iteration_of_the_budget(
     from test_odt import offline_dataset
 
     from dtrl.data.d4rl_hdf5 import write_d4rl
-    from dtrl.finetune import finetune
+    from dtrl.workflow.finetune import finetune
     from helpers import tiny_dt, write_pretrained
 
     task, budget = "pendulum-random", 150
     write_d4rl(tmp_path / "data.hdf5", offline_dataset(task, n=6))
     write_pretrained(tmp_path / f"pretrain/{task}/seed0/model.pt", tiny_dt(task), task)
-    from dtrl.methods import get_algorithm
+    from dtrl.config.registry import get_algorithm
 
     if getattr(get_algorithm("odt_td3"), "pretrained_head", "gaussian") == "deterministic":  # its own DT
         write_pretrained(tmp_path / f"pretrain_det/{task}/seed0/model.pt", tiny_dt(task, action_head="deterministic"),

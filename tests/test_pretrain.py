@@ -5,14 +5,14 @@ import numpy as np
 import pytest
 import torch
 
-from dtrl.checkpoint import load_pretrained_dt
+from dtrl.models.checkpoint import load_pretrained_dt
 from dtrl.config import ConfigError
 from dtrl.data.trajectories import DataError, Trajectory, TrajectoryDataset
-from dtrl.experiment import ExperimentConfig
-from dtrl.io import read_json, torch_load
-from dtrl.model import ModelConfig
-from dtrl.pretrain import PRETRAIN_COLUMNS, PRETRAIN_COLUMNS_DETERMINISTIC, SupervisedTrainer, cmd_pretrain, pretrain
-from dtrl.pretrain_config import PretrainConfig
+from dtrl.config.experiment import ExperimentConfig
+from dtrl.util.io import read_json, torch_load
+from dtrl.models.dt import ModelConfig
+from dtrl.harness.pretrain import PRETRAIN_COLUMNS, PRETRAIN_COLUMNS_DETERMINISTIC, SupervisedTrainer, cmd_pretrain, pretrain
+from dtrl.config.pretrain import PretrainConfig
 from dtrl.tasks import get_task
 
 TASK = get_task("pendulum-medium")
@@ -79,7 +79,7 @@ def test_deterministic_dt_is_pretrained_with_the_masked_mse(tmp_path):
     model = load_pretrained_dt(out / "model.pt")
     assert model.cfg.action_head == "deterministic" and model.log_temperature is None
     # the logged MSE is the reference's ((a_hat - a) ** 2)[mask > 0].mean() of the trained model
-    from dtrl.batching import ContextSampler
+    from dtrl.models.batching import ContextSampler
 
     b = ContextSampler(ds.trajectories, 4, rng=np.random.default_rng(0)).sample(64)
     model.eval()
@@ -211,7 +211,7 @@ def test_trajectories_longer_than_the_timestep_table(tmp_path):
 
 def test_evaluation_after_pretraining(tmp_path):
     pytest.importorskip("mujoco")
-    pytest.importorskip("dtrl.evaluate")
+    pytest.importorskip("dtrl.harness.evaluate")
     from dtrl.tasks import with_overrides
 
     task = with_overrides(get_task("pendulum-medium"), max_episode_steps=20)
@@ -225,8 +225,8 @@ def test_evaluation_after_pretraining(tmp_path):
 
 
 def test_trainer_falls_back_to_eager_when_compilation_fails(tiny_model_cfg):
-    from dtrl.batching import ContextSampler
-    from dtrl.pretrain import build_dt
+    from dtrl.models.batching import ContextSampler
+    from dtrl.harness.pretrain import build_dt
 
     ds = _dataset()
     model = build_dt(dataclasses.replace(tiny_model_cfg, context_len=4), TASK, ds)

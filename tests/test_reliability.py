@@ -19,10 +19,10 @@ import yaml
 from dtrl import cli
 from dtrl.data.d4rl_hdf5 import write_d4rl
 from dtrl.data.trajectories import TrajectoryDataset
-from dtrl.experiment import load_config
-from dtrl.io import atomic_write_json, atomic_write_text, remove_stale_temps, torch_load
-from dtrl.methods import get_algorithm
-from dtrl.rollout import RolloutEngine, collect_episodes
+from dtrl.config.experiment import load_config
+from dtrl.util.io import atomic_write_json, atomic_write_text, remove_stale_temps, torch_load
+from dtrl.config.registry import get_algorithm
+from dtrl.harness.rollout import RolloutEngine, collect_episodes
 from dtrl.tasks import get_task
 
 from helpers import tiny_dt, write_pretrained
@@ -115,15 +115,15 @@ def assert_one_error_line(lines: list[str], *fragments: str) -> str:
 
 def pretrained_path(tmp_path: Path, method: str = "grpo") -> Path:
     """Where the workflow puts the pretrained DT ``method`` finetunes (ODT+TD3's deterministic one apart)."""
-    from dtrl.methods import get_algorithm
-    from dtrl.pretrain_config import HEAD_DIRS
+    from dtrl.config.registry import get_algorithm
+    from dtrl.config.pretrain import HEAD_DIRS
 
     return tmp_path / f"results/{HEAD_DIRS[get_algorithm(method).pretrained_head]}/{TASK}/seed0/model.pt"
 
 
 def pretrained_dt_for(method: str):
     """A tiny DT with the action head ``method`` finetunes."""
-    from dtrl.methods import get_algorithm
+    from dtrl.config.registry import get_algorithm
 
     return tiny_dt(TASK, embed_dim=16, n_heads=2, action_head=get_algorithm(method).pretrained_head)
 
@@ -131,7 +131,7 @@ def pretrained_dt_for(method: str):
 # -- fault injection: a NaN in one loss term of each method ---------------------------------------------
 
 def _patch_entropy(mp):
-    from dtrl.model import SquashedGaussian
+    from dtrl.models.dt import SquashedGaussian
 
     orig = SquashedGaussian.entropy
     mp.setattr(SquashedGaussian, "entropy", lambda self, *a, **k: orig(self, *a, **k) * NAN)
@@ -142,20 +142,20 @@ def _patch_value_loss(mp):
 
     import torch.nn.functional as F
 
-    import dtrl.ppo_dt
+    import dtrl.methods.ppo_dt
 
-    mp.setattr(dtrl.ppo_dt, "F", types.SimpleNamespace(mse_loss=lambda a, b: F.mse_loss(a, b) * NAN))
+    mp.setattr(dtrl.methods.ppo_dt, "F", types.SimpleNamespace(mse_loss=lambda a, b: F.mse_loss(a, b) * NAN))
 
 
 def _patch_value_net(mp):
-    from dtrl.critic import ValueNet
+    from dtrl.harness.critic import ValueNet
 
     orig = ValueNet.scaled
     mp.setattr(ValueNet, "scaled", lambda self, *a: orig(self, *a) * NAN)
 
 
 def _patch_twin_q(mp):
-    from dtrl.critic import TwinQ
+    from dtrl.harness.critic import TwinQ
 
     orig = TwinQ.forward
     mp.setattr(TwinQ, "forward", lambda self, *a: tuple(q * NAN for q in orig(self, *a)))
@@ -163,16 +163,16 @@ def _patch_twin_q(mp):
 
 def _patch_supervised(term):
     def patch(mp):
-        import dtrl.pretrain
+        import dtrl.harness.pretrain
 
-        orig = dtrl.pretrain.dt_supervised_loss
+        orig = dtrl.harness.pretrain.dt_supervised_loss
 
         def loss(*a, **k):
             terms = orig(*a, **k)
             terms[term] = terms[term] * NAN
             return terms
 
-        mp.setattr(dtrl.pretrain, "dt_supervised_loss", loss)
+        mp.setattr(dtrl.harness.pretrain, "dt_supervised_loss", loss)
     return patch
 
 
@@ -210,7 +210,7 @@ FAULTS = {
 
 
 def assert_reported_not_scored(cfg: Path, method: str, status: str = "diverged") -> None:
-    from dtrl.report import report
+    from dtrl.report.build import report
 
     exp = load_config(cfg)
     res = report(exp, figures=False, reps=10)
@@ -278,9 +278,9 @@ def test_a_diverged_pretrained_model_is_not_evaluated(tmp_path, dataset_file, ca
 def test_a_nan_loss_term_stops_pretraining(tmp_path, dataset_file, capsys, monkeypatch):
     cfg = config_file(tmp_path, dataset_file, "none")
     out = tmp_path / f"results/pretrain/{TASK}/seed0"
-    import dtrl.pretrain
+    import dtrl.harness.pretrain
 
-    orig, calls, seen = dtrl.pretrain.dt_supervised_loss, {"n": 0}, {}
+    orig, calls, seen = dtrl.harness.pretrain.dt_supervised_loss, {"n": 0}, {}
 
     def loss(*a, **k):  # finite for the first 12 updates (a checkpoint at 10), then a NaN NLL
         calls["n"] += 1
@@ -291,7 +291,7 @@ def test_a_nan_loss_term_stops_pretraining(tmp_path, dataset_file, capsys, monke
             terms["loss"] = terms["loss"] * NAN
         return terms
 
-    monkeypatch.setattr(dtrl.pretrain, "dt_supervised_loss", loss)
+    monkeypatch.setattr(dtrl.harness.pretrain, "dt_supervised_loss", loss)
     rc, lines = run_cli(capsys, ["pretrain", "--task", TASK, "--config", cfg])
     assert rc == cli.EXIT_DIVERGED
     assert_one_error_line(lines, "pretraining diverged at update 13", "non-finite loss, nll", "pretrain.lr",
@@ -350,18 +350,18 @@ def _setup_wrong_shape_pretrained(tmp_path, dataset, capsys):
 
 
 def _kill_pretraining_after_first_checkpoint(cfg: Path, monkeypatch) -> None:
-    import dtrl.pretrain
+    import dtrl.harness.pretrain
 
-    real = dtrl.pretrain.atomic_torch_save
+    real = dtrl.harness.pretrain.atomic_torch_save
 
     def save_then_die(path, obj):
         real(path, obj)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(dtrl.pretrain, "atomic_torch_save", save_then_die)
+    monkeypatch.setattr(dtrl.harness.pretrain, "atomic_torch_save", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         cli.main(["pretrain", "--task", TASK, "--config", str(cfg)])
-    monkeypatch.setattr(dtrl.pretrain, "atomic_torch_save", real)
+    monkeypatch.setattr(dtrl.harness.pretrain, "atomic_torch_save", real)
 
 
 def _setup_truncated_pretrain_checkpoint(tmp_path, dataset, capsys, monkeypatch):
@@ -517,7 +517,7 @@ def _fake_run(root: Path, seed: int, config: dict | None, score: float = 50.0, s
 
 def test_report_refuses_to_mix_method_configs_in_a_cell(tmp_path):
     from dtrl.config import ConfigError
-    from dtrl.report import report
+    from dtrl.report.build import report
 
     exp = load_config(None, {"results": str(tmp_path), "grid": {"methods": ["grpo"], "tasks": [TASK],
                                                                  "seeds": [0, 1, 2]}})
@@ -609,7 +609,7 @@ def test_written_files_get_the_mode_of_the_umask(tmp_path, umask):
     try:
         p = atomic_write_text(tmp_path / "x.txt", "hi")
         q = atomic_write_json(tmp_path / "y.json", {})
-        from dtrl.io import atomic_torch_save
+        from dtrl.util.io import atomic_torch_save
 
         r = atomic_torch_save(tmp_path / "z.pt", {"a": 1})
     finally:

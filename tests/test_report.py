@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dtrl.experiment import ExperimentConfig, GridConfig
-from dtrl.logger import CORE_COLUMNS, SUMMARY_KEYS
+from dtrl.config.experiment import ExperimentConfig, GridConfig
+from dtrl.util.logger import CORE_COLUMNS, SUMMARY_KEYS
 
 METHODS = ["none", "grpo", "odt", "iql"]
 TASKS = ["hopper-medium", "walker2d-random", "pendulum-medium-replay"]
@@ -58,7 +58,7 @@ def make_synthetic(root):
 
 
 def run_report(exp, root, reps=200, figures=True):
-    from dtrl.report import report
+    from dtrl.report.build import report
 
     return report(exp, root, root / "runs", reps=reps, figures=figures)
 
@@ -92,7 +92,7 @@ def test_iqm_function_on_fixed_matrix():
     """aggregate_estimates on a given matrix: IQM is scipy's 25% trimmed mean over all runs and tasks."""
     from rliable import metrics
 
-    from dtrl.report import aggregate_estimates
+    from dtrl.report.build import aggregate_estimates
 
     scores = np.arange(24, dtype=float).reshape(4, 6) ** 1.5
     out = aggregate_estimates({"m": scores}, reps=100).set_index("metric")
@@ -114,7 +114,7 @@ def test_probability_of_improvement_matches_rliable(reported):
 
 
 def test_main_table(reported):
-    from dtrl.report import BUDGET_ROWS
+    from dtrl.report.build import BUDGET_ROWS
 
     exp, root, _ = reported
     table = pd.read_csv(root / "tables" / "main.csv").set_index("task")
@@ -163,7 +163,7 @@ def test_figures(reported):
 
 
 def test_learning_curve_interpolates_over_seeds(tmp_path):
-    from dtrl.report import Run, learning_curve
+    from dtrl.report.build import Run, learning_curve
 
     runs = []
     for seed, (xs, ys) in enumerate([([100, 200, 300], [1.0, 2.0, 3.0]), ([150, 250, 350], [2.0, 4.0, 6.0])]):
@@ -180,10 +180,10 @@ def test_learning_curve_interpolates_over_seeds(tmp_path):
 def test_missing_runs_are_reported_not_fatal(tmp_path, capsys, monkeypatch):
     import shutil
 
-    import dtrl.report
-    from dtrl.report import cmd_report
+    import dtrl.report.build
+    from dtrl.report.build import cmd_report
 
-    monkeypatch.setattr(dtrl.report, "REPS", 100)
+    monkeypatch.setattr(dtrl.report.build, "REPS", 100)
     exp = make_synthetic(tmp_path)
     root = tmp_path
     shutil.rmtree(root / "runs" / "odt" / TASKS[0] / "seed1")
@@ -220,7 +220,7 @@ def test_ablation_table(tmp_path):
 
 
 def test_expected_runs_cover_grid_and_ablation_bases():
-    from dtrl.report import expected_runs
+    from dtrl.report.build import expected_runs
 
     exp = ExperimentConfig(methods={"grpo_u": {"algo": "grpo", "reset_sampling": "uniform"}},
                            grid=GridConfig(methods=["none", "grpo"], tasks=["hopper-medium"], seeds=[0, 1],
@@ -247,7 +247,7 @@ def test_published_reference_data():
 
 def test_published_columns_name_their_budget():
     """Each published header says the online budget its numbers were measured at (docs/baselines.md)."""
-    from dtrl.report import main_markdown, main_table
+    from dtrl.report.build import main_markdown, main_table
 
     exp = ExperimentConfig(grid=GridConfig(methods=["odt", "odt_td3", "iql"], tasks=["hopper-medium"], seeds=[0]))
     header = main_markdown(exp, main_table(exp, {}), 0).split("\n")[4]
@@ -298,7 +298,7 @@ def test_too_few_runs_give_no_ci_and_say_so(tmp_path):
 
 def test_probability_of_improvement_figure_shows_every_value(tmp_path):
     """P = 1 with CI [1, 1]: the value is written on the figure and the marker is not clipped at the spine."""
-    from dtrl.report import poi_figure
+    from dtrl.report.build import poi_figure
 
     exp = _two_seed_grid(tmp_path)
     exp.report.min_runs_for_ci = 2
@@ -328,10 +328,10 @@ def test_published_columns_only_where_the_grid_has_published_numbers(tmp_path):
 
 
 def test_dataset_warnings_reach_the_report_and_the_terminal(tmp_path, capsys, monkeypatch):
-    import dtrl.report
-    from dtrl.report import cmd_report
+    import dtrl.report.build
+    from dtrl.report.build import cmd_report
 
-    monkeypatch.setattr(dtrl.report, "REPS", 50)
+    monkeypatch.setattr(dtrl.report.build, "REPS", 50)
     exp = _two_seed_grid(tmp_path)
     (tmp_path / "data").mkdir()
     msg = "SAC never reached the 'medium' return 300.0; 'medium' is the best checkpoint (return 104.2)"

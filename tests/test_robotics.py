@@ -12,8 +12,8 @@ pytest.importorskip("gymnasium_robotics")
 
 from dtrl.data.d4rl_hdf5 import read_d4rl  # noqa: E402
 from dtrl.data.trajectories import DataError  # noqa: E402
-from dtrl.envs import get_sim_state, make_env, observe, set_sim_state  # noqa: E402
-from dtrl.robotics import flatten_goal_obs, success_rate  # noqa: E402
+from dtrl.envs.make import get_sim_state, make_env, observe, set_sim_state  # noqa: E402
+from dtrl.envs.robotics import flatten_goal_obs, success_rate  # noqa: E402
 from dtrl.tasks import get_task, known_tasks  # noqa: E402
 
 ADROIT_TASKS = [f"{e}-{q}" for e in ("pen", "hammer", "door", "relocate") for q in ("human", "cloned", "expert")]
@@ -57,8 +57,8 @@ def test_adroit_success_is_d4rls_rule_on_goal_steps():
 
 def test_adroit_goal_steps_come_from_info_success_through_envset_and_evaluate_policy():
     """The per-step info["success"] reaches EnvSet.step (DT rollouts) and evaluate_policy (IQL)."""
-    from dtrl.vec import evaluate_policy
-    from dtrl.workers import EnvSet
+    from dtrl.envs.vec import evaluate_policy
+    from dtrl.envs.workers import EnvSet
 
     task = get_task("door-human")
     es = EnvSet(task, [None], workers=0)
@@ -134,7 +134,7 @@ def _rollout_raw(env_id: str, kwargs: dict, T: int, seed: int):
     """(T+1 observations, T actions, rewards) of a raw gymnasium-robotics env under random actions."""
     import gymnasium as gym
 
-    from dtrl.robotics import _import_robotics
+    from dtrl.envs.robotics import _import_robotics
 
     _import_robotics()
     env = gym.make(env_id, disable_env_checker=True, **kwargs).unwrapped
@@ -243,7 +243,7 @@ def test_d4rl_antmaze_file_appends_the_goal_and_splits_episodes(tmp_path):
 def test_human_data_cannot_be_generated_and_the_error_says_where_to_get_it(tmp_path):
     from dtrl.data.generate import generate_task_dataset
     from dtrl.data.sources import load_task_dataset
-    from dtrl.experiment import load_config
+    from dtrl.config.experiment import load_config
 
     exp = load_config(None, {"results": str(tmp_path)})
     for fn in (generate_task_dataset, load_task_dataset):
@@ -258,8 +258,8 @@ def test_report_groups_tasks_by_family_with_family_averages_and_success(tmp_path
 
     import pandas as pd
 
-    from dtrl.experiment import ExperimentConfig, GridConfig
-    from dtrl.report import BUDGET_ROWS, report
+    from dtrl.config.experiment import ExperimentConfig, GridConfig
+    from dtrl.report.build import BUDGET_ROWS, report
     from test_report import write_run
 
     scores = {"hopper-medium": [50.0, 70.0], "pen-human": [10.0, 30.0], "door-human": [0.0, 4.0],
@@ -297,7 +297,7 @@ def test_core_imports_without_the_extra_and_the_env_names_it():
     import sys
 
     code = ("import sys; sys.modules['gymnasium_robotics'] = None\n"
-            "from dtrl.tasks import get_task; from dtrl.envs import make_env\n"
+            "from dtrl.tasks import get_task; from dtrl.envs.make import make_env\n"
             "make_env(get_task('hopper-medium'))\n"
             "try:\n    make_env(get_task('pen-human'))\nexcept ImportError as e:\n    print(e)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -20,10 +20,10 @@ pytest.importorskip("minari")
 
 from dtrl.data.d4rl_hdf5 import write_d4rl  # noqa: E402
 from dtrl.data.trajectories import Trajectory, TrajectoryDataset  # noqa: E402
-from dtrl.envs import make_env  # noqa: E402
-from dtrl.experiment import load_config  # noqa: E402
-from dtrl.finetune import finetune  # noqa: E402
-from dtrl.logger import SUMMARY_KEYS  # noqa: E402
+from dtrl.envs.make import make_env  # noqa: E402
+from dtrl.config.experiment import load_config  # noqa: E402
+from dtrl.workflow.finetune import finetune  # noqa: E402
+from dtrl.util.logger import SUMMARY_KEYS  # noqa: E402
 from dtrl.tasks import get_task, register_task, with_overrides  # noqa: E402
 
 LIMIT = 10
@@ -75,7 +75,7 @@ def _antmaze_data(task, dataset_id):
     import minari
     from minari.data_collector.episode_buffer import EpisodeBuffer
 
-    from dtrl.robotics import _import_robotics
+    from dtrl.envs.robotics import _import_robotics
 
     _import_robotics()
     env = gym.make(task.env_id, disable_env_checker=True, **task.family.env_kwargs).unwrapped
@@ -105,7 +105,7 @@ def _antmaze_data(task, dataset_id):
 def family_setup(tmp_path_factory):
     """Per family: the short task, an experiment config base with its dataset, a pretrained tiny DT."""
     from dtrl.data.sources import load_task_dataset
-    from dtrl.pretrain import pretrain
+    from dtrl.harness.pretrain import pretrain
 
     root = tmp_path_factory.mktemp("robotics_smoke")
     old = os.environ.get("MINARI_DATASETS_PATH")

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from dtrl.evaluate import evaluate_dt
-from dtrl.rollout import RolloutEngine, Start, collect_episodes, context_at
+from dtrl.harness.evaluate import evaluate_dt
+from dtrl.harness.rollout import RolloutEngine, Start, collect_episodes, context_at
 from dtrl.tasks import get_task
 
 from helpers import tiny_dt

@@ -1,8 +1,8 @@
 import numpy as np
 
-from dtrl.envs import set_sim_state
+from dtrl.envs.make import set_sim_state
 from dtrl.tasks import get_task, with_overrides
-from dtrl.vec import VecStepper, evaluate_policy
+from dtrl.envs.vec import VecStepper, evaluate_policy
 
 
 def test_vec_stepper_autoreset_and_flags():
@@ -26,7 +26,7 @@ def test_recorded_sim_state_restores_the_transition():
     for _ in range(3):
         b = vs.step(rng.uniform(-1, 1, (2, 3)))
     env = vs.envs[0].__class__  # noqa: F841 - type only
-    from dtrl.envs import make_env
+    from dtrl.envs.make import make_env
 
     other = make_env(task)
     set_sim_state(other, b.sim_states[1])

@@ -1,12 +1,12 @@
-"""Env stepping across worker processes (dtrl.workers) gives bit-identical results to in-process stepping."""
+"""Env stepping across worker processes (dtrl.envs.workers) gives bit-identical results to in-process stepping."""
 
 import numpy as np
 import pytest
 
-from dtrl.rollout import RolloutEngine, Start, collect_episodes
+from dtrl.harness.rollout import RolloutEngine, Start, collect_episodes
 from dtrl.tasks import get_task, with_overrides
-from dtrl.vec import VecStepper
-from dtrl.workers import EnvSet, EnvWorkerError
+from dtrl.envs.vec import VecStepper
+from dtrl.envs.workers import EnvSet, EnvWorkerError
 
 from helpers import tiny_dt
 
@@ -118,9 +118,9 @@ def test_worker_error_is_one_clear_error_and_close_stops_workers():
 
 def test_grpo_run_with_rollout_workers_matches_in_process(tmp_path):
     """The config field reaches the run's engines, and a GRPO-DT run gives the same numbers with it."""
-    from dtrl.experiment import load_config
-    from dtrl.finetune import finetune
-    from dtrl.workers import default_workers, set_default_workers
+    from dtrl.config.experiment import load_config
+    from dtrl.workflow.finetune import finetune
+    from dtrl.envs.workers import default_workers, set_default_workers
 
     from helpers import write_pretrained
 

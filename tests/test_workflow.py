@@ -114,7 +114,7 @@ BAD_CONFIGS = [
 def test_invalid_config_is_rejected(tmp_path, bad, message):
     """What the workflow validates with before scheduling anything (in-process: fast)."""
     from dtrl.config import ConfigError
-    from dtrl.experiment import load_config
+    from dtrl.config.experiment import load_config
 
     cfg = tmp_path / "bad.yaml"
     cfg.write_text(bad + "\n")
@@ -133,7 +133,7 @@ def test_invalid_config_stops_the_workflow_before_any_job(wf, tmp_path, bad, mes
 
 
 def test_configs_validate_and_quick_runs_every_paper_method():
-    from dtrl.experiment import load_config
+    from dtrl.config.experiment import load_config
 
     paper = load_config(REPO / "config" / "config.yaml")
     quick = load_config([REPO / "config" / "config.yaml", REPO / "config" / "quick.yaml"])
@@ -153,8 +153,8 @@ def test_configs_validate_and_quick_runs_every_paper_method():
 
 
 def test_config_readme_documents_every_key():
-    from dtrl.experiment import describe
-    from dtrl.methods import ALGORITHMS, get_algorithm
+    from dtrl.config.experiment import describe
+    from dtrl.config.registry import ALGORITHMS, get_algorithm
 
     readme = (REPO / "config" / "README.md").read_text()
     missing = [k for k, _, _ in describe() if f"`{k}`" not in readme]
@@ -211,8 +211,8 @@ def test_tiny_grid_end_to_end(tmp_path):
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     res = wf / "results"
     # The datasets' warnings (the tiny SAC run is far from the 'medium' return) reach the terminal.
-    from dtrl.experiment import load_config
-    from dtrl.report import data_warnings
+    from dtrl.config.experiment import load_config
+    from dtrl.report.build import data_warnings
 
     warnings = data_warnings(load_config([wf / "config" / "config.yaml", wf / "tiny.yaml"], {"results": str(res)}))
     assert all(f"dtrl: warning: {w}" in out.stderr for w in warnings), out.stderr[-3000:]

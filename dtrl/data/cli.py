@@ -8,7 +8,7 @@ from typing import Any
 
 from dtrl.data.generate import behaviour_dir, generate_task_dataset, train_behaviour
 from dtrl.data.sources import dataset_summary_path, describe_source, load_task_dataset
-from dtrl.io import atomic_write_json
+from dtrl.util.io import atomic_write_json
 from dtrl.tasks import get_family, get_task
 
 

@@ -5,11 +5,11 @@ Layout (flat arrays over all transitions, episodes one after another)::
     observations (N, obs_dim)  actions (N, act_dim)  rewards (N,)  terminals (N,)  timeouts (N,)
     next_observations (N, obs_dim)          optional
     infos/qpos (N, nq)  infos/qvel (N, nv)  optional, the simulator state before each step
-    infos/sim_state (N, S)                  dtrl's own: dtrl.envs.get_sim_state before each step
+    infos/sim_state (N, S)                  dtrl's own: dtrl.envs.make.get_sim_state before each step
 
 Episodes end where ``terminals | timeouts``. AntMaze files (D4RL's antmaze-*-v2) also hold
 ``infos/goal`` (N, 2); read for an AntMaze task it is appended to the 29-d observation, the layout
-of dtrl's AntMaze env (:func:`dtrl.robotics.flatten_goal_obs`), and a file without it is an error. dtrl writes its metadata as a JSON string in the root
+of dtrl's AntMaze env (:func:`dtrl.envs.robotics.flatten_goal_obs`), and a file without it is an error. dtrl writes its metadata as a JSON string in the root
 attribute ``dtrl_metadata``; files from D4RL itself have none and read back with ``{}``.
 """
 
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from dtrl.data.trajectories import DataError, TrajectoryDataset, split_episodes
-from dtrl.io import _json_default
+from dtrl.util.io import _json_default
 
 REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts")
 # HDF5 path in the file -> name in split_episodes' ``extra`` / Trajectory field.
@@ -85,14 +85,14 @@ def read_d4rl(path: str | Path, task: Any = None) -> TrajectoryDataset:
     dataset = TrajectoryDataset(trajs, metadata=metadata, source=src)
     obs_dim = act_dim = None
     if task is not None:
-        from dtrl.envs import env_dims
+        from dtrl.envs.make import env_dims
 
         obs_dim, act_dim = env_dims(task)
     return dataset.validate(obs_dim, act_dim)
 
 
 def _read_goal(f, src: str, task: Any) -> np.ndarray | None:
-    from dtrl.robotics import ANTMAZE
+    from dtrl.envs.robotics import ANTMAZE
 
     if task is None or task.family.suite != ANTMAZE:
         return None
@@ -112,7 +112,7 @@ def write_d4rl(path: str | Path, dataset: TrajectoryDataset) -> Path:
     """
     import h5py
 
-    from dtrl.io import _atomic  # tmp file in the same directory + os.replace
+    from dtrl.util.io import _atomic  # tmp file in the same directory + os.replace
 
     trajs = list(dataset.trajectories)
     if not trajs:

@@ -46,10 +46,10 @@ from dtrl.config import to_dict
 from dtrl.data.d4rl_hdf5 import read_d4rl, read_metadata, write_d4rl
 from dtrl.data.sac import SAC, Actor, NumpyActor, actor_payload, load_actor
 from dtrl.data.trajectories import DataError, Trajectory, TrajectoryDataset
-from dtrl.device import resolve_device
-from dtrl.io import atomic_torch_save, atomic_write_json, read_json, torch_load
+from dtrl.config.device import resolve_device
+from dtrl.util.io import atomic_torch_save, atomic_write_json, read_json, torch_load
 from dtrl.tasks import EnvFamily, Task, get_family
-from dtrl.vec import StepBatch, VecStepper
+from dtrl.envs.vec import StepBatch, VecStepper
 
 # Generator settings that shape the behaviour run; a run made with other values is not reused.
 BEHAVIOUR_KEYS = ("sac_steps", "sac_envs", "sac_batch_size", "sac_hidden", "sac_lr", "sac_gamma", "sac_tau",
@@ -576,7 +576,7 @@ def generate_task_dataset(exp: Any, task: Task, force: bool = False) -> Path:
     (delete it, or go back to its settings), so a changed config never mixes old and new data.
     """
     if not task.family.generatable:
-        from dtrl.robotics import dataset_hint
+        from dtrl.envs.robotics import dataset_hint
 
         raise DataError(dataset_hint(task))
     path = generated_path(exp, task)
@@ -645,6 +645,6 @@ def _workers(gen: Any, transitions: int) -> int:
 
 
 def _dims(task: Task) -> tuple[int, int]:
-    from dtrl.envs import env_dims
+    from dtrl.envs.make import env_dims
 
     return env_dims(task)

@@ -9,9 +9,9 @@ observations (the last one is the observation after the final step), so step t b
 T+1, when a dataset records them, are the states before each step and keep their first T rows.
 
 Dict observations (AntMaze: ``observation``, ``achieved_goal``, ``desired_goal``) are flattened by
-:func:`dtrl.robotics.flatten_goal_obs`, the same function the env uses, so data and env agree. For
+:func:`dtrl.envs.robotics.flatten_goal_obs`, the same function the env uses, so data and env agree. For
 Adroit and AntMaze tasks the env id the dataset records is checked by
-:func:`dtrl.robotics.check_dataset_env` (an error for another task or observation layout, a warning
+:func:`dtrl.envs.robotics.check_dataset_env` (an error for another task or observation layout, a warning
 for another version); for other tasks a different env id is a warning.
 """
 
@@ -63,7 +63,7 @@ def read_minari(dataset_id: str, download: bool = False, task: Any = None) -> Tr
     env_spec = getattr(spec, "env_spec", None)
     if env_spec is not None:
         env_id = env_spec.id
-    from dtrl.robotics import check_dataset_env, is_robotics
+    from dtrl.envs.robotics import check_dataset_env, is_robotics
 
     if task is not None and is_robotics(task):
         for w in check_dataset_env(task, env_id, src):
@@ -77,7 +77,7 @@ def read_minari(dataset_id: str, download: bool = False, task: Any = None) -> Tr
     dataset = TrajectoryDataset(trajs, metadata=metadata, source=src)
     obs_dim = act_dim = None
     if task is not None:
-        from dtrl.envs import env_dims
+        from dtrl.envs.make import env_dims
 
         obs_dim, act_dim = env_dims(task)
     return dataset.validate(obs_dim, act_dim)
@@ -87,7 +87,7 @@ def _episode_to_trajectory(ep: Any, src: str) -> Trajectory:
     where = f"{src}: episode {ep.id}"
     obs, act = ep.observations, ep.actions
     if isinstance(obs, dict):
-        from dtrl.robotics import flatten_goal_obs
+        from dtrl.envs.robotics import flatten_goal_obs
 
         try:
             obs = flatten_goal_obs(obs)

@@ -41,7 +41,7 @@ def load_task_dataset(exp: Any, task: Any) -> TrajectoryDataset:
         return read_minari(src.minari, download=src.minari_download, task=task)
     path = generated_path(exp, task)
     if not task.family.generatable:
-        from dtrl.robotics import dataset_hint
+        from dtrl.envs.robotics import dataset_hint
 
         raise DataError(dataset_hint(task))
     if not path.exists():

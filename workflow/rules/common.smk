@@ -23,7 +23,7 @@ except ImportError:  # not installed: use the checkout the workflow lives in
     sys.path.insert(0, str(Path(workflow.basedir).resolve().parents[1]))
 
 from dtrl.config import ConfigError
-from dtrl.pretrain_config import HEAD_DIRS
+from dtrl.config.pretrain import HEAD_DIRS
 from dtrl.tasks import get_task
 
 
@@ -72,7 +72,7 @@ def _experiment_overrides():
 
 
 def _load_experiment():
-    from dtrl.experiment import load_config
+    from dtrl.config.experiment import load_config
 
     try:
         return load_config(EXPERIMENT_FILES, EXPERIMENT_OVERRIDES)
@@ -115,13 +115,13 @@ DATA_ROOT = data_root()
 
 def _runs():
     """(method, task, seed) of every finetuning run: the same list `dtrl report` reads."""
-    from dtrl.report import expected_runs
+    from dtrl.report.build import expected_runs
 
     return expected_runs(EXP)
 
 
 def _needs_pretrained_dt(method):
-    from dtrl.methods import get_algorithm
+    from dtrl.config.registry import get_algorithm
 
     spec = EXP.method(method)  # an external command's entry decides per entry (a {pretrained} placeholder)
     return bool(getattr(spec.params, "needs_pretrained_dt", getattr(get_algorithm(spec.algo), "needs_pretrained_dt", True)))
@@ -129,7 +129,7 @@ def _needs_pretrained_dt(method):
 
 def _pretrained_head(method):
     """The action head of the DT a method finetunes: ODT+TD3's deterministic one has its own pretraining."""
-    from dtrl.methods import get_algorithm
+    from dtrl.config.registry import get_algorithm
 
     return getattr(get_algorithm(EXP.method(method).algo), "pretrained_head", "gaussian")
 

@@ -1,6 +1,6 @@
 """Regenerate the key tables of config/README.md from the config declarations.
 
-The tables are made by the same code as `dtrl config --doc` (dtrl.experiment.describe) plus one
+The tables are made by the same code as `dtrl config --doc` (dtrl.config.experiment.describe) plus one
 table per registered algorithm for its method-entry parameters, so the README documents every key
 with its default and meaning exactly as declared. Run from the repository root:
 
@@ -31,8 +31,8 @@ def _table(rows: list[tuple[str, str, str]]) -> list[str]:
 
 
 def generated() -> str:
-    from dtrl.experiment import describe
-    from dtrl.methods import ALGORITHMS, get_algorithm
+    from dtrl.config.experiment import describe
+    from dtrl.config.registry import ALGORITHMS, get_algorithm
 
     lines = ["### Experiment keys", "", "Every key of the experiment YAML (`dtrl config --doc` prints the same).", ""]
     lines += _table(describe())

@@ -1,0 +1,56 @@
+"""The model section of the config: the Decision Transformer's architecture and action head."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from dtrl.config.base import doc
+
+# ModelConfig values of checkpoints written before these fields existed (the model then always had a
+# timestep embedding and GELU): a stored config lacking a key was made with this value.
+LEGACY_MODEL_CFG = {"timestep_embedding": True, "activation": "gelu"}
+
+
+@dataclass
+class ModelConfig:
+    embed_dim: int = doc(512, "Transformer width (ODT: 512).")
+    n_layers: int = doc(4, "Transformer blocks (ODT: 4).")
+    n_heads: int = doc(4, "Attention heads (ODT: 4).")
+    dropout: float = doc(0.1, "Dropout in embeddings, attention and MLP during pretraining (ODT: 0.1).")
+    context_len: int = doc(20, "Training context K in timesteps (ODT: 20).")
+    eval_context_len: int = doc(5, "Context used when acting at evaluation time (ODT: 5).")
+    log_std_min: float = doc(-5.0, "Lower bound of the Gaussian head's log-std (ODT: -5).")
+    log_std_max: float = doc(2.0, "Upper bound of the Gaussian head's log-std (ODT: 2).")
+    init_temperature: float = doc(0.1, "Initial entropy temperature (ODT: 0.1).")
+    timestep_embedding: bool = doc(False, "Add a learned embedding of each step's env timestep to its three tokens "
+                                          "(the original DT's; ODT's `--ordering 1`, online-dt "
+                                          "decision_transformer.py:163-164,220-221). Off = ODT's default "
+                                          "`--ordering 0` (main.py:479-480): no timestep signal at all.")
+    slot_embedding: bool = doc(False, "Add a learned embedding per token slot (3K slots, right-aligned so the newest "
+                                      "step always has the same slot). dtrl's addition, not in ODT, whose "
+                                      "trajectory_gpt2.py:521,680-681 removes GPT-2's positional embedding; off = ODT.")
+    activation: Literal["relu", "gelu"] = doc("relu", "Activation of the transformer MLPs (ODT: relu, online-dt "
+                                                       "main.py:476 -> trajectory_gpt2.py:253; gelu = GPT-2's).")
+    max_timestep: int = doc(1000, "Size of the timestep embedding table (used only with timestep_embedding); later "
+                                  "timesteps share the last entry.")
+    action_head: Literal["gaussian", "deterministic"] = doc(
+        "gaussian", "Action head. 'gaussian': ODT's tanh-squashed Gaussian with a learned temperature, trained with "
+                    "NLL - temperature x entropy. 'deterministic': a linear layer + tanh (no log-std head, no "
+                    "temperature), trained with masked MSE: the DT of ODT+TD3, whose every MuJoCo command passes "
+                    "`--stoc 0 --use_entropy_reg 0` (KaiYan289/RL_as_Vitamin_for_Online_Decision_Transformers "
+                    "readme.md:102-114; head decision_transformer/models/decision_transformer.py:173-181; loss "
+                    "main.py:647-648). The workflow pretrains the deterministic DT separately, under "
+                    "pretrain_det/, for the methods that need it.")
+
+    def validate(self) -> None:
+        from dtrl.config import require
+
+        require(self.embed_dim % self.n_heads == 0, f"model.embed_dim ({self.embed_dim}) must be divisible by "
+                f"model.n_heads ({self.n_heads})")
+        require(self.context_len >= 1 and 1 <= self.eval_context_len <= self.context_len,
+                "model.eval_context_len must be between 1 and model.context_len")
+        require(self.log_std_min < self.log_std_max, "model.log_std_min must be below model.log_std_max")
+        require(0.0 <= self.dropout < 1.0, "model.dropout must be in [0, 1)")
+        require(self.action_head in ("gaussian", "deterministic"),
+                f"model.action_head must be 'gaussian' or 'deterministic', got {self.action_head!r}")

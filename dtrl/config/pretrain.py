@@ -1,0 +1,60 @@
+"""Config of offline supervised pretraining (kept apart from dtrl.harness.pretrain so configs load without torch work)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from dtrl.config import doc, require
+
+
+# Where each action head's pretraining lives: <results>/<dir>/<task>/seed<seed>/. One (task, seed)
+# has a stochastic DT for ODT and the RL methods, and a deterministic one for ODT+TD3 when the
+# grid runs it (model.action_head says which one a run trains).
+HEAD_DIRS = {"gaussian": "pretrain", "deterministic": "pretrain_det"}
+
+
+@dataclass
+class PretrainConfig:
+    updates: int = doc(5_000, "DT updates of offline pretraining. The reference commands make 5000 (online-dt "
+                              "main.py:494-495 and RL_as_Vitamin get_args.py:39-40: 1 iteration x 5000; Vitamin's "
+                              "main.py:424 loops over 5000 x num_actor_update_interval minibatches and "
+                              "trainer.py:187 updates the DT on every 2nd); walker2d 10000 (Vitamin readme.md:108-110, "
+                              "an `overrides` entry of config/config.yaml).")
+    batch_size: int = doc(256, "Contexts per minibatch (ODT: 256).")
+    optimizer: Literal["lamb", "adamw"] = doc("lamb", "LAMB as in ODT, or AdamW.")
+    lr: float = doc(1e-4, "Peak learning rate (ODT: 1e-4).")
+    weight_decay: float = doc(5e-4, "Weight decay (ODT: 5e-4).")
+    warmup_updates: int = doc(10_000, "Linear learning-rate warmup length in updates (ODT: 10k).")
+    grad_clip: float = doc(0.25, "Global gradient-norm clip of the policy parameters (ODT: 0.25; 0 = off).")
+    temperature_lr: float = doc(1e-4, "Adam learning rate of the log-temperature (ODT: 1e-4).")
+    entropy_samples: int = doc(1, "Monte-Carlo samples for the entropy estimate of the squashed Gaussian.")
+    log_every: int = doc(100, "Updates between progress rows in pretrain.csv.")
+    checkpoint_every: int = doc(1000, "Updates between resumable checkpoints.")
+    eval_episodes: int = doc(10, "Evaluation episodes after pretraining (0 to skip).")
+    amp: Literal["off", "bf16"] = doc("bf16", "Autocast dtype on CUDA (ignored on CPU): bf16 or off.")
+    compile: Literal["off", "default", "reduce-overhead"] = doc(
+        "reduce-overhead", "torch.compile mode of the training forward+loss on CUDA (ignored on CPU). A step of "
+        "ODT's transformer is bound by kernel-launch overhead; 'reduce-overhead' (CUDA graphs) removes most of it "
+        "(H100, 4x512, K=20, B=256: ~2x the updates/s) for ~25 s of compilation up front. Falls back to eager with "
+        "a warning if compilation fails. Eager ('off') resumes bit-exactly; compiled runs resume to within float "
+        "rounding (inductor's reductions are not bitwise deterministic).")
+    eps: float = doc(1e-8, "Optimizer epsilon (ODT passes 1e-8 to LAMB).")
+    context_anchor: Literal["end", "start"] = doc(
+        "end", "How context windows are drawn: 'end' = each transition equally likely to be a context's last step, "
+               "left-padded at trajectory starts as rollouts are; 'start' = ODT's uniform first step, padded at "
+               "trajectory ends. Either way trajectories are picked in proportion to their length.")
+
+    def validate(self) -> None:
+        require(self.updates >= 1, "pretrain.updates must be >= 1")
+        require(self.batch_size >= 1, "pretrain.batch_size must be >= 1")
+        require(self.lr > 0, "pretrain.lr must be > 0")
+        require(self.weight_decay >= 0, "pretrain.weight_decay must be >= 0")
+        require(self.warmup_updates >= 0, "pretrain.warmup_updates must be >= 0")
+        require(self.grad_clip >= 0, "pretrain.grad_clip must be >= 0 (0 disables clipping)")
+        require(self.temperature_lr >= 0, "pretrain.temperature_lr must be >= 0 (0 freezes the temperature)")
+        require(self.entropy_samples >= 1, "pretrain.entropy_samples must be >= 1")
+        require(self.log_every >= 1, "pretrain.log_every must be >= 1")
+        require(self.checkpoint_every >= 1, "pretrain.checkpoint_every must be >= 1")
+        require(self.eval_episodes >= 0, "pretrain.eval_episodes must be >= 0")
+        require(self.eps >= 0, "pretrain.eps must be >= 0")

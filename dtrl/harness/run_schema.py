@@ -1,0 +1,195 @@
+"""The run-directory contract: what every finetuning run leaves in its directory, whoever wrote it.
+
+The online harness writes it for every built-in method; an external command (``algo: external``)
+must write the same, and ``dtrl check-run DIR`` checks a directory against it. The report reads
+nothing else. docs/CONTRACTS.md documents the same schema for people.
+
+    <runs>/<method>/<task>/seed<seed>/
+      progress.csv    one row per iteration (or evaluation); columns PROGRESS_COLUMNS first (any
+                      order), then the method's own diagnostics. PROGRESS_FILLED must be filled in
+                      every row, eval_norm_return in at least one; env_steps and grad_updates never
+                      decrease, and the last row's equal summary.json's.
+      summary.json    SUMMARY_TYPES keys (more are allowed); written last: its presence marks the
+                      run complete. final_norm_return is the task's D4RL normalisation of
+                      final_return (mean over the final evaluation's episodes).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+from dtrl.util.logger import CORE_COLUMNS, SUMMARY_KEYS
+
+PROGRESS_COLUMNS = list(CORE_COLUMNS)
+PROGRESS_FILLED = ["iteration", "env_steps", "env_steps_eval", "policy_updates", "critic_updates", "grad_updates"]
+MONOTONE = ["env_steps", "env_steps_eval", "policy_updates", "critic_updates", "grad_updates"]
+
+# summary.json key -> (type, meaning). SUMMARY_KEYS of dtrl.util.logger is the same key list.
+SUMMARY_TYPES: dict[str, tuple[type, str]] = {
+    "method": (str, "method entry name (the run directory's <method>)"),
+    "algo": (str, "algorithm (`external` for an external command)"),
+    "task": (str, "task name (`dtrl tasks`)"),
+    "seed": (int, "run seed"),
+    "final_return": (float, "mean raw return of the final evaluation episodes"),
+    "final_norm_return": (float, "the same as a D4RL normalised score (0 = random, 100 = expert): the reported score"),
+    "final_norm_return_std": (float, "std over the final evaluation episodes of the normalised return"),
+    "eval_episodes": (int, "episodes in the final evaluation"),
+    "env_steps": (int, "training env steps taken (exploration + scoring; the budget counts these)"),
+    "env_steps_eval": (int, "env steps spent in evaluation, counted apart"),
+    "policy_updates": (int, "optimizer steps of the acting policy (the DT, or an actor): the update axis of tables and curves"),
+    "critic_updates": (int, "optimizer steps of critics / value functions (0 for a method without)"),
+    "grad_updates": (int, "= policy_updates (kept for older readers)"),
+    "wall_time": (float, "seconds the run took, summed over resumes"),
+    "iterations": (int, "online iterations (rows of progress.csv that are not the final evaluation)"),
+}
+OPTIONAL_SUMMARY = {
+    "final_returns": "list of the final evaluation's raw returns (length eval_episodes)",
+    "budget_env_steps": "the configured env-step budget",
+    "step_counts": "method-specific step counts",
+}
+assert list(SUMMARY_TYPES) == list(SUMMARY_KEYS), "dtrl.util.logger.SUMMARY_KEYS and the schema must list the same keys"
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def check_summary(summary: Any, task: str | None = None) -> list[str]:
+    if not isinstance(summary, dict):
+        return ["summary.json must hold a JSON object"]
+    errors = [f"summary.json lacks required key '{k}' ({SUMMARY_TYPES[k][1]})" for k in SUMMARY_TYPES if k not in summary]
+    for k, (tp, meaning) in SUMMARY_TYPES.items():
+        if k not in summary:
+            continue
+        v = summary[k]
+        if tp is str and not isinstance(v, str):
+            errors.append(f"summary.json '{k}' must be a string ({meaning}), got {v!r}")
+        elif tp is int and not (isinstance(v, int) and not isinstance(v, bool) and v >= 0):
+            errors.append(f"summary.json '{k}' must be an integer >= 0 ({meaning}), got {v!r}")
+        elif tp is float and not _number(v):
+            errors.append(f"summary.json '{k}' must be a finite number ({meaning}), got {v!r}")
+    if errors:
+        return errors
+    if task is not None and summary["task"] != task:
+        errors.append(f"summary.json 'task' is '{summary['task']}' but the run is of task '{task}'")
+    try:
+        from dtrl.tasks import get_task
+
+        t = get_task(summary["task"])
+    except KeyError as e:
+        return errors + [f"summary.json 'task': {e}"]
+    want = float(t.normalize(summary["final_return"]))
+    if abs(want - summary["final_norm_return"]) > 1e-6 * max(1.0, abs(want)):
+        errors.append(f"summary.json 'final_norm_return' is {summary['final_norm_return']} but final_return "
+                      f"{summary['final_return']} normalises to {want:.6g} on {t.name} (dtrl.tasks.get_task(task)."
+                      "normalize)")
+    returns = summary.get("final_returns")
+    if returns is not None:
+        if not (isinstance(returns, list) and all(_number(r) for r in returns)) or len(returns) != summary["eval_episodes"]:
+            errors.append(f"summary.json 'final_returns' must list eval_episodes={summary['eval_episodes']} numbers")
+        elif returns and abs(sum(returns) / len(returns) - summary["final_return"]) > 1e-6 * max(1.0, abs(summary["final_return"])):
+            errors.append("summary.json 'final_return' is not the mean of 'final_returns'")
+    return errors
+
+
+def _float(v: str) -> float | None:
+    try:
+        return float(v) if v not in ("", None) else None
+    except ValueError:
+        return float("nan")
+
+
+def check_progress(path: Path, summary: dict | None) -> list[str]:
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        columns = list(reader.fieldnames or [])
+        rows = list(reader)
+    missing = [c for c in PROGRESS_COLUMNS if c not in columns]
+    if missing:
+        return [f"progress.csv lacks required column '{c}'" for c in missing] + \
+               [f"progress.csv must have the columns {', '.join(PROGRESS_COLUMNS)} (then any diagnostics)"]
+    if not rows:
+        return ["progress.csv has no rows"]
+    errors = []
+    for c in PROGRESS_COLUMNS:
+        bad = [i + 2 for i, r in enumerate(rows) if (v := _float(r[c])) is not None and not math.isfinite(v)]
+        if bad:
+            errors.append(f"progress.csv column '{c}' is not numeric on line(s) {bad[:5]}")
+    for c in PROGRESS_FILLED:
+        empty = [i + 2 for i, r in enumerate(rows) if _float(r[c]) is None]
+        if empty:
+            errors.append(f"progress.csv column '{c}' is empty on line(s) {empty[:5]}; it must be filled in every row")
+    if not any(_float(r["eval_norm_return"]) is not None for r in rows):
+        errors.append("progress.csv has no evaluation: column 'eval_norm_return' is empty in every row")
+    if errors:
+        return errors
+    for c in MONOTONE:
+        vals = [_float(r[c]) for r in rows]
+        if any(b < a for a, b in zip(vals, vals[1:])):
+            errors.append(f"progress.csv column '{c}' decreases; it counts totals so far and never goes down")
+    if summary is not None and not errors:
+        for c in ("env_steps", "policy_updates", "critic_updates", "grad_updates"):
+            last = _float(rows[-1][c])
+            if isinstance(summary.get(c), (int, float)) and last != summary[c]:
+                errors.append(f"progress.csv's last row has {c}={last:g} but summary.json says {summary[c]}")
+    return errors
+
+
+def check_run(run_dir: str | Path, task: str | None = None) -> list[str]:
+    """Every way ``run_dir`` breaks the contract, as messages naming the file, key or column; [] if none.
+    The task comes from ``task``, else from a ``.../<task>/seed<s>`` directory layout, else summary.json."""
+    d = Path(run_dir)
+    if not d.is_dir():
+        return [f"{d} is not a directory"]
+    # runs/<method>/<task>/seed<s>: the directories name the run (as the report finds it)
+    parents = d.resolve().parents
+    layout = re.fullmatch(r"seed(\d+)", d.name) if len(parents) > 2 and parents[2].name == "runs" else None
+    if task is None and layout:
+        task = d.parent.name
+    summary = None
+    errors: list[str] = []
+    if not (d / "summary.json").exists():
+        errors.append("summary.json is missing (a run writes it last, when it is complete)")
+    else:
+        try:
+            summary = json.loads((d / "summary.json").read_text())
+        except ValueError as e:
+            errors.append(f"summary.json is not valid JSON: {e}")
+        if summary is not None:
+            from dtrl.tasks import get_task
+
+            if task is not None:
+                try:
+                    get_task(task)
+                except KeyError:
+                    task = None  # the directory is not named after a task: judge the task the summary names
+            errors += check_summary(summary, task)
+            if layout and isinstance(summary, dict):
+                if summary.get("seed") != int(layout.group(1)) and "seed" in summary:
+                    errors.append(f"summary.json 'seed' is {summary.get('seed')!r} but the directory is {d.name}")
+                if summary.get("method") not in (None, d.parent.parent.name):
+                    errors.append(f"summary.json 'method' is {summary.get('method')!r} but the directory is of "
+                                  f"method '{d.parent.parent.name}'")
+    if not (d / "progress.csv").exists():
+        errors.append(f"progress.csv is missing (one row per iteration, columns {', '.join(PROGRESS_COLUMNS)})")
+    else:
+        errors += check_progress(d / "progress.csv", summary if isinstance(summary, dict) else None)
+    return errors
+
+
+def cmd_check_run(run_dir: Path, task: str | None) -> int:
+    errors = check_run(run_dir, task)
+    if errors:
+        print(f"dtrl check-run: {run_dir} does not follow the run contract (docs/CONTRACTS.md):", flush=True)
+        for e in errors:
+            print(f"  - {e}")
+        return 1
+    s = json.loads((Path(run_dir) / "summary.json").read_text())
+    print(f"{run_dir}: ok ({s['method']} {s['task']} seed {s['seed']}: normalised return {s['final_norm_return']:.2f}, "
+          f"{s['env_steps']} env steps, {s['grad_updates']} updates)")
+    return 0

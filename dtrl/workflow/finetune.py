@@ -1,0 +1,101 @@
+"""`dtrl finetune`: resolve a method entry, load what it needs, run it under the online harness."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+from dtrl.config.experiment import ExperimentConfig
+from dtrl.config.registry import get_algorithm
+from dtrl.harness.online import build_context, resolve_device, run_online
+from dtrl.tasks import get_task
+from dtrl.envs.workers import set_default_workers
+
+
+def run_dir(exp: ExperimentConfig, method: str, task: str, seed: int) -> Path:
+    return Path(exp.results) / "runs" / method / task / f"seed{seed}"
+
+
+def pretrained_path(exp: ExperimentConfig, task: str, seed: int, head: str = "gaussian") -> Path:
+    """The model.pt of the (task, seed) pretraining with action head ``head``."""
+    from dtrl.harness.pretrain import default_out_dir
+
+    return default_out_dir(exp.results, task, seed, head) / "model.pt"
+
+
+def run_config(exp: ExperimentConfig, spec, task: str, seed: int, pretrained: Path | None) -> dict:
+    """The resolved config of a finetuning run, recorded in its checkpoints and summary (dtrl.harness.provenance):
+    the method entry resolved (algorithm, parameters, online harness), the evaluation protocol, and the
+    model and pretraining config the starting DT was made with (as its model.pt records them)."""
+    from dtrl.config import to_dict
+    from dtrl.util.io import torch_load
+
+    made_with = None
+    if pretrained is not None:
+        recorded = torch_load(pretrained, fix=f"delete it and rerun `dtrl pretrain --task {task} --seed {seed}`, "
+                                              "or pass another --pretrained").get("config") or {}
+        made_with = {"model": recorded.get("model"), "pretrain": recorded.get("pretrain")}
+    return {"method": spec.name, "algo": spec.algo, "params": to_dict(spec.params), "online": to_dict(spec.online),
+            "eval": to_dict(exp.eval), "task": task, "seed": seed, "pretrained_with": made_with}
+
+
+def finetune(exp: ExperimentConfig, method: str, task_name: str, seed: int, pretrained: Path | None = None,
+             out: Path | None = None, allow_config_change: bool = False) -> dict:
+    exp = exp.for_task(task_name, method)  # the override entries matching (task, method)
+    spec = exp.method(method)
+    task = get_task(task_name)
+    cls = get_algorithm(spec.algo)
+    if getattr(spec.params, "needs_pretrained_dt", cls.needs_pretrained_dt):
+        head = getattr(cls, "pretrained_head", "gaussian")  # as the workflow decides (common.smk)
+        pretrained = Path(pretrained) if pretrained else pretrained_path(exp, task_name, seed, head)
+        if not pretrained.exists():
+            extra = "" if head == "gaussian" else f" --set model.action_head={head}"
+            raise FileNotFoundError(f"pretrained model {pretrained} not found; run `dtrl pretrain --task {task_name} "
+                                    f"--seed {seed}{extra}` first (or pass --pretrained)")
+    else:
+        pretrained = None
+    out = Path(out) if out else run_dir(exp, method, task_name, seed)
+    if (out / "summary.json").exists():  # a finished (or diverged) run is not redone
+        from dtrl.util.io import read_json
+
+        return read_json(out / "summary.json", fix=f"delete {out} to run it again")
+    if spec.algo == "external":  # its own process: no harness config record, dataset or torch threads here
+        from dtrl.methods.external import run_external
+
+        return run_external(exp, spec, task_name, seed, pretrained, out)
+    config = run_config(exp, spec, task_name, seed, pretrained)
+    dataset = None
+    if getattr(cls, "needs_dataset", False):
+        from dtrl.data.sources import load_task_dataset
+
+        dataset = load_task_dataset(exp, task)
+    if exp.threads > 0:
+        torch.set_num_threads(exp.threads)
+    ctx = build_context(task, seed, resolve_device(exp.device), dataset, pretrained, out, exp.eval)
+    set_default_workers(exp.rollout_workers)  # every RolloutEngine of the run
+    impl = cls(spec.params, ctx)
+    meta = {"method": method, "algo": spec.algo, "task": task_name, "seed": seed}
+    summary = run_online(impl, ctx, spec.online, meta, config, allow_config_change)
+    return summary
+
+
+def cmd_finetune(exp: ExperimentConfig, method: str, task: str, seed: int, pretrained: Path | None,
+                 out: Path | None, allow_config_change: bool = False) -> int:
+    from dtrl.methods.external import ExternalRunError
+
+    try:
+        s = finetune(exp, method, task, seed, pretrained, out, allow_config_change)
+    except ExternalRunError as e:
+        print(f"dtrl finetune: error: {e}", file=sys.stderr)
+        return 1
+    if s.get("status", "completed") != "completed":
+        from dtrl.util.guard import RecordedDivergence
+
+        raise RecordedDivergence((s.get("divergence") or {}).get("message", f"the run's status is {s.get('status')}"))
+    print(f"{s['method']} {s['task']} seed {s['seed']}: normalised return {s['final_norm_return']:.2f} "
+          f"(raw {s['final_return']:.1f}) after {s['env_steps']} env steps, {s['policy_updates']} policy and "
+          f"{s['critic_updates']} critic updates, "
+          f"{s['wall_time']:.0f}s")
+    return 0
