@@ -475,6 +475,9 @@ class IQL(OnlineMethod):
     Config = IQLConfig
     needs_pretrained_dt = False
     needs_dataset = True
+    # A D4RL file's steps after its last terminal/timeout stay in IQL's data: its D4RLDataset ends the last
+    # trajectory at the file's end (implicit_q_learning dataset_utils.py:92); data.unflagged_tail overrides.
+    reference_keeps_unflagged_tail = True
     fault_key = "critic_lr"
     # Checked once per iteration (dtrl.util.guard), the term that broke first named; ties in update order.
     FAULT_KEYS = {"value_loss": "value_lr", "v_mean": "value_lr", "actor_loss": "actor_lr",

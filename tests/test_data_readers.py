@@ -49,7 +49,7 @@ def test_read_d4rl_native_file(tmp_path, dtype, with_infos):
     if not with_infos:
         arrays = {k: v for k, v in arrays.items() if not k.startswith("infos/")}
     path = write_h5(tmp_path / "hopper-medium-v2.hdf5", arrays)
-    ds = read_d4rl(path, HOPPER)
+    ds = read_d4rl(path, HOPPER, keep_unflagged_tail=True)
     assert [len(t) for t in ds] == [7, 10, 8]
     assert ds.num_transitions == 25 and ds.source == str(path) and ds.metadata == {}
     t0, t1, t2 = ds.trajectories
@@ -67,11 +67,50 @@ def test_read_d4rl_native_file(tmp_path, dtype, with_infos):
     assert t0.sim_states is None
 
 
+def test_read_d4rl_drops_the_unflagged_tail_as_d4rls_sequence_dataset(tmp_path):
+    """D4RL @89141a6 d4rl/__init__.py:180-191 yields a trajectory only at a terminal or timeout."""
+    arrays = d4rl_arrays()
+    path = write_h5(tmp_path / "hopper-medium-v2.hdf5", arrays)
+    ds = read_d4rl(path, HOPPER)
+    assert [len(t) for t in ds] == [7, 10] and ds.num_transitions == 17
+    np.testing.assert_array_equal(ds[1].rewards, arrays["rewards"][7:17].astype(np.float32))
+    [note] = ds.metadata["conversions"]
+    assert "last 8 transitions" in note and "unflagged_tail: keep" in note
+    flagged = dict(arrays, timeouts=arrays["timeouts"].copy())
+    flagged["timeouts"][-1] = True  # nothing after the last flag: nothing dropped, nothing noted
+    ds = read_d4rl(write_h5(tmp_path / "flagged.hdf5", flagged), HOPPER)
+    assert [len(t) for t in ds] == [7, 10, 8] and "conversions" not in ds.metadata
+    unflagged = dict(arrays, terminals=np.zeros(25, bool), timeouts=np.zeros(25, bool))
+    path = write_h5(tmp_path / "unflagged.hdf5", unflagged)
+    with pytest.raises(DataError, match="no step is flagged.*unflagged_tail: keep"):
+        read_d4rl(path, HOPPER)
+    assert [len(t) for t in read_d4rl(path, HOPPER, keep_unflagged_tail=True)] == [25]
+
+
+def test_unflagged_tail_follows_each_methods_reference_unless_forced(tmp_path):
+    from dtrl.data.sources import load_task_dataset
+    from dtrl.config.experiment import load_config
+
+    path = write_h5(tmp_path / "h.hdf5", d4rl_arrays())
+    sources = {"sources": {"hopper-medium": {"d4rl": str(path)}}}
+    exp = load_config(overrides={"results": str(tmp_path / "res"), "data": sources})
+    assert exp.data.unflagged_tail == "reference"
+    assert load_task_dataset(exp, HOPPER).num_transitions == 17  # the DT methods' loaders (ODT, D4RL)
+    assert load_task_dataset(exp, HOPPER, reference_keeps_tail=True).num_transitions == 25  # IQL's
+    for mode, n in (("keep", 25), ("drop", 17)):
+        exp = load_config(overrides={"results": str(tmp_path / "res"), "data": {**sources, "unflagged_tail": mode}})
+        assert [load_task_dataset(exp, HOPPER, keeps).num_transitions for keeps in (False, True)] == [n, n]
+    from baselines.iql import IQL
+    from baselines.odt import ODT
+
+    assert IQL.reference_keeps_unflagged_tail and not getattr(ODT, "reference_keeps_unflagged_tail", False)
+
+
 def test_read_d4rl_column_rewards_and_float_flags(tmp_path):
     arrays = d4rl_arrays()
     arrays["rewards"] = arrays["rewards"].reshape(-1, 1)  # some writers store (N, 1)
     arrays["terminals"] = arrays["terminals"].astype(np.float32)  # old files store flags as floats
-    ds = read_d4rl(write_h5(tmp_path / "x.hdf5", arrays), HOPPER)
+    ds = read_d4rl(write_h5(tmp_path / "x.hdf5", arrays), HOPPER, keep_unflagged_tail=True)
     assert [len(t) for t in ds] == [7, 10, 8]
 
 
@@ -102,9 +141,12 @@ def test_write_read_round_trip(tmp_path):
     assert back.metadata == ds.metadata == read_metadata(path)
     assert len(back) == len(ds)
     for a, b in zip(ds, back):
-        for name in ("observations", "actions", "rewards", "terminals", "timeouts", "qpos", "qvel", "sim_states",
+        for name in ("observations", "actions", "rewards", "terminals", "qpos", "qvel", "sim_states",
                      "next_observations"):
             np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+        np.testing.assert_array_equal(a.timeouts[:-1], b.timeouts[:-1])
+    # The last piece ended with neither flag: written as a timeout, so no D4RL reader drops it.
+    assert [bool(t.timeouts[-1]) for t in back] == [False, True, True, True] and not ds[-1].timeouts[-1]
     with h5py.File(path) as f:  # plain D4RL keys, readable by any D4RL loader
         assert {"observations", "actions", "rewards", "terminals", "timeouts", "next_observations"} <= set(f)
         assert set(f["infos"]) == {"qpos", "qvel", "sim_state"}
@@ -116,6 +158,7 @@ def test_write_marks_cut_piece_so_it_stays_separate(tmp_path):
     back = read_d4rl(write_d4rl(tmp_path / "c.hdf5", ds))
     assert [len(t) for t in back] == [5, 4, 3, 6]  # not glued to the next episode
     assert back[2].timeouts[-1] and not back[2].terminals.any()
+    assert back[3].timeouts[-1] and "conversions" not in back.metadata  # the last piece too: nothing dropped
 
 
 def test_write_is_atomic_on_failure(tmp_path):
@@ -143,7 +186,7 @@ def _bad_cases():
         return a
 
     def nan_rewards(a):
-        a["rewards"][20] = np.inf
+        a["rewards"][12] = np.inf
         return a
 
     def wide_obs(a):
@@ -278,7 +321,7 @@ def test_sources_pick_configured_file_or_explain(tmp_path):
     path = write_h5(tmp_path / "h.hdf5", d4rl_arrays())
     exp = load_config(overrides={"results": str(tmp_path / "res"),
                                  "data": {"sources": {"hopper-medium": {"d4rl": str(path)}}}})
-    assert load_task_dataset(exp, HOPPER).num_transitions == 25
+    assert load_task_dataset(exp, HOPPER, reference_keeps_tail=True).num_transitions == 25
     other = get_task("hopper-expert")
     assert generated_path(exp, other) == tmp_path / "res" / "data" / "hopper-expert.hdf5"
     assert dataset_summary_path(exp, other) == tmp_path / "res" / "data" / "hopper-expert.json"
@@ -299,9 +342,10 @@ def test_cmd_data_on_configured_source_writes_summary(tmp_path, capsys):
                "--set", "data.sources={hopper-medium: {d4rl: " + str(path) + "}}"])
     assert rc == 0
     summary = read_json(tmp_path / "res" / "data" / "hopper-medium.json")
-    assert summary["episodes"] == 3 and summary["transitions"] == 25 and "normalized_mean" in summary
+    assert summary["episodes"] == 2 and summary["transitions"] == 17 and "normalized_mean" in summary
+    assert "last 8 transitions" in summary["conversions"][0]  # the dropped unflagged tail, said
     out = capsys.readouterr().out
-    assert "3 episodes, 25 transitions" in out and "normalised mean" in out
+    assert "2 episodes, 17 transitions" in out and "normalised mean" in out and "converted: dropped" in out
     bad = write_h5(tmp_path / "bad.hdf5", {k: v for k, v in d4rl_arrays().items() if k != "actions"})
     rc = main(["data", "hopper-medium", "--set", f"results={tmp_path / 'res'}",
                "--set", "data.sources={hopper-medium: {d4rl: " + str(bad) + "}}"])

@@ -235,7 +235,7 @@ def test_finetune_smoke_run_writes_documented_outputs(tmp_path, monkeypatch):
     ds = pd_dataset(task, 8, noise=0.8)
     # Hand the in-memory dataset to finetune, whatever dtrl.data.sources holds.
     sources = types.ModuleType("dtrl.data.sources")
-    sources.load_task_dataset = lambda exp, t: ds
+    sources.load_task_dataset = lambda exp, t, reference_keeps_tail=False: ds
     monkeypatch.setitem(sys.modules, "dtrl.data.sources", sources)
     exp = load_config(None, {
         "results": str(tmp_path), "device": "cpu", "grid": {"methods": ["iql_small"], "tasks": ["pendulum-medium"]},

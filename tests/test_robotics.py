@@ -228,11 +228,12 @@ def test_d4rl_antmaze_file_appends_the_goal_and_splits_episodes(tmp_path):
         f["observations"], f["actions"] = obs.astype(np.float32), rng.uniform(-1, 1, (n, 8)).astype(np.float32)
         f["rewards"], f["terminals"], f["timeouts"] = terminals.astype(np.float32), terminals, timeouts
         f["infos/goal"], f["infos/qpos"], f["infos/qvel"] = goal, rng.normal(size=(n, 15)), rng.normal(size=(n, 14))
-    ds = read_d4rl(path, get_task("antmaze-umaze"))
+    ds = read_d4rl(path, get_task("antmaze-umaze"), keep_unflagged_tail=True)
     assert [len(t) for t in ds] == [4, 5, 3] and ds.obs_dim == 31
     flat = np.concatenate([obs, goal], axis=1).astype(np.float32)
     np.testing.assert_array_equal(np.concatenate([t.observations for t in ds]), flat)
     assert ds[0].terminals[-1] and ds[1].timeouts[-1] and ds.returns().tolist() == [1.0, 0.0, 0.0]
+    assert [len(t) for t in read_d4rl(path, get_task("antmaze-umaze"))] == [4, 5]  # D4RL's sequence_dataset
     assert read_d4rl(path).obs_dim == 29  # without a task: the file as it is
     with h5py.File(path, "a") as f:
         del f["infos/goal"]

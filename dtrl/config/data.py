@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from dtrl.config import doc, require
 
@@ -93,3 +94,9 @@ class DataConfig:
                         "<results>/data/<task>.json.")
     sources: dict[str, SourceConfig] = doc({}, "Per-task dataset source; a task without an entry is generated.")
     generator: GeneratorConfig = doc(GeneratorConfig(), "The D4RL-recipe generator.")
+    unflagged_tail: Literal["reference", "drop", "keep"] = doc(
+        "reference", "A D4RL file's steps after its last terminal/timeout (an episode the file cuts): 'reference' = "
+                     "as each method's reference loader: dropped for the DT methods (D4RL sequence_dataset, ODT's "
+                     "data script), kept for IQL (its D4RLDataset); 'drop' / 'keep' = the same for every method. "
+                     "dtrl's own files flag every piece, so it changes only other files (docs/baselines.md, "
+                     "'Datasets and environments').")

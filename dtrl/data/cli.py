@@ -53,7 +53,7 @@ def cmd_data(exp: Any, task_name: str, out_path: Path | str | None) -> int:
         "timeouts": int(sum(int(t.timeouts.sum()) for t in dataset)),
         "ref_min_score": task.ref_min_score, "ref_max_score": task.ref_max_score,
     })
-    for key in ("seed", "policies", "behaviour", "warnings", "generator", "format", "dataset_id"):
+    for key in ("seed", "policies", "behaviour", "warnings", "generator", "format", "dataset_id", "conversions"):
         if key in meta:
             summary[key] = meta[key]
     path = Path(out_path) if out_path is not None else dataset_summary_path(exp, task)
@@ -73,6 +73,8 @@ def _print_summary(s: dict[str, Any]) -> None:
     print(f"  return mean {s['return_mean']:.1f} (std {s['return_std']:.1f}, min {s['return_min']:.1f}, "
           f"max {s['return_max']:.1f}); normalised mean {s['normalized_mean']:.1f} "
           f"(min {s['normalized_min']:.1f}, max {s['normalized_max']:.1f})")
+    for c in s.get("conversions") or []:  # what the reader changed so the data fits the task's env
+        print(f"  converted: {c}")
     for p in s.get("policies") or []:
         bits = [f"policy {p['policy']}", f"{p['transitions']} transitions"]
         if p.get("sac_steps") is not None:

@@ -7,7 +7,16 @@ Layout (flat arrays over all transitions, episodes one after another)::
     infos/qpos (N, nq)  infos/qvel (N, nv)  optional, the simulator state before each step
     infos/sim_state (N, S)                  dtrl's own: dtrl.envs.make.get_sim_state before each step
 
-Episodes end where ``terminals | timeouts``. AntMaze files (D4RL's antmaze-*-v2) also hold
+Episodes end where ``terminals | timeouts``. Steps after the last such flag (an unflagged trailing
+piece, an episode the file cuts) are left out by default, as D4RL's ``sequence_dataset`` does
+(Farama-Foundation/D4RL @89141a6, ``d4rl/__init__.py:180-191``: a trajectory is yielded only at a
+terminal or timeout) and ODT's data script (online-dt ``data/download_d4rl_gym_datasets.py:32-53``;
+RL_as_Vitamin @de8be0a has the same loop at lines 32-54, and for Adroit in
+``download_d4rl_advanced.py:34-57``). ``keep_unflagged_tail=True`` (``data.unflagged_tail``) keeps
+it as one more trajectory, as IQL's loader does (implicit_q_learning @09d7002 ``dataset_utils.py:92``:
+the file's last step always ends a trajectory). What was left out is listed in the dataset's
+``metadata["conversions"]``, which `dtrl data` copies into the summary. dtrl's writer flags every
+piece it writes, so its own files lose nothing. AntMaze files (D4RL's antmaze-*-v2) also hold
 ``infos/goal`` (N, 2); read for an AntMaze task it is appended to the 29-d observation, the layout
 of dtrl's AntMaze env (:func:`dtrl.envs.robotics.flatten_goal_obs`), and a file without it is an error. dtrl writes its metadata as a JSON string in the root
 attribute ``dtrl_metadata``; files from D4RL itself have none and read back with ``{}``.
@@ -35,11 +44,12 @@ OPTIONAL_KEYS = {
 METADATA_ATTR = "dtrl_metadata"
 
 
-def read_d4rl(path: str | Path, task: Any = None) -> TrajectoryDataset:
+def read_d4rl(path: str | Path, task: Any = None, keep_unflagged_tail: bool = False) -> TrajectoryDataset:
     """Read a D4RL HDF5 file into trajectories; with ``task``, also check it fits the task's env.
 
     Every problem (missing file or key, unequal lengths, NaN, wrong observation/action size for
-    the task) raises one :class:`DataError` that names the file.
+    the task) raises one :class:`DataError` that names the file. The steps after the last terminal or
+    timeout are dropped unless ``keep_unflagged_tail`` (module notes).
     """
     import h5py
 
@@ -80,8 +90,19 @@ def read_d4rl(path: str | Path, task: Any = None) -> TrajectoryDataset:
     if arrays["rewards"].shape[0] == 0:
         raise DataError(f"{src}: the file holds no transitions")
 
+    ends = (arrays["terminals"] != 0) | (arrays["timeouts"] != 0)
     trajs = split_episodes(arrays["observations"], arrays["actions"], arrays["rewards"],
-                           arrays["terminals"] != 0, arrays["timeouts"] != 0, source=src, extra=extra)
+                           arrays["terminals"] != 0, arrays["timeouts"] != 0, source=src, extra=extra,
+                           keep_tail=keep_unflagged_tail)
+    tail = int(len(ends) - (np.flatnonzero(ends)[-1] + 1 if ends.any() else 0))
+    if tail and not keep_unflagged_tail:
+        if not trajs:
+            raise DataError(f"{src}: no step is flagged terminal or timeout, so the whole file is one unflagged "
+                            "trailing piece, which D4RL's sequence_dataset drops; set data.unflagged_tail: keep "
+                            "to read it as one trajectory")
+        metadata.setdefault("conversions", []).append(
+            f"dropped the unflagged trailing piece: the last {tail} transitions follow the last terminal/timeout "
+            "(as D4RL's sequence_dataset; data.unflagged_tail: keep keeps them)")
     dataset = TrajectoryDataset(trajs, metadata=metadata, source=src)
     obs_dim = act_dim = None
     if task is not None:
@@ -106,9 +127,10 @@ def write_d4rl(path: str | Path, dataset: TrajectoryDataset) -> Path:
     """Write ``dataset`` as a D4RL HDF5 file, atomically (a reader sees the old file or the new one).
 
     Optional arrays (next_observations, qpos, qvel, sim_states) are written when every trajectory
-    has them. A trajectory that ends with neither flag but is followed by another (an episode
-    piece, e.g. cut by a data budget) gets ``timeouts`` set on its last step, because D4RL readers
-    split episodes only at terminals | timeouts and would otherwise glue it to the next episode.
+    has them. A trajectory that ends with neither flag (an episode piece, e.g. cut by a data budget)
+    gets ``timeouts`` set on its last step, because D4RL readers split episodes only at
+    terminals | timeouts: one followed by another would be glued to it, and the last one would be
+    dropped as an unflagged trailing piece.
     """
     import h5py
 
@@ -122,9 +144,9 @@ def write_d4rl(path: str | Path, dataset: TrajectoryDataset) -> Path:
         return np.concatenate([np.asarray(getattr(t, name), dtype=dtype) for t in trajs], axis=0)
 
     timeouts = []
-    for i, t in enumerate(trajs):
+    for t in trajs:
         tout = np.asarray(t.timeouts, dtype=bool).copy()
-        if i + 1 < len(trajs) and not (t.terminals[-1] or tout[-1]):
+        if not (t.terminals[-1] or tout[-1]):
             tout[-1] = True
         timeouts.append(tout)
 

@@ -30,11 +30,17 @@ def describe_source(exp: Any, task: Any) -> str:
     return f"generated file {generated_path(exp, task)}"
 
 
-def load_task_dataset(exp: Any, task: Any) -> TrajectoryDataset:
-    """The task's dataset, validated against its environment's observation and action sizes."""
+def load_task_dataset(exp: Any, task: Any, reference_keeps_tail: bool = False) -> TrajectoryDataset:
+    """The task's dataset, validated against its environment's observation and action sizes.
+
+    ``reference_keeps_tail``: the calling method's reference loader keeps a D4RL file's unflagged
+    trailing piece (IQL); ``data.unflagged_tail`` other than 'reference' overrides it.
+    """
     src = exp.data.sources.get(task.name)
+    mode = exp.data.unflagged_tail
+    keep_tail = reference_keeps_tail if mode == "reference" else mode == "keep"
     if src is not None and src.d4rl:
-        return read_d4rl(src.d4rl, task)
+        return read_d4rl(src.d4rl, task, keep_unflagged_tail=keep_tail)
     if src is not None and src.minari:
         from dtrl.data.minari_io import read_minari
 
@@ -47,4 +53,4 @@ def load_task_dataset(exp: Any, task: Any) -> TrajectoryDataset:
     if not path.exists():
         raise DataError(f"{task.name}: no dataset at {path}. Run `dtrl data {task.name}` (same --config/--set) to "
                         f"generate it, or set data.sources.{task.name}.d4rl or .minari")
-    return read_d4rl(path, task)
+    return read_d4rl(path, task, keep_unflagged_tail=keep_tail)

@@ -151,11 +151,13 @@ def split_episodes(
     timeouts: np.ndarray,
     source: str,
     extra: dict[str, np.ndarray] | None = None,
+    keep_tail: bool = True,
 ) -> list[Trajectory]:
     """Cut flat D4RL-style arrays into trajectories at terminals | timeouts.
 
     A trailing piece that ends with neither flag (a file cut mid-episode) is kept as a trajectory
-    with neither flag set, which downstream code treats like a timeout (no terminal bootstrap).
+    with neither flag set, which downstream code treats like a timeout (no terminal bootstrap), or
+    left out with ``keep_tail=False`` (what D4RL's ``sequence_dataset`` does; see d4rl_hdf5).
     """
     n = rewards.shape[0]
     for name, arr in (("observations", observations), ("actions", actions), ("terminals", terminals),
@@ -164,7 +166,7 @@ def split_episodes(
             raise DataError(f"{source}: '{name}' has {arr.shape[0]} rows but 'rewards' has {n}")
     ends = np.flatnonzero(np.logical_or(terminals, timeouts)) + 1
     bounds = list(ends)
-    if not bounds or bounds[-1] != n:
+    if keep_tail and (not bounds or bounds[-1] != n):
         bounds.append(n)
     trajs, start = [], 0
     extra = extra or {}

@@ -70,7 +70,8 @@ def finetune(exp: ExperimentConfig, method: str, task_name: str, seed: int, pret
     if getattr(cls, "needs_dataset", False):
         from dtrl.data.sources import load_task_dataset
 
-        dataset = load_task_dataset(exp, task)
+        keeps_tail = getattr(cls, "reference_keeps_unflagged_tail", False)  # IQL's loader keeps it
+        dataset = load_task_dataset(exp, task, reference_keeps_tail=keeps_tail)
     if exp.threads > 0:
         torch.set_num_threads(exp.threads)
     ctx = build_context(task, seed, resolve_device(exp.device), dataset, pretrained, out, exp.eval)
