@@ -212,9 +212,87 @@ def test_minari_antmaze_dict_observations_flatten_to_the_envs_layout(tmp_path, m
     assert len(read_minari("D4RL/antmaze/medium-v1", task=get_task("antmaze-medium-diverse"))) == 1
     with pytest.raises(DataError, match="another maze"):
         read_minari("D4RL/antmaze/medium-v1", task=task)
-    _write_minari("D4RL/antmaze/v5-v1", "AntMaze_UMaze-v5", {}, lengths=(3,))
-    with pytest.raises(DataError, match="contact forces"):
-        read_minari("D4RL/antmaze/v5-v1", task=task)
+
+
+def test_minari_antmaze_v5_data_drops_the_contact_forces_and_equals_v4s(tmp_path, monkeypatch):
+    """AntMaze v5's ant observation is v4's 27 dims, then Ant-v5's 78 contact forces (same seed, same actions)."""
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
+    from dtrl.data.minari_io import read_minari
+
+    task = get_task("antmaze-umaze")
+    v4 = _write_minari("D4RL/antmaze/v4-v1", "AntMaze_UMaze-v4", task.family.env_kwargs)
+    v5 = _write_minari("D4RL/antmaze/v5-v1", "AntMaze_UMaze-v5", task.family.env_kwargs)
+    assert v5[0][0]["observation"].shape[1] == 105 and v4[0][0]["observation"].shape[1] == 27
+    with pytest.warns(UserWarning, match="AntMaze_UMaze-v5.*other version"):
+        ds = read_minari("D4RL/antmaze/v5-v1", task=task)
+    assert ds.obs_dim == 31 and [len(t) for t in ds] == [5, 7]
+    for (obs4, _, rew4), t in zip(v4, ds):
+        flat = flatten_goal_obs(obs4).astype(np.float32)
+        np.testing.assert_array_equal(t.observations, flat[:-1])
+        np.testing.assert_array_equal(t.next_observations, flat[1:])
+        np.testing.assert_array_equal(t.rewards, rew4.astype(np.float32))
+    [note] = ds.metadata["conversions"]
+    assert "78 contact forces" in note and "AntMaze_UMaze-v5" in note
+    assert "conversions" not in read_minari("D4RL/antmaze/v4-v1", task=task).metadata
+
+
+def test_antmaze_v5_observation_of_another_size_is_refused():
+    from dtrl.data.minari_io import _episode_to_trajectory
+    from dtrl.envs.robotics import check_dataset_env
+
+    task = get_task("antmaze-umaze")
+    _, conversions = check_dataset_env(task, "AntMaze_UMaze-v5", "src")
+    ep = type("Ep", (), {"id": 3, "observations": {"observation": np.zeros((3, 50)), "achieved_goal": np.zeros((3, 2)),
+                                                   "desired_goal": np.zeros((3, 2))},
+                         "actions": np.zeros((2, 8)), "rewards": np.zeros(2), "terminations": np.zeros(2, bool),
+                         "truncations": np.zeros(2, bool), "infos": {}})()
+    with pytest.raises(DataError, match="src: episode 3: .*50 dims and cannot be converted"):
+        _episode_to_trajectory(ep, "src", conversions)
+    with pytest.raises(DataError, match="another maze"):
+        check_dataset_env(task, "AntMaze_Medium-v5", "src")
+
+
+@pytest.mark.parametrize("name", ["door", "hammer", "relocate"])
+def test_minari_adroit_data_in_gymnasium_robotics_convention_is_rescored_exactly(tmp_path, monkeypatch, name):
+    """Data recorded on AdroitHand*-v1 (+0.1 x hand distance) read as the env's rewards (D4RL's -0.1), bit for bit."""
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
+    from dtrl.data.minari_io import read_minari
+
+    task = get_task(f"{name}-human")
+    eps = _write_minari(f"D4RL/{name}/test-v2", task.env_id, {})
+    ds = read_minari(f"D4RL/{name}/test-v2", task=task)
+    env = make_env(task)
+    for i, ((obs, act, raw), t) in enumerate(zip(eps, ds)):
+        o, _ = env.reset(seed=i)
+        np.testing.assert_array_equal(o, obs[0])  # the same episode, stepped in dtrl's env
+        want = np.array([env.step(a)[1] for a in act])
+        assert np.all(want < raw)  # the conventions differ at every step (the distance is never 0)
+        np.testing.assert_array_equal(t.rewards, want.astype(np.float32))
+    [note] = ds.metadata["conversions"]
+    assert note.startswith("rewards: rescored into D4RL's convention") and task.env_id in note
+    if name == "door":  # `dtrl data` says so in the summary, and its returns are the rescored ones
+        import json
+
+        from dtrl.cli import main
+
+        assert main(["data", task.name, "--set", f"results={tmp_path / 'res'}",
+                     "--set", "data.sources={%s: {minari: D4RL/door/test-v2}}" % task.name]) == 0
+        summary = json.loads((tmp_path / "res" / "data" / f"{task.name}.json").read_text())
+        assert summary["conversions"] == [note] and summary["return_mean"] == pytest.approx(ds.returns().mean())
+
+
+def test_adroit_data_of_unknown_reward_convention_is_refused():
+    from dtrl.envs.robotics import check_dataset_env
+
+    door = get_task("door-expert")
+    with pytest.raises(DataError, match="records no env id.*hand-distance"):
+        check_dataset_env(door, None, "src")
+    with pytest.raises(DataError, match="AdroitHandDoor-v2, whose reward convention dtrl does not know"):
+        check_dataset_env(door, "AdroitHandDoor-v2", "src")
+    notes, conv = check_dataset_env(door, "AdroitHandDoor-v0", "src")  # D4RL's own env: D4RL's sign, kept
+    assert not conv and "other version" in notes[0]
+    notes, conv = check_dataset_env(get_task("pen-human"), None, "src")  # pen's reward has no such term
+    assert not conv and "assumed" in notes[0]
 
 
 def test_d4rl_antmaze_file_appends_the_goal_and_splits_episodes(tmp_path):

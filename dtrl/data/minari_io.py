@@ -11,8 +11,11 @@ T+1, when a dataset records them, are the states before each step and keep their
 Dict observations (AntMaze: ``observation``, ``achieved_goal``, ``desired_goal``) are flattened by
 :func:`dtrl.envs.robotics.flatten_goal_obs`, the same function the env uses, so data and env agree. For
 Adroit and AntMaze tasks the env id the dataset records is checked by
-:func:`dtrl.envs.robotics.check_dataset_env` (an error for another task or observation layout, a warning
-for another version); for other tasks a different env id is a warning.
+:func:`dtrl.envs.robotics.check_dataset_env` (an error for another task or for what cannot be converted, a
+warning for another version); what it converts (AntMaze v5's contact forces dropped, Adroit v1's
+rewards rescored into D4RL's convention) is applied to every episode before anything is cast to
+float32 and listed in ``metadata["conversions"]``, which `dtrl data` copies into the summary. For
+other tasks a different env id is a warning.
 """
 
 from __future__ import annotations
@@ -57,7 +60,6 @@ def read_minari(dataset_id: str, download: bool = False, task: Any = None) -> Tr
     except (ValueError, FileNotFoundError, KeyError, OSError) as e:
         raise DataError(f"{src}: Minari could not load the dataset ({e})") from None
 
-    trajs = [_episode_to_trajectory(ep, src) for ep in ds.iterate_episodes()]
     env_id = None
     spec = getattr(ds, "spec", None)
     env_spec = getattr(spec, "env_spec", None)
@@ -65,15 +67,20 @@ def read_minari(dataset_id: str, download: bool = False, task: Any = None) -> Tr
         env_id = env_spec.id
     from dtrl.envs.robotics import check_dataset_env, is_robotics
 
+    conversions = []
     if task is not None and is_robotics(task):
-        for w in check_dataset_env(task, env_id, src):
+        notes, conversions = check_dataset_env(task, env_id, src)
+        for w in notes:
             warnings.warn(w, stacklevel=2)
     elif task is not None and env_id is not None and env_id != task.env_id:
         # The size check below catches other envs; a version mismatch (Hopper-v4 vs v5) has equal sizes
         # but different dynamics, which is worth knowing about, not necessarily an error.
         warnings.warn(f"{src}: collected on {env_id}, but task {task.name} runs {task.env_id}", stacklevel=2)
+    trajs = [_episode_to_trajectory(ep, src, conversions) for ep in ds.iterate_episodes()]
     metadata = {"format": "minari", "dataset_id": dataset_id, "env_id": env_id,
                 "minari_total_steps": int(ds.total_steps), "minari_total_episodes": int(ds.total_episodes)}
+    if conversions:
+        metadata["conversions"] = [c.note for c in conversions]
     dataset = TrajectoryDataset(trajs, metadata=metadata, source=src)
     obs_dim = act_dim = None
     if task is not None:
@@ -83,9 +90,15 @@ def read_minari(dataset_id: str, download: bool = False, task: Any = None) -> Tr
     return dataset.validate(obs_dim, act_dim)
 
 
-def _episode_to_trajectory(ep: Any, src: str) -> Trajectory:
+def _episode_to_trajectory(ep: Any, src: str, conversions: list = ()) -> Trajectory:
     where = f"{src}: episode {ep.id}"
     obs, act = ep.observations, ep.actions
+    try:
+        for c in conversions:
+            if c.observations is not None:
+                obs = c.observations(obs)
+    except ValueError as e:
+        raise DataError(f"{where}: {e}") from None
     if isinstance(obs, dict):
         from dtrl.envs.robotics import flatten_goal_obs
 
@@ -102,6 +115,10 @@ def _episode_to_trajectory(ep: Any, src: str) -> Trajectory:
     if act.shape[0] != n:
         raise DataError(f"{where}: has {n} rewards but {act.shape[0]} actions")
     obs = obs.reshape(n + 1, -1)
+    rewards = np.asarray(ep.rewards, dtype=np.float64).reshape(n)
+    for c in conversions:  # on the recorded float64 values, so a rescored reward equals the env's exactly
+        if c.rewards is not None:
+            rewards = c.rewards(rewards, obs[1:])
     infos = ep.infos or {}
 
     def state(key: str) -> np.ndarray | None:
@@ -113,7 +130,7 @@ def _episode_to_trajectory(ep: Any, src: str) -> Trajectory:
     return Trajectory(
         observations=obs[:n].astype(np.float32),
         actions=act.reshape(n, -1).astype(np.float32),
-        rewards=np.asarray(ep.rewards, dtype=np.float32).reshape(n),
+        rewards=rewards.astype(np.float32),
         terminals=np.asarray(ep.terminations, dtype=bool).reshape(n),
         timeouts=np.asarray(ep.truncations, dtype=bool).reshape(n),
         qpos=state("qpos"),

@@ -17,7 +17,9 @@ Conventions, each from the code behind the published numbers:
   hand-to-object distance term flipped (+0.1 |palm - handle/object| instead of D4RL's -0.1, D4RL
   ``hand_manipulation_suite/door_v0.py:52``, ``hammer_v0.py:57``, ``relocate_v0.py:48``; it warns
   about this change since 1.2.1). dtrl subtracts 0.2 x that distance after each step, which gives
-  D4RL's reward, so D4RL's reference scores and datasets apply. Pen's reward is unchanged.
+  D4RL's reward, so D4RL's reference scores and datasets apply. Pen's reward is unchanged. The
+  distance is read from the observation after the step (:func:`hand_distance`), so a dataset
+  recorded on the v1 env (Minari's) is rescored by the same function, exactly (:func:`check_dataset_env`).
 - Adroit RTG targets: ODT+TD3's commands (``RL_as_Vitamin_for_Online_Decision_Transformers`` readme.md
   lines 84-87: pen 120, hammer 160, door 40, relocate 50), which are in units of ODT+TD3's divided
   rewards (``main.py`` line 35 and 249-251: hammer / 1000, pen, door, relocate / 100) with its DT
@@ -56,7 +58,8 @@ snapshot and :func:`dtrl.envs.make.set_sim_state` restores first. Every task her
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 
@@ -97,20 +100,47 @@ def make_robotics_env(task: Any) -> Any:
 
 # -- Adroit -----------------------------------------------------------------------------------------
 
+HAND_TERM_TASKS = ("door", "hammer", "relocate")  # whose dense reward gymnasium-robotics flips a term of
+
+
+def hand_distance(name: str, obs: np.ndarray) -> np.ndarray:
+    """|palm - handle| (door) or |palm - object| (hammer, relocate) from observations after a step, (...,).
+
+    Where gymnasium-robotics 1.4.2's ``_get_obs`` puts them: door palm - handle at [35:38]
+    (adroit_door.py:332-341), relocate palm - object at [30:33] (adroit_relocate.py:328-330), hammer
+    palm at [33:36] and hammer at [36:39] (adroit_hammer.py:344-354) -- the same site and body
+    positions its reward's distance is taken between. The norm is written out, not np.linalg.norm,
+    so one step and a (T, d) batch give bit-identical distances (the env's and a dataset's).
+    """
+    o = np.asarray(obs, dtype=np.float64)
+    if name == "door":
+        v = o[..., 35:38]
+    elif name == "relocate":
+        v = o[..., 30:33]
+    elif name == "hammer":
+        v = o[..., 33:36] - o[..., 36:39]
+    else:
+        raise ValueError(f"{name} has no hand-distance reward term; one of {', '.join(HAND_TERM_TASKS)}")
+    return np.sqrt(v[..., 0] * v[..., 0] + v[..., 1] * v[..., 1] + v[..., 2] * v[..., 2])
+
+
+def d4rl_reward(name: str, reward: Any, next_obs: np.ndarray) -> np.ndarray:
+    """gymnasium-robotics' door/hammer/relocate reward (one step or a batch) in D4RL's convention.
+
+    +0.1 x distance becomes D4RL's -0.1 x distance: subtract 0.2 x the distance after the step.
+    """
+    return np.asarray(reward, dtype=np.float64) - 0.2 * hand_distance(name, next_obs)
+
+
 def _restore_d4rl_reward(env: Any, name: str) -> None:
     """Undo gymnasium-robotics' sign flip of the 0.1 x hand-distance term (door, hammer, relocate)."""
-    d = env.data
-    if name == "door":
-        dist = lambda: np.linalg.norm(d.site_xpos[env.grasp_site_id] - d.site_xpos[env.handle_site_id])  # noqa: E731
-    elif name in ("hammer", "relocate"):
-        dist = lambda: np.linalg.norm(d.site_xpos[env.S_grasp_site_id] - d.xpos[env.obj_body_id])  # noqa: E731
-    else:
+    if name not in HAND_TERM_TASKS:
         return
     step = env.step
 
     def d4rl_step(a):
         obs, reward, terminated, truncated, info = step(a)
-        return obs, float(reward) - 0.2 * float(dist()), terminated, truncated, info
+        return obs, float(d4rl_reward(name, reward, obs)), terminated, truncated, info
 
     env.step = d4rl_step
 
@@ -228,21 +258,62 @@ def _base(env_id: str) -> tuple[str, str]:
     return name, version
 
 
-def check_dataset_env(task: Any, env_id: str | None, src: str) -> list[str]:
-    """Check a dataset's recorded env id against the task's; raise DataError or return warnings.
+@dataclass(frozen=True)
+class DataConversion:
+    """A change that makes a dataset recorded on another env version fit the task's env.
 
-    Rules (docs in config/antmaze.yaml / config/adroit.yaml headers and the closing note):
+    ``observations`` maps a reader's raw observations of one episode (T+1 rows, a dict for AntMaze) to
+    the same form; ``rewards`` maps (rewards (T,), flat next observations (T, d)) to rewards. ``note``
+    is the line the dataset summary records.
+    """
+
+    note: str
+    observations: Callable[[Any], Any] | None = None
+    rewards: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+
+
+ANT_STATE_DIM = 27  # D4RL's ant state without x, y (qpos[2:15], qvel[:14]): AntMaze v4's "observation"
+ANT_CONTACT_DIMS = 78  # Ant-v5's cfrc_ext of its 13 bodies x 6, appended to it in AntMaze v5's
+
+
+def _drop_contact_forces(obs: Any) -> Any:
+    if not isinstance(obs, dict) or "observation" not in obs:
+        return obs  # flatten_goal_obs names what is missing
+    o = np.asarray(obs["observation"])
+    if o.shape[-1] == ANT_STATE_DIM:  # recorded without contact forces (include_cfrc_ext_in_observation=False)
+        return obs
+    if o.shape[-1] != ANT_STATE_DIM + ANT_CONTACT_DIMS:
+        raise ValueError(f"an AntMaze v5 'observation' is the {ANT_STATE_DIM}-d ant state, then "
+                         f"{ANT_CONTACT_DIMS} contact forces; this one has {o.shape[-1]} dims and cannot be "
+                         f"converted")
+    return {**obs, "observation": o[..., :ANT_STATE_DIM]}
+
+
+def check_dataset_env(task: Any, env_id: str | None, src: str) -> tuple[list[str], list[DataConversion]]:
+    """Check a dataset's recorded env id against the task's: (warnings, conversions), or raise DataError.
+
+    Rules (docs/baselines.md, "Datasets and environments"):
     - Adroit: the env name must match (``AdroitHandPenSparse`` has other rewards: error); another
-      version is a warning (v2 of gymnasium-robotics >= 1.4.3 restores D4RL's rewards, as dtrl does).
+      version is a warning. Door, hammer and relocate also need to know the sign of the reward's
+      hand-distance term: v1 (gymnasium-robotics >= 1.2.1, what Minari's datasets were recorded on)
+      has it flipped, and its rewards are rescored into D4RL's convention, the env's
+      (:func:`d4rl_reward`); v0 (D4RL's own env) has D4RL's; no env id or another version: error.
     - AntMaze: the maze must match (UMaze / Medium / Large; error otherwise). The ``_Diverse_G`` /
       ``_Diverse_GR`` variants Minari's datasets were collected on sample goals and starts over the
-      whole maze; that is how the data was made, not a different task, so it is accepted. Version v5
-      is an error (its observation holds the contact forces, 105-d, not D4RL's 27-d); v3 a warning.
+      whole maze; that is how the data was made, not a different task, so it is accepted. v5's ant
+      observation is v4's 27 dims followed by 78 contact forces (Ant-v5's cfrc_ext): they are dropped
+      (a conversion); any other size is an error. Another version than the task's is a warning.
     """
     from dtrl.data.trajectories import DataError
 
+    conversions: list[DataConversion] = []
+    hand_term = task.family.suite == ADROIT and task.family.name in HAND_TERM_TASKS
     if env_id is None:
-        return [f"{src}: the dataset records no env id; it is assumed to be for {task.env_id}"]
+        if hand_term:
+            raise DataError(f"{src}: the dataset records no env id, so the sign of its 0.1 x hand-distance reward "
+                            f"term cannot be told (D4RL's -, or + as gymnasium-robotics >= 1.2.1's "
+                            f"{task.env_id}); dtrl will not mix the two. Use a dataset that records its env")
+        return [f"{src}: the dataset records no env id; it is assumed to be for {task.env_id}"], conversions
     name, version = _base(env_id)
     want, want_v = _base(task.env_id)
     if task.family.suite == ANTMAZE:
@@ -250,11 +321,23 @@ def check_dataset_env(task: Any, env_id: str | None, src: str) -> list[str]:
         if maze != want:
             raise DataError(f"{src}: collected on {env_id}, another maze than task {task.name} ({task.env_id})")
         if version == "v5":
-            raise DataError(f"{src}: collected on {env_id}, whose observation holds contact forces; task "
-                            f"{task.name} uses {task.env_id} (D4RL's 27-d ant state)")
+            conversions.append(DataConversion(
+                f"observations: the {ANT_CONTACT_DIMS} contact forces of {env_id}'s ant observation (dims "
+                f"{ANT_STATE_DIM}-{ANT_STATE_DIM + ANT_CONTACT_DIMS - 1}) dropped; the {ANT_STATE_DIM} before them "
+                f"are {task.env_id}'s", observations=_drop_contact_forces))
     elif name != want:
         raise DataError(f"{src}: collected on {env_id}, but task {task.name} runs {task.env_id} (other reward "
                         "or task); use the matching dataset")
+    elif hand_term and version == "v1":
+        conversions.append(DataConversion(
+            f"rewards: rescored into D4RL's convention, the env's: {env_id} (gymnasium-robotics >= 1.2.1) adds "
+            f"+0.1 x the hand distance where D4RL subtracts it; 0.2 x the distance in each next observation "
+            f"subtracted", rewards=lambda r, next_obs: d4rl_reward(task.family.name, r, next_obs)))
+    elif hand_term and version != "v0":
+        raise DataError(f"{src}: collected on {env_id}, whose reward convention dtrl does not know (v0: D4RL's, "
+                        f"kept; v1: gymnasium-robotics' flipped hand-distance term, rescored); dtrl will not mix "
+                        f"the two. Use a dataset recorded on {want}-v1")
+    notes = []
     if version != want_v:
-        return [f"{src}: collected on {env_id}, task {task.name} runs {task.env_id} (same task, other version)"]
-    return []
+        notes.append(f"{src}: collected on {env_id}, task {task.name} runs {task.env_id} (same task, other version)")
+    return notes, conversions

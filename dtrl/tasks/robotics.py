@@ -53,7 +53,8 @@ def register_all(register_family: Callable, register_task: Callable) -> None:
             minari_prefix=f"D4RL/{name}", qualities=ADROIT_QUALITIES, suite=ADROIT, d4rl_version="v1",
             minari_version="v2", generatable=False,
             note="D4RL v1 references; ODT+TD3 RTG targets in raw reward units (dtrl.envs.robotics)"
-                 + ("; D4RL's reward restored (gymnasium-robotics 1.4.2 flips a sign)" if name != "pen" else "")))
+                 + ("; D4RL's reward restored (gymnasium-robotics 1.4.2 flips a sign; v1 data rescored on load)"
+                    if name != "pen" else "")))
     for maze, (env_id, steps, maze_map, qualities) in _MAZES.items():
         fam = EnvFamily(f"antmaze-{maze}", env_id, steps, 0.0, 1.0, ANTMAZE_EVAL_RTG, ANTMAZE_ONLINE_RTG,
                         reward_scale=1.0, d4rl_prefix="antmaze", minari_prefix="D4RL/antmaze",
