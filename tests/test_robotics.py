@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -126,6 +127,19 @@ def test_antmaze_observation_is_d4rl_state_plus_goal_and_success_ends_the_episod
     env.sim_env.set_state(qpos, qvel)
     _, r, term, *_ = env.step(np.zeros(8))
     assert r == 1.0 and term
+
+
+def test_antmaze_envs_leave_no_maze_xml_in_the_temp_dir(tmp_path, monkeypatch):
+    """gymnasium-robotics writes <temp dir>/ant_maze<time>.xml per env; dtrl removes it once the model is loaded."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # a private temp dir: other processes' files stay out
+    for name in ("antmaze-umaze", "antmaze-large-play"):
+        env = make_env(get_task(name), seed=0)
+        assert Path(env.goal_env.tmp_xml_file_path).parent == tmp_path  # where it was written...
+        env.step(np.zeros(8))
+        env.close()
+    assert list(tmp_path.iterdir()) == []  # ...and nothing stays
 
 
 # -- readers -------------------------------------------------------------------------------------------------

@@ -57,6 +57,8 @@ snapshot and :func:`dtrl.envs.make.set_sim_state` restores first. Every task her
 
 from __future__ import annotations
 
+import contextlib
+import os
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -92,6 +94,7 @@ def make_robotics_env(task: Any) -> Any:
         warnings.simplefilter("ignore")  # AntMaze v4 / Ant-v4 deprecation notices
         env = gym.make(task.env_id, disable_env_checker=True, **task.family.env_kwargs).unwrapped
     if task.family.suite == ANTMAZE:
+        _remove_maze_xml(env)
         return FlatGoalEnv(env)
     _restore_d4rl_reward(env, task.family.name)
     env._dtrl_extra_state = _model_field_hook(env, attrs=("pen_length", "tar_length"))
@@ -171,6 +174,20 @@ def _model_field_hook(env: Any, attrs: tuple[str, ...] = ()):
 
 
 # -- AntMaze ----------------------------------------------------------------------------------------
+
+def _remove_maze_xml(env: Any) -> None:
+    """Delete the maze model gymnasium-robotics wrote for this env, which it never deletes.
+
+    Each AntMaze env writes ``<system temp dir>/ant_maze<time>.xml`` (gymnasium-robotics 1.4.2
+    ``envs/maze/maze_v4.py:238-244``: the file is placed next to a TemporaryDirectory, not in it) and
+    loads its MuJoCo model from it while it is built; nothing reads the file afterwards, so it goes
+    now rather than one per env (thousands per grid) staying behind.
+    """
+    path = getattr(env, "tmp_xml_file_path", None)
+    if path:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+
 
 def flatten_goal_obs(obs: dict[str, np.ndarray]) -> np.ndarray:
     """AntMaze's dict observation (one step or a (T, .) batch) as [achieved_goal, observation, desired_goal]."""
@@ -334,6 +351,8 @@ def check_dataset_env(task: Any, env_id: str | None, src: str) -> tuple[list[str
             f"+0.1 x the hand distance where D4RL subtracts it; 0.2 x the distance in each next observation "
             f"subtracted", rewards=lambda r, next_obs: d4rl_reward(task.family.name, r, next_obs)))
     elif hand_term and version != "v0":
+        # gymnasium-robotics' notice (farama-notifications 0.0.6) announces a v2 with v1.2.0's reward for
+        # gymnasium-robotics >= 1.4.3, which is not released (1.4.2 is the newest): nothing to check it against.
         raise DataError(f"{src}: collected on {env_id}, whose reward convention dtrl does not know (v0: D4RL's, "
                         f"kept; v1: gymnasium-robotics' flipped hand-distance term, rescored); dtrl will not mix "
                         f"the two. Use a dataset recorded on {want}-v1")
