@@ -342,3 +342,17 @@ def test_zero_spread_groups_are_left_out_of_the_update(tmp_path, monkeypatch):
     d = g.train_iteration()
     assert d["iter_policy_updates"] == 0 and g.ctx.counters.grad_updates == updates
     assert g.ctx.counters.env_steps > steps
+
+
+def test_all_zero_spread_warns_once_on_the_terminal(tmp_path, monkeypatch, capsys):
+    import dtrl.methods.grpo as grpo_mod
+
+    g = make_method(GRPO, tmp_path, **SMALL_GRPO)
+    g.collect()
+    assert "zero return spread" not in capsys.readouterr().err  # spread somewhere: nothing to say
+    monkeypatch.setattr(grpo_mod, "group_advantages", lambda r, *a: (np.zeros_like(r), np.ones(len(r), bool)))
+    g.train_iteration()
+    err = capsys.readouterr().err
+    assert err.count("dtrl: warning:") == 1 and f"all {g.cfg.reset_points} groups had zero return spread" in err
+    g.train_iteration()
+    assert "zero return spread" not in capsys.readouterr().err  # once per run

@@ -32,6 +32,7 @@ in :class:`PolicyGradientDT`; :mod:`dtrl.methods.qgrpo` (critic advantages, no r
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -536,6 +537,7 @@ class GRPO(PolicyGradientDT):
 
         returns = np.array([m.total_return for m in members]).reshape(cfg.reset_points, cfg.group_size)
         adv, flat = group_advantages(returns, cfg.adv_eps, cfg.zero_spread_tol)
+        self._warn_no_spread_once(flat)
         keep = np.repeat(~flat if cfg.drop_zero_spread else np.ones_like(flat), cfg.group_size)
         batch = (self.learn_batch([m for m, k in zip(members, keep) if k], adv.reshape(-1)[keep])
                  if keep.any() else None)
@@ -553,6 +555,21 @@ class GRPO(PolicyGradientDT):
             "reset_t_mean": float(np.mean([cand[i][1] for i in chosen])),
         }
         return batch, diag
+
+    def _warn_no_spread_once(self, flat: np.ndarray) -> None:
+        """Say on the terminal, once per run, that an iteration's groups all had zero spread.
+
+        On a sparse-reward task before any success every member scores the same and GRPO learns nothing;
+        progress.csv's zero_spread_frac records it per iteration, but a user watching the run should not
+        have to look there to find out.
+        """
+        if not flat.all() or getattr(self, "_warned_no_spread", False):
+            return
+        self._warned_no_spread = True
+        print(f"dtrl: warning: GRPO on {self.ctx.task.name}, iteration {self.ctx.counters.iterations + 1}: all "
+              f"{len(flat)} groups had zero return spread (every member scored the same, as a sparse reward gives "
+              f"before any success), so this iteration has nothing to learn from; progress.csv's "
+              f"zero_spread_frac counts such groups per iteration (this warning is not repeated)", file=sys.stderr)
 
     def learn_batch(self, members: list[RolloutTrajectory], advantages: np.ndarray) -> LearnBatch:
         """One unit per member: its sampled steps (the first ones), their recorded contexts and log-probs."""
