@@ -60,3 +60,15 @@ def test_set_state_rejects_wrong_size():
     env = make_env(get_task("hopper-medium"))
     with pytest.raises(ValueError, match="expected"):
         set_sim_state(env, np.zeros(3))
+
+
+def test_walker2d_v5_feet_friction_is_what_the_task_note_says():
+    """Walker2d-v5: both feet 1.9; the v2-v4 model of D4RL's data gave the right foot 0.9 (the task note)."""
+    import mujoco
+
+    task = get_task("walker2d-medium")
+    m = make_env(task).model
+    friction = {g: m.geom_friction[mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_GEOM, g), 0]
+                for g in ("foot_geom", "foot_left_geom")}
+    assert friction == {"foot_geom": pytest.approx(1.9), "foot_left_geom": pytest.approx(1.9)}
+    assert "friction 1.9" in task.family.note and "right foot has 0.9" in task.family.note

@@ -7,10 +7,16 @@ AntMaze) slot in with :func:`register_family`; one-off tasks with :func:`registe
 Reference returns define the normalised score ``100 * (R - ref_min) / (ref_max - ref_min)``.
 ``ref_min_score``/``ref_max_score`` are D4RL's pairs (Farama-Foundation/D4RL @89141a6,
 ``d4rl/infos.py`` REF_MIN_SCORE/REF_MAX_SCORE), so scores printed next to published columns use
-the published normalisation. For hopper, halfcheetah and walker2d the v5 reward is the v2 reward.
-Ant-v5 differs from the v2 ant D4RL used (contact cost and contact forces in the observation), so
-its random return is also re-measured on v5 (``v5_random_score``, see ``REF_MEASUREMENTS``): that
-gives a second, separately labelled normalisation (:meth:`Task.normalize_v5`), never the main one.
+the published normalisation. For hopper, halfcheetah and walker2d the v5 reward has the v2 reward's
+terms, with one change: Hopper-v5 and Walker2d-v5 pay the healthy reward only while healthy, so the
+step that ends an episode earns 1 less than in v2-v4 (Gymnasium 1.4.0 ``hopper_v5.py:143``,
+``walker2d_v5.py:152``). Walker2d-v5 also changed the model: both feet have friction 1.9, where the
+v2-v4 model behind D4RL's walker2d data and references gave the right foot 0.9
+(``walker2d_v5.py:151``; it slides less and needs more force to move), so a D4RL-trained walker
+acts in slightly different dynamics here. Ant-v5 differs from the v2 ant D4RL used (contact cost
+and contact forces in the observation), so its random return is also re-measured on v5
+(``v5_random_score``, see ``REF_MEASUREMENTS``): that gives a second, separately labelled
+normalisation (:meth:`Task.normalize_v5`), never the main one.
 """
 
 from __future__ import annotations
@@ -155,11 +161,16 @@ def register_task(task: Task) -> None:
 # hopper get_args.py:22,44 defaults 3600/7200; readme.md:105-114 halfcheetah 6000/12000,
 # walker2d 5000/10000, ant 5000/10000 (ODT's paper has no ant target).
 register_family(EnvFamily("hopper", "Hopper-v5", 1000, -20.272305, 3234.3, 3600, 7200,
-                          d4rl_prefix="hopper", minari_prefix="mujoco/hopper"))
+                          d4rl_prefix="hopper", minari_prefix="mujoco/hopper",
+                          note="v5 pays no healthy reward on the step that ends an episode (v2-v4: 1; Gymnasium "
+                               "hopper_v5.py:143)."))
 register_family(EnvFamily("halfcheetah", "HalfCheetah-v5", 1000, -280.178953, 12135.0, 6000, 12000,
                           d4rl_prefix="halfcheetah", minari_prefix="mujoco/halfcheetah"))
 register_family(EnvFamily("walker2d", "Walker2d-v5", 1000, 1.629008, 4592.3, 5000, 10000,
-                          d4rl_prefix="walker2d", minari_prefix="mujoco/walker2d"))
+                          d4rl_prefix="walker2d", minari_prefix="mujoco/walker2d",
+                          note="Walker2d-v5 gives both feet friction 1.9; D4RL's walker2d-v2 data and references "
+                               "come from the model whose right foot has 0.9 (Gymnasium walker2d_v5.py:151). v5 "
+                               "also pays no healthy reward on the step that ends an episode (walker2d_v5.py:152)."))
 register_family(EnvFamily("ant", "Ant-v5", 1000, -325.6, 3879.7, 5000, 10000,
                           d4rl_prefix="ant", minari_prefix="mujoco/ant", v5_random_score=-47.457,
                           note="ref min/max are D4RL's ant-v2 pair (d4rl/infos.py:144-148,234-238); the random "
