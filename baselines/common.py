@@ -351,6 +351,9 @@ class ODTFamily(DTMethod):
     Config = ODTConfig
     needs_dataset = True
     buffer_transitions = False  # keep the per-step arrays a critic needs in the buffer
+    backbones = ("dt",)
+    backbone_refusal = ("its online loss trains the DT on hindsight-relabeled RTG tokens (the returns achieved), "
+                        "where Reinformer conditions on its own predicted return")
 
     def __init__(self, cfg: ODTConfig, ctx: RunContext):
         super().__init__(cfg, ctx)

@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--task", required=True)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", type=Path, default=None, help="run dir (default: <results>/pretrain/<task>/seed<seed>)")
+    s.add_argument("--backbone", default=None,
+                   help="the backbone to pretrain (default: model.backbone); its own runs go under "
+                        "<results>/pretrain_<backbone>/, for the method entries with that `backbone`")
     _allow_config_change(s)
 
     s = sub.add_parser("finetune", help="online finetuning with a method entry of the config")
@@ -217,7 +220,7 @@ def _dispatch(args) -> int:
     if args.command == "pretrain":
         from dtrl.harness.pretrain import cmd_pretrain
 
-        return cmd_pretrain(exp, args.task, args.seed, args.out, args.allow_config_change)
+        return cmd_pretrain(exp, args.task, args.seed, args.out, args.allow_config_change, args.backbone)
     if args.command == "finetune":
         from dtrl.workflow.finetune import cmd_finetune
 

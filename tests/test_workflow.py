@@ -67,10 +67,21 @@ def test_paper_grid_dry_run(wf):
     out = snakemake(wf, "-n", "--quiet", "rules")
     assert out.returncode == 0, out.stderr
     assert job_counts(out.stdout) == PAPER_JOBS
-    # With the ablation overlay: 10 GRPO-DT variants x 3 ablation tasks x 3 seeds more runs, nothing else.
+    # With the ablation overlay: 11 GRPO-DT variants x 3 ablation tasks x 3 seeds more runs, and for the one on
+    # Reinformer its own pretraining per ablation task and seed, nothing else.
     out = snakemake(wf, "-n", "--quiet", "rules", "--configfile", "config/ablations.yaml")
     assert out.returncode == 0, out.stderr
-    assert job_counts(out.stdout) == {**PAPER_JOBS, "finetune": 180 + 10 * 3 * 3}
+    assert job_counts(out.stdout) == {**PAPER_JOBS, "finetune": 180 + 11 * 3 * 3, "pretrain": 72 + 3 * 3}
+
+
+def test_a_reinformer_entry_is_pretrained_apart_with_its_backbone(wf):
+    (wf / "rf.yaml").write_text("grid: {methods: [grpo, grpo_rf], tasks: [hopper-medium], seeds: [0]}\n"
+                                "methods: {grpo_rf: {algo: grpo, backbone: reinformer}}\n")
+    out = snakemake(wf, "-n", "-p", "--configfile", "rf.yaml")
+    assert out.returncode == 0, out.stderr
+    assert job_counts(out.stdout)["pretrain"] == 2
+    assert "results/pretrain_reinformer/hopper-medium/seed0/model.pt" in out.stdout
+    assert "--backbone reinformer" in out.stdout and "--backbone dt" in out.stdout
 
 
 def test_deterministic_dt_is_pretrained_only_for_the_methods_that_need_it(wf):

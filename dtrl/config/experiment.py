@@ -47,6 +47,9 @@ class OverrideEntry:
     tasks: list[str] = doc([], "Tasks it applies to (walker2d-medium, ...); empty = every task of the families.")
     methods: list[str] = doc([], "Method entry names or algorithm names it applies to (`odt` matches every entry "
                                  "whose algo is odt); empty = every method, and the task's pretraining.")
+    backbones: list[str] = doc([], "Backbones it applies to (model.backbone, or a method entry's own `backbone`), "
+                                   "e.g. Reinformer's reference hyperparameters for its pretraining; empty = every "
+                                   "backbone.")
     source: str = doc("", "Where the values come from (repository, file, line); documentation only.")
     model: dict[str, Any] = doc({}, "`model` keys (only in entries without `methods`: one pretrained DT per task "
                                     "and seed serves every DT method).")
@@ -57,7 +60,9 @@ class OverrideEntry:
     params: dict[str, Any] = doc({}, "Algorithm parameters of the matching methods (needs `methods`), validated by "
                                      "each matching algorithm's Config; they win over the method entry's.")
 
-    def matches(self, task: str, family: str, method: str | None, algo: str | None) -> bool:
+    def matches(self, task: str, family: str, method: str | None, algo: str | None, backbone: str = "dt") -> bool:
+        if self.backbones and backbone not in self.backbones:
+            return False
         if self.families and family not in self.families:
             return False
         if self.tasks and task not in self.tasks:
@@ -91,9 +96,11 @@ class ExperimentConfig:
     pretrain: PretrainConfig = doc(PretrainConfig(), "Offline pretraining.")
     eval: EvalConfig = doc(EvalConfig(), "Evaluation protocol.")
     online: OnlineConfig = doc(OnlineConfig(), "Online finetuning harness shared by every method.")
-    methods: dict[str, dict[str, Any]] = doc({}, "Named method entries: {name: {algo: ALGO, online: {...}, **params}}; "
-                                                 "algo defaults to the name. Parameters are validated by the "
-                                                 "algorithm's own Config.")
+    methods: dict[str, dict[str, Any]] = doc({}, "Named method entries: {name: {algo: ALGO, online: {...}, backbone: "
+                                                 "B, **params}}; algo defaults to the name, backbone to "
+                                                 "model.backbone (an entry on another backbone finetunes its own "
+                                                 "pretraining, under pretrain_<backbone>/). Parameters are "
+                                                 "validated by the algorithm's own Config.")
     overrides: list[OverrideEntry] = doc([], "Settings for some families / tasks / methods, applied on top of the "
                                              "sections above when a (task, method) is resolved: every matching "
                                              "entry in list order, later entries winning key by key. To change a "
@@ -140,6 +147,11 @@ class ExperimentConfig:
                 get_task(t)
             except KeyError as e:
                 raise ConfigError(f"{path}.tasks: {e}") from None
+        from dtrl.config.registry import BACKBONES
+
+        for b in entry.backbones:
+            if b not in BACKBONES:
+                raise ConfigError(f"{path}.backbones: unknown backbone {b!r}; use one of {', '.join(BACKBONES)}")
         for m in entry.methods:
             if m not in self.methods and m not in ALGORITHMS:
                 raise ConfigError(f"{path}.methods: '{m}' is neither an entry of `methods` "
@@ -160,12 +172,16 @@ class ExperimentConfig:
                     raise ConfigError(f"{path}.methods: unknown algorithm '{algo}'")
                 from_dict(get_algorithm(algo).Config, entry.params, f"{path}.params")
 
-    def for_task(self, task: str, method: str | None = None) -> "ExperimentConfig":
+    def for_task(self, task: str, method: str | None = None, backbone: str | None = None) -> "ExperimentConfig":
         """This config as it applies to ``task`` (and ``method``; None = the task's pretraining).
 
         Every matching override entry, in list order, is merged into ``model``, ``pretrain`` and
         ``eval``, and (for ``method``) into that method entry's ``online`` and parameters. The result
         has no overrides left, so it is the complete record of the settings a run used.
+
+        The backbone it resolves for is ``backbone``, else ``method``'s own `backbone`, else model.backbone;
+        entries match on it and the result's ``model.backbone`` is it. That field is set after validation:
+        the grid's other methods (ODT, on the DT) stay valid although this run's model is another backbone.
         """
         from dtrl.tasks import get_task
 
@@ -173,11 +189,13 @@ class ExperimentConfig:
         algo = None
         if method is not None:
             algo = (self.methods.get(method) or {}).get("algo", method)
+        if backbone is None:
+            backbone = (self.methods.get(method) or {}).get("backbone", self.model.backbone)
         data = to_dict(self)
         data["overrides"] = []
         applied = []
         for i, entry in enumerate(self.overrides):
-            if not entry.matches(task, family, method, algo):
+            if not entry.matches(task, family, method, algo, backbone):
                 continue
             applied.append(i)
             for section in ("model", "pretrain", "eval"):
@@ -188,13 +206,18 @@ class ExperimentConfig:
                 m = data["methods"].setdefault(method, {})
                 m.setdefault("online", {}).update(copy.deepcopy(entry.online))
                 m.update(copy.deepcopy(entry.params))
-        if not applied:
-            return self
-        try:
-            return from_dict(ExperimentConfig, data)
-        except ConfigError as e:
-            raise ConfigError(f"{task}{'/' + method if method else ''} with overrides "
-                              f"{', '.join(f'[{i}]' for i in applied)}: {e}") from None
+        out = self
+        if applied:
+            try:
+                out = from_dict(ExperimentConfig, data)
+            except ConfigError as e:
+                raise ConfigError(f"{task}{'/' + method if method else ''} with overrides "
+                                  f"{', '.join(f'[{i}]' for i in applied)}: {e}") from None
+        if out.model.backbone != backbone:
+            model = dataclasses.replace(out.model, backbone=backbone)
+            model.validate()
+            out = dataclasses.replace(out, model=model, overrides=[])
+        return out
 
     def method(self, name: str, task: str | None = None) -> "MethodSpec":
         """The typed spec of method entry ``name`` (validated against its algorithm's Config).
@@ -213,10 +236,62 @@ class ExperimentConfig:
         if algo not in ALGORITHMS:
             raise ConfigError(f"methods.{name}.algo: unknown algorithm '{algo}'. Known: {', '.join(sorted(ALGORITHMS))}")
         online_over = entry.pop("online", {})
+        backbone = entry.pop("backbone", self.model.backbone)
         online = from_dict(OnlineConfig, {**to_dict(self.online), **online_over}, f"methods.{name}.online")
         cls = get_algorithm(algo)
         params = from_dict(cls.Config, entry, f"methods.{name}")
-        return MethodSpec(name=name, algo=algo, params=params, online=online)
+        spec = MethodSpec(name=name, algo=algo, params=params, online=online, backbone=backbone)
+        self._check_backbone(spec, cls)
+        return spec
+
+    def _check_backbone(self, spec: "MethodSpec", cls: type) -> None:
+        """Refuse a method entry on a backbone its algorithm cannot finetune (one line, at config load)."""
+        from dtrl.config.registry import BACKBONES
+
+        where = f"methods.{spec.name}.backbone" if "backbone" in self.methods.get(spec.name, {}) else "model.backbone"
+        if spec.backbone not in BACKBONES:
+            raise ConfigError(f"{where}: unknown backbone {spec.backbone!r}; use one of {', '.join(BACKBONES)}")
+        if not self.needs_pretrained(spec, cls) or spec.backbone == "dt":
+            return
+        allowed = getattr(cls, "backbones", ("dt",))
+        if allowed is not None and spec.backbone not in allowed:
+            raise ConfigError(f"{where}: {spec.algo} runs on the {', '.join(allowed)} backbone only "
+                              f"({getattr(cls, 'backbone_refusal', 'it is written for the DT')}), not on "
+                              f"{spec.backbone}")
+        if getattr(spec.params, "relabel", False) not in (False, "none"):
+            raise ConfigError(f"methods.{spec.name}.relabel: hindsight relabeling rewrites RTG tokens as target "
+                              f"minus rewards, but the {spec.backbone} backbone predicts its RTG tokens; use "
+                              "relabel: none")
+
+    @staticmethod
+    def needs_pretrained(spec: "MethodSpec", cls: type | None = None) -> bool:
+        """Whether the method entry finetunes a pretrained model (an external command decides per entry)."""
+        from dtrl.config.registry import get_algorithm
+
+        cls = cls or get_algorithm(spec.algo)
+        return bool(getattr(spec.params, "needs_pretrained_dt", getattr(cls, "needs_pretrained_dt", True)))
+
+    def pretrained_kind(self, name: str) -> tuple[str, str] | None:
+        """(action head, backbone) of the pretrained model method entry ``name`` finetunes, which names its
+        pretraining directory (dtrl.config.pretrain.pretrain_dir); None when it needs none."""
+        from dtrl.config.registry import get_algorithm
+
+        spec = self.method(name)
+        cls = get_algorithm(spec.algo)
+        if not self.needs_pretrained(spec, cls):
+            return None
+        return getattr(cls, "pretrained_head", "gaussian"), spec.backbone
+
+
+
+def backbone_of(exp: ExperimentConfig, method: str) -> str:
+    """The sequence model method entry ``method`` runs on, as the report names it: its backbone (dt,
+    reinformer) for a method that finetunes a pretrained model, 'mlp' for one that trains its own MLPs
+    (IQL), 'external' for a command from another codebase."""
+    kind = exp.pretrained_kind(method)
+    if kind is not None:
+        return kind[1]
+    return "external" if exp.method(method).algo == "external" else "mlp"
 
 
 @dataclass
@@ -225,6 +300,7 @@ class MethodSpec:
     algo: str
     params: Any
     online: OnlineConfig
+    backbone: str = "dt"  # model.backbone, or the entry's own `backbone:`
 
 
 def load_config(path: str | Path | list[str | Path] | tuple | None = None,

@@ -42,9 +42,35 @@ class ModelConfig:
                     "readme.md:102-114; head decision_transformer/models/decision_transformer.py:173-181; loss "
                     "main.py:647-648). The workflow pretrains the deterministic DT separately, under "
                     "pretrain_det/, for the methods that need it.")
+    backbone: str = doc("dt", "The sequence model every DT method pretrains and finetunes: dt (ODT's Decision "
+                              "Transformer, this section's other fields) or reinformer (Reinformer, Zhuang et al. "
+                              "2024: the RTG predicted from the state token, trained by expectile regression, fed "
+                              "back as the RTG; dtrl/models/reinformer.py cites its reference line by line). "
+                              "Reinformer uses embed_dim, n_layers, n_heads, dropout, context_len (it also acts with "
+                              "it, as its eval.py:58-73), max_timestep, log_std_min/max, init_temperature and the "
+                              "rtg_* fields; it always has its timestep embedding and GELU. A method entry may set "
+                              "`backbone:` for its own runs (pretrained separately, under pretrain_<backbone>/). "
+                              "Registry: dtrl.config.registry.BACKBONES.")
+    rtg_expectile: float = doc(0.99, "Reinformer: expectile tau of its RTG regression (Dragon-Zhuang/Reinformer "
+                                     "main.py:186 default 0.99); near 1 the prediction tends to the maximum "
+                                     "in-distribution return.")
+    rtg_loss_weight: float = doc(1.0, "Reinformer: weight of the RTG expectile loss in its pretraining loss "
+                                      "(reference trainer.py:119 adds the two terms with weight 1).")
+    action_loss_weight: float = doc(1.0, "Reinformer: weight of its action term (NLL - temperature x entropy) "
+                                         "(reference trainer.py:119: 1).")
 
     def validate(self) -> None:
         from dtrl.config import require
+        from dtrl.config.registry import BACKBONES
+
+        require(self.backbone in BACKBONES, f"model.backbone must be one of {', '.join(BACKBONES)}, "
+                f"got {self.backbone!r}")
+        require(self.backbone == "dt" or self.action_head == "gaussian",
+                f"model.action_head={self.action_head} exists for the dt backbone only ({self.backbone} has the "
+                "stochastic head)")
+        require(0.0 < self.rtg_expectile < 1.0, "model.rtg_expectile must be in (0, 1)")
+        require(self.rtg_loss_weight >= 0 and self.action_loss_weight >= 0,
+                "model.rtg_loss_weight and model.action_loss_weight must be >= 0")
 
         require(self.embed_dim % self.n_heads == 0, f"model.embed_dim ({self.embed_dim}) must be divisible by "
                 f"model.n_heads ({self.n_heads})")

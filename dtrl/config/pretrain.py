@@ -14,6 +14,21 @@ from dtrl.config import doc, require
 HEAD_DIRS = {"gaussian": "pretrain", "deterministic": "pretrain_det"}
 
 
+def pretrain_dir(head: str = "gaussian", backbone: str = "dt") -> str:
+    """The directory under <results>/ of the pretraining with this action head and backbone: HEAD_DIRS for
+    the DT, ``pretrain_<backbone>`` for another backbone (which has the stochastic head only)."""
+    return HEAD_DIRS[head] if backbone == "dt" else f"pretrain_{backbone}"
+
+
+def pretrain_dirs() -> dict[str, tuple[str, str]]:
+    """Every directory :func:`pretrain_dir` names, with its (head, backbone)."""
+    from dtrl.config.registry import BACKBONES
+
+    kinds = {pretrain_dir(h, "dt"): (h, "dt") for h in HEAD_DIRS}
+    kinds.update({pretrain_dir("gaussian", b): ("gaussian", b) for b in BACKBONES if b != "dt"})
+    return kinds
+
+
 @dataclass
 class PretrainConfig:
     updates: int = doc(5_000, "DT updates of offline pretraining. The reference commands make 5000 (online-dt "

@@ -22,6 +22,14 @@ ALGORITHMS: dict[str, str] = {
 }
 
 
+# Backbones of the DT methods (``model.backbone``): name -> "module:Class" of an nn.Module with the
+# interface documented in dtrl.models.backbone. A third backbone is one module and one line here.
+BACKBONES: dict[str, str] = {
+    "dt": "dtrl.models.dt:DecisionTransformer",  # ODT's stochastic Decision Transformer
+    "reinformer": "dtrl.models.reinformer:Reinformer",  # max-return sequence modeling (Zhuang et al. 2024)
+}
+
+
 def register(name: str, target: str) -> None:
     """Register an algorithm under ``name``; ``target`` is "package.module:ClassName"."""
     ALGORITHMS[name] = target

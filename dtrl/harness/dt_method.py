@@ -33,6 +33,10 @@ class DTMethod(OnlineMethod):
                               f"{ctx.pretrained_path} holds a {head} one; pretrain it with "
                               f"`--set model.action_head={self.pretrained_head}` (the workflow writes it under "
                               f"{HEAD_DIRS[self.pretrained_head]}/)")
+        backbone = self.model.backbone
+        if self.backbones is not None and backbone not in self.backbones:
+            raise ConfigError(f"{type(self).__name__} cannot finetune {ctx.pretrained_path}, a {backbone} backbone: "
+                              f"{self.backbone_refusal}")
         self._eval_engine: RolloutEngine | None = None
 
     def evaluate(self, episodes: int, seed: int) -> Evaluation:

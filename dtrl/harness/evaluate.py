@@ -17,7 +17,7 @@ def evaluate_dt(model: DecisionTransformer, task: Task, episodes: int, seed: int
                 engine: RolloutEngine | None = None) -> np.ndarray:
     """Raw returns of ``episodes`` deterministic (mean-action) episodes; env seeds seed, seed+1, ...
 
-    ``context_len`` defaults to the model's eval context (ODT: 5). Pass an ``engine`` to reuse envs
+    ``context_len`` defaults to the context the backbone acts with (the DT: model.eval_context_len, ODT's 5). Pass an ``engine`` to reuse envs
     across calls (online methods evaluate often).
     """
     return evaluate_dt_episodes(model, task, episodes, seed, rtg, context_len, n_envs, device, engine)[0]
@@ -34,7 +34,7 @@ def evaluate_dt_episodes(model: DecisionTransformer, task: Task, episodes: int, 
         engine = RolloutEngine(task, n_envs or episodes, model.cfg.context_len, device, seed=seed)
     trajs = collect_episodes(engine, model, episodes, task.eval_rtg if rtg is None else rtg,
                              seeds=[seed + k for k in range(episodes)], sample=False,
-                             context_len=model.cfg.eval_context_len if context_len is None else context_len)
+                             context_len=model.act_context_len if context_len is None else context_len)
     return (np.array([t.total_return for t in trajs], dtype=np.float64),
             np.array([len(t) for t in trajs], dtype=np.int64),
             np.array([int(t.goal.sum()) for t in trajs], dtype=np.int64))

@@ -99,6 +99,10 @@ class OnlineMethod:
     # model.action_head of the pretrained DT it finetunes: 'deterministic' (ODT+TD3) is pretrained
     # separately, under pretrain_det/ (dtrl.harness.pretrain.HEAD_DIRS)
     pretrained_head: ClassVar[str] = "gaussian"
+    # model.backbone values (dtrl.config.registry.BACKBONES) it can finetune; None = any. A config naming another
+    # is refused when it loads, with backbone_refusal as the reason.
+    backbones: ClassVar[tuple[str, ...] | None] = ("dt",)
+    backbone_refusal: ClassVar[str] = "it is written for the DT"
 
     def __init__(self, cfg: Any, ctx: RunContext):
         self.cfg, self.ctx = cfg, ctx

@@ -4,8 +4,10 @@ The objective follows ``model.action_head``: ODT's NLL - temperature x entropy f
 head (``dtrl.models.losses.dt_supervised_loss``), ODT+TD3's masked MSE for the deterministic one
 (``dtrl.models.losses.dt_mse_loss``; no temperature, no entropy).
 
-One run per (task, seed) and head, writing under ``<results>/pretrain/<task>/seed<seed>/``
-(stochastic) or ``<results>/pretrain_det/<task>/seed<seed>/`` (deterministic)::
+One run per (task, seed), head and backbone, writing under ``<results>/pretrain/<task>/seed<seed>/``
+(stochastic DT), ``<results>/pretrain_det/<task>/seed<seed>/`` (deterministic DT) or
+``<results>/pretrain_<backbone>/<task>/seed<seed>/`` (another backbone, e.g. Reinformer, whose own
+objective comes from its ``supervised_terms``: dtrl.models.backbone)::
 
     pretrain.csv     updates, loss, nll, entropy, temperature (stochastic) or mse (deterministic),
                      lr, grad_norm, updates_per_s, wall_time
@@ -54,12 +56,14 @@ from dtrl.models.losses import dt_mse_loss, dt_supervised_loss
 from dtrl.models.dt import DecisionTransformer, ModelConfig, build_model
 from dtrl.harness.online import _rng_state, _set_rng_state, eval_seed, resolve_device, seed_everything
 from dtrl.models.optim import make_optimizer, warmup_schedule
-from dtrl.config.pretrain import HEAD_DIRS, PretrainConfig
+from dtrl.config.pretrain import PretrainConfig, pretrain_dir
 from dtrl.tasks import Task
 
 PRETRAIN_COLUMNS = ["updates", "loss", "nll", "entropy", "temperature", "lr", "grad_norm", "updates_per_s",
                     "wall_time"]
 PRETRAIN_COLUMNS_DETERMINISTIC = ["updates", "loss", "mse", "lr", "grad_norm", "updates_per_s", "wall_time"]
+# A backbone with its own loss (dtrl.models.backbone: supervised_terms) logs its extra terms after the DT's.
+BACKBONE_TERMS = {"reinformer": ("rtg_loss",)}
 
 
 COMPILE_MODES = ("off", "default", "reduce-overhead")
@@ -133,6 +137,8 @@ class SupervisedTrainer:
         self.model = model
         self.deterministic = bool(getattr(model, "deterministic", False))
         self.terms = self.DETERMINISTIC_TERMS if self.deterministic else self.TERMS
+        extra = BACKBONE_TERMS.get(getattr(model, "backbone", "dt"), ())
+        self.terms = self.terms[:-1] + extra + self.terms[-1:]  # grad_norm stays last
         self.policy_params = model.policy_parameters()
         self.optimizer = make_optimizer(self.policy_params, optimizer, lr, weight_decay, eps)
         self.scheduler = warmup_schedule(self.optimizer, warmup_updates)
@@ -162,6 +168,11 @@ class SupervisedTrainer:
 
     def _losses(self, states, actions, rtg, timesteps, mask) -> dict[str, torch.Tensor]:
         model = self.model
+        if hasattr(model, "supervised_terms"):  # a backbone with its own objective (dtrl.models.backbone)
+            with autocast(self.device_type, self.amp_dtype):
+                terms = model.supervised_terms(states, actions, rtg, timesteps, mask, self.entropy_samples)
+            terms["total"] = terms["loss"] + terms["loss_temperature"]
+            return terms
         with autocast(self.device_type, self.amp_dtype):
             dist = model(states, actions, rtg, timesteps, mask)
         if self.deterministic:
@@ -235,9 +246,10 @@ def build_dt(model_cfg: ModelConfig, task: Task, dataset: TrajectoryDataset) -> 
     return build_model(dataset.obs_dim, dataset.act_dim, cfg, task.reward_scale, mean, std)
 
 
-def default_out_dir(results: str | Path, task_name: str, seed: int, head: str = "gaussian") -> Path:
-    """Where pretraining of ``task_name``/``seed`` with action head ``head`` writes (model.pt etc.)."""
-    return Path(results) / HEAD_DIRS[head] / task_name / f"seed{seed}"
+def default_out_dir(results: str | Path, task_name: str, seed: int, head: str = "gaussian",
+                    backbone: str = "dt") -> Path:
+    """Where pretraining of ``task_name``/``seed`` with action head ``head`` and ``backbone`` writes."""
+    return Path(results) / pretrain_dir(head, backbone) / task_name / f"seed{seed}"
 
 
 def pretrain(exp, task: Task, seed: int, dataset: TrajectoryDataset, out_dir: str | Path | None = None,
@@ -255,7 +267,7 @@ def pretrain(exp, task: Task, seed: int, dataset: TrajectoryDataset, out_dir: st
     exp = exp.for_task(task.name)
     cfg: PretrainConfig = exp.pretrain
     out = Path(out_dir) if out_dir is not None else default_out_dir(exp.results, task.name, seed,
-                                                                      exp.model.action_head)
+                                                                      exp.model.action_head, exp.model.backbone)
     model_path, summary_path, ckpt_path = out / "model.pt", out / "summary.json", out / "checkpoint.pt"
     if model_path.exists():
         return read_json(summary_path) if summary_path.exists() else {"task": task.name, "seed": seed}
@@ -302,6 +314,8 @@ def pretrain(exp, task: Task, seed: int, dataset: TrajectoryDataset, out_dir: st
     else:
         logger.rows = []
     logger.columns = list(PRETRAIN_COLUMNS_DETERMINISTIC if trainer.deterministic else PRETRAIN_COLUMNS)
+    extra = [k for k in acc_terms if k not in logger.columns]
+    logger.columns = logger.columns[:-4] + extra + logger.columns[-4:]  # before lr, grad_norm, speed, wall
 
     saved = {"updates": updates if ckpt_path.exists() else None}  # of the checkpoint on disk
 
@@ -366,7 +380,8 @@ def pretrain(exp, task: Task, seed: int, dataset: TrajectoryDataset, out_dir: st
         "updates_per_s": updates / max(wall, 1e-9), "device": str(device),
         "final_loss": last.get("loss"), "final_nll": last.get("nll"), "final_entropy": last.get("entropy"),
         "final_temperature": last.get("temperature"), "final_mse": last.get("mse"),
-        "action_head": model.cfg.action_head,
+        "action_head": model.cfg.action_head, "backbone": model.backbone,
+        **({"final_rtg_loss": last["rtg_loss"]} if "rtg_loss" in last else {}),
         "dataset_episodes": len(dataset), "dataset_transitions": dataset.num_transitions,
         "eval_episodes": cfg.eval_episodes, "status": "completed", "config": to_dict(exp),
         "code_version": code_version(),
@@ -413,12 +428,17 @@ def _check_resumable(state: dict[str, Any], model: DecisionTransformer, task: Ta
                           "delete the checkpoint to start over")
 
 
-def cmd_pretrain(exp, task_name: str, seed: int, out: str | Path | None, allow_config_change: bool = False) -> int:
-    """``dtrl pretrain``: load the task's dataset and pretrain; a finished run is left alone."""
+def cmd_pretrain(exp, task_name: str, seed: int, out: str | Path | None, allow_config_change: bool = False,
+                 backbone: str | None = None) -> int:
+    """``dtrl pretrain``: load the task's dataset and pretrain; a finished run is left alone. ``backbone``
+    (default model.backbone) is the model to pretrain: the workflow passes the backbone of the method
+    entries that finetune it (``methods.<m>.backbone``)."""
     from dtrl.tasks import get_task
 
     task = get_task(task_name)
-    out_dir = Path(out) if out is not None else default_out_dir(exp.results, task.name, seed, exp.model.action_head)
+    exp = exp.for_task(task.name, backbone=backbone)
+    out_dir = Path(out) if out is not None else default_out_dir(exp.results, task.name, seed, exp.model.action_head,
+                                                                exp.model.backbone)
     if (out_dir / "model.pt").exists():
         print(f"{out_dir / 'model.pt'} exists; pretraining of {task.name} seed {seed} is done, nothing to do")
         return 0

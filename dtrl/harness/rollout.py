@@ -14,6 +14,11 @@ An env can be put back into any recorded state with :meth:`RolloutEngine.restore
 state via ``mj_setState`` (bit-exact) plus the DT context rebuilt from the recorded trajectory —
 which is how GRPO-DT rolls out groups of continuations from reset points.
 
+The engine talks to the model through the backbone seam (:mod:`dtrl.models.backbone`): the DT's RTG token
+is the running target (``target - rewards so far``); a backbone that ``predicts_rtg`` (Reinformer) is
+asked for each step's RTG token before it acts, and that token is what is recorded and fed. A restored
+env reuses the recorded token of its reset step, so its context is exactly the one recorded.
+
 Time limits are enforced here (``task.max_episode_steps``): a cut is a timeout, never a terminal.
 """
 
@@ -96,6 +101,9 @@ class RolloutEngine:
         self.rtg = np.zeros(N, dtype=np.float32)
         self.obs = np.zeros((N, S), dtype=np.float64)
         self.active = np.zeros(N, dtype=bool)
+        # The last slot's RTG token is already the one to act with (a restored step's recorded token), so a
+        # backbone that predicts its RTG (dtrl.models.backbone) is not asked again there.
+        self.rtg_given = np.zeros(N, dtype=bool)
         self.generator = torch.Generator(device=dev)
         self.generator.manual_seed(seed)
 
@@ -122,6 +130,7 @@ class RolloutEngine:
         self._clear_context(i)
         self._write_last(i)
         self.active[i] = True
+        self.rtg_given[i] = False
 
     def restore(self, i: int, traj: RolloutTrajectory, t: int) -> None:
         """Put env i exactly where ``traj`` was before its step ``t``: simulator and DT context."""
@@ -138,8 +147,27 @@ class RolloutEngine:
         self.c_ts[i] = torch.as_tensor(ctx["timesteps"], device=self.device)
         self.c_mask[i] = torch.as_tensor(ctx["mask"], device=self.device)
         self.active[i] = True
+        self.rtg_given[i] = True
 
     # -- stepping ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def condition(self, model: DecisionTransformer, rows_np: np.ndarray, context_len: int | None = None) -> None:
+        """Write the RTG token a backbone that predicts it acts with into the last slot of the given rows
+        (not where it is already given: a restored step). Nothing for the DT, nor for a module that is no
+        backbone (a wrapper acting with the DT, e.g. ODT+TD3's exploration noise)."""
+        if not getattr(model, "predicts_rtg", False):
+            return
+        rows_np = rows_np[~self.rtg_given[rows_np]]
+        if len(rows_np) == 0:
+            return
+        k = self.K if context_len is None else min(context_len, self.K)
+        rows = torch.as_tensor(rows_np, device=self.device)
+        pred = model.predict_rtg(self.c_states[rows, -k:], self.c_actions[rows, -k:], self.c_rtg[rows, -k:],
+                                 self.c_ts[rows, -k:], self.c_mask[rows, -k:]).float()
+        self.c_rtg[rows, -1] = pred
+        self.rtg[rows_np] = pred.cpu().numpy()
+        self.rtg_given[rows_np] = True
+
     @torch.no_grad()
     def policy(self, model: DecisionTransformer, rows: torch.Tensor, context_len: int | None = None):
         """The action distribution at the last context slot of the given env rows."""
@@ -185,6 +213,7 @@ class RolloutEngine:
         while self.active[:n].any():
             rows_np = np.flatnonzero(self.active[:n])
             rows = torch.as_tensor(rows_np, device=self.device)
+            self.condition(model, rows_np, k_ctx)
             dist = self.policy(model, rows, k_ctx)
             sample = torch.as_tensor(sample_all | (taken[rows_np] < sample_budget[rows_np]), device=self.device)
             noise = torch.randn(dist.mean.shape, generator=self.generator, device=self.device)
@@ -243,6 +272,7 @@ class RolloutEngine:
         self.c_ts[rows, -1] = torch.as_tensor(self.t[rows_np], device=self.device)
         self.c_actions[rows, -1] = 0.0
         self.c_mask[rows, -1] = True
+        self.rtg_given[rows_np] = False
 
     def _finish(self, b: _EnvBook, start: Start, record_contexts: bool) -> RolloutTrajectory:
         T = len(b.rew)

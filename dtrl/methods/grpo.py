@@ -39,7 +39,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from dtrl.config import doc, require
+from dtrl.config import ConfigError, doc, require
 from dtrl.harness.critic import final_rtg
 from dtrl.harness.dt_method import DTMethod
 from dtrl.util.guard import check_terms
@@ -191,7 +191,8 @@ class PGConfig:
                                      "so the acting policy (eval mode) and the learner are the same function and the "
                                      "first minibatch's ratios are exactly 1.")
     rollout_context_len: int | None = doc(None, "Context (timesteps) the policy acts with during online rollouts; "
-                                                "null = model.eval_context_len, as ODT acts. The learner re-evaluates "
+                                                "null = the backbone's acting context (the DT: model.eval_context_len, "
+                                                "as ODT acts; Reinformer: model.context_len). The learner re-evaluates "
                                                 "every action under the same recorded context.")
     explore_episodes: int = doc(4, "Exploration episodes from env resets per iteration (ODT: 1). 4 gives reset "
                                    "points from several starts at a small step cost next to the groups.")
@@ -257,16 +258,26 @@ class PGConfig:
 
 
 class PolicyGradientDT(DTMethod):
-    """Exploration, learner batches and the clipped policy update shared by GRPO, QGRPO and PPO-DT."""
+    """Exploration, learner batches and the clipped policy update shared by GRPO, QGRPO and PPO-DT.
+
+    They reach the model only through the backbone seam (dtrl.models.backbone): the engine's rollouts, and
+    ``model(contexts)`` on the recorded contexts. On a backbone that predicts its RTG token (Reinformer),
+    the token recorded at rollout time is part of the recorded context, exactly as the DT's target RTG is,
+    so the learner re-evaluates each action under the very conditioning it was sampled with.
+    """
 
     uses_resets = False  # GRPO restores simulator states; the others never do
+    backbones = None  # any backbone (dtrl.config.registry.BACKBONES)
     # Loss terms checked after each minibatch (dtrl.util.guard), with the config field blamed when one is non-finite.
     POLICY_FAULT_KEYS = {"policy_loss": "lr", "entropy": "entropy_coef", "grad_norm": "lr"}
 
     def __init__(self, cfg: Any, ctx: RunContext):
         super().__init__(cfg, ctx)
         m = self.model
-        self.k = min(cfg.rollout_context_len or m.cfg.eval_context_len, m.cfg.context_len)
+        if cfg.relabel_mode != "none" and m.predicts_rtg:
+            raise ConfigError(f"relabel: {cfg.relabel_mode} rewrites RTG tokens as target minus rewards, but the "
+                              f"{m.backbone} backbone predicts its own RTG tokens; use relabel: none")
+        self.k = min(cfg.rollout_context_len or m.act_context_len, m.cfg.context_len)
         self.device = ctx.device
         self.engine = RolloutEngine(ctx.task, self._engine_envs(), m.cfg.context_len, ctx.device, seed=ctx.seed)
         self.opt = torch.optim.Adam(m.policy_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

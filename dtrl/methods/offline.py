@@ -12,6 +12,7 @@ from dtrl.harness.dt_method import DTMethod
 
 
 class OfflineDT(DTMethod):
+    backbones = None  # any backbone: it only evaluates
     @dataclass
     class Config:
         """No parameters: the pretrained model is evaluated as it is."""

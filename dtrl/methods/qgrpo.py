@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dtrl.models.backbone import fill_last_rtg
 from dtrl.config import doc, require
 from dtrl.harness.critic import TrajectoryBuffer, TwinQ, final_rtg, soft_update
 from dtrl.methods.grpo import (CTX_KEYS, LearnBatch, PGConfig, PolicyGradientDT, advantage_stats, group_advantages,
@@ -94,7 +95,8 @@ class QGRPO(PolicyGradientDT):
         with torch.no_grad():
             was = self.model.training
             self.model.eval()
-            mean = last_slot_dist(self.model, next_ctx).mean
+            # the next state's RTG token is never recorded: a backbone that predicts it does so here
+            mean = last_slot_dist(self.model, fill_last_rtg(self.model, next_ctx)).mean
             self.model.train(was)
             noise = (torch.randn(mean.shape, generator=self.gen, device=self.device) * cfg.policy_noise
                      ).clamp(-cfg.noise_clip, cfg.noise_clip)

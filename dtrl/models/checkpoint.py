@@ -9,7 +9,7 @@ import torch
 
 from dtrl.config import from_dict, to_dict
 from dtrl.util.io import InputError, torch_load
-from dtrl.models.dt import LEGACY_MODEL_CFG, DecisionTransformer, ModelConfig
+from dtrl.models.dt import LEGACY_MODEL_CFG, DecisionTransformer, ModelConfig, build_model
 
 
 def dt_payload(model: DecisionTransformer) -> dict[str, Any]:
@@ -28,7 +28,7 @@ def dt_from_payload(payload: dict[str, Any], device: str | torch.device = "cpu",
     cfg = from_dict(ModelConfig, {**LEGACY_MODEL_CFG, **payload["model_cfg"]})
     if dropout is not None:
         cfg.dropout = dropout
-    model = DecisionTransformer(payload["obs_dim"], payload["act_dim"], cfg)
+    model = build_model(payload["obs_dim"], payload["act_dim"], cfg, 1e-3)  # reward_scale: a buffer, loaded next
     try:
         model.load_state_dict(payload["model"])
     except RuntimeError as e:  # weights that do not fit the recorded shape: a damaged or foreign file

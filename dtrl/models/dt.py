@@ -152,6 +152,9 @@ class Block(nn.Module):
 
 
 class DecisionTransformer(nn.Module):
+    backbone = "dt"  # the backbone interface (dtrl.models.backbone)
+    predicts_rtg = False  # its RTG token is the running target, set by whoever rolls it out
+
     def __init__(self, obs_dim: int, act_dim: int, cfg: ModelConfig, reward_scale: float = 1e-3):
         super().__init__()
         self.obs_dim, self.act_dim, self.cfg = obs_dim, act_dim, cfg
@@ -185,6 +188,11 @@ class DecisionTransformer(nn.Module):
             nn.init.normal_(m.weight, mean=0.0, std=0.02)
             if isinstance(m, nn.Linear) and m.bias is not None:
                 nn.init.zeros_(m.bias)
+
+    @property
+    def act_context_len(self) -> int:
+        """Timesteps of context it acts with by default (ODT: ``eval_context_len``)."""
+        return self.cfg.eval_context_len
 
     # -- parameters, split so each loss reaches only its own -------------------------------------
     def policy_parameters(self) -> list[nn.Parameter]:
@@ -243,7 +251,7 @@ class DecisionTransformer(nn.Module):
 
 def build_model(obs_dim: int, act_dim: int, cfg: ModelConfig, reward_scale: float,
                 state_mean=None, state_std=None) -> DecisionTransformer:
-    model = DecisionTransformer(obs_dim, act_dim, cfg, reward_scale)
-    if state_mean is not None:
-        model.set_state_normalization(state_mean, state_std)
-    return model
+    """The backbone ``cfg.backbone`` names (dtrl.models.backbone; the DT by default)."""
+    from dtrl.models.backbone import build_backbone
+
+    return build_backbone(obs_dim, act_dim, cfg, reward_scale, state_mean, state_std)

@@ -17,6 +17,14 @@ through, from a third-party summary (liner.com). Whoever transcribes them: AntMa
 file (D4RL's AntMaze score is 100 x success rate, already normalised; check the table says so); Adroit
 rows go into a sibling file with their own label unless the table is in normalised score, since the
 report's main table compares normalised scores.
+
+Reinformer (Zhuang et al., ICML 2024, arXiv 2405.08740; the second backbone, dtrl/models/reinformer.py): not held.
+Its paper tabulates offline D4RL v2 normalised scores (no online finetuning), which belong beside the
+offline `none` entry on the Reinformer backbone. The stored copies of the paper give its opening only and
+its code repository (Dragon-Zhuang/Reinformer @61eaed9, README.md) lists no scores, so they could not be
+transcribed offline. Whoever does: a sibling file ``zhuang2024_reinformer_d4rl_v2.csv`` (task, reinformer)
+with its own label "published (Zhuang et al. 2024, offline, D4RL v2)", read by a loader like
+:func:`published_scores`, keyed by (algo none, backbone reinformer) in the report.
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from dtrl.config.experiment import ExperimentConfig
+from dtrl.config.experiment import ExperimentConfig, backbone_of
 from dtrl.util.io import atomic_savefig, read_json
 from dtrl.report.common import (  # noqa: F401  (shared with page.py; re-exported)
     ALGO_LABELS, CI, _fmt_count, _md_table, _seeded, _write_csv, _write_text, ablation_base, algo_of, method_label,
@@ -326,6 +326,9 @@ def main_markdown(exp: ExperimentConfig, table: pd.DataFrame, n_missing: int, rt
              "success rate averaged over seeds (AntMaze: goal reached; Adroit: D4RL's rule, goal held on more "
              "than 20 steps for pen, 25 for door, hammer and relocate).", "",
              "| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
+    # the sequence model each entry runs on (dt, reinformer; mlp for IQL), first row of the table
+    lines.append("| *backbone* | " + " | ".join(
+        backbone_of(exp, m) + (" | " if f"{m}_published" in table else "") for m in methods) + " |")
     for _, r in table.iterrows():
         task = r["task"]
         cells = [f"**{task}**" if _is_average(task) else BUDGET_ROWS.get(task, task)]

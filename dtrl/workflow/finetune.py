@@ -18,11 +18,11 @@ def run_dir(exp: ExperimentConfig, method: str, task: str, seed: int) -> Path:
     return Path(exp.results) / "runs" / method / task / f"seed{seed}"
 
 
-def pretrained_path(exp: ExperimentConfig, task: str, seed: int, head: str = "gaussian") -> Path:
-    """The model.pt of the (task, seed) pretraining with action head ``head``."""
+def pretrained_path(exp: ExperimentConfig, task: str, seed: int, head: str = "gaussian", backbone: str = "dt") -> Path:
+    """The model.pt of the (task, seed) pretraining with action head ``head`` and backbone ``backbone``."""
     from dtrl.harness.pretrain import default_out_dir
 
-    return default_out_dir(exp.results, task, seed, head) / "model.pt"
+    return default_out_dir(exp.results, task, seed, head, backbone) / "model.pt"
 
 
 def run_config(exp: ExperimentConfig, spec, task: str, seed: int, pretrained: Path | None) -> dict:
@@ -47,11 +47,13 @@ def finetune(exp: ExperimentConfig, method: str, task_name: str, seed: int, pret
     spec = exp.method(method)
     task = get_task(task_name)
     cls = get_algorithm(spec.algo)
-    if getattr(spec.params, "needs_pretrained_dt", cls.needs_pretrained_dt):
-        head = getattr(cls, "pretrained_head", "gaussian")  # as the workflow decides (common.smk)
-        pretrained = Path(pretrained) if pretrained else pretrained_path(exp, task_name, seed, head)
+    kind = exp.pretrained_kind(method)  # as the workflow decides (common.smk)
+    if kind is not None:
+        head, backbone = kind
+        pretrained = Path(pretrained) if pretrained else pretrained_path(exp, task_name, seed, head, backbone)
         if not pretrained.exists():
             extra = "" if head == "gaussian" else f" --set model.action_head={head}"
+            extra += "" if backbone == "dt" else f" --backbone {backbone}"
             raise FileNotFoundError(f"pretrained model {pretrained} not found; run `dtrl pretrain --task {task_name} "
                                     f"--seed {seed}{extra}` first (or pass --pretrained)")
     else:

@@ -236,10 +236,12 @@ class Planner:
         kind = "dt_update_compiled" if self.rates.gpu and compile_mode != "off" else "dt_update"
         return kind if any(r.kind == kind for r in self.rates.rows) else "dt_update"
 
-    def pretrain(self, task_name: str, seed: int, head: str = "gaussian") -> JobCost:
-        exp = self._for(task_name)
+    def pretrain(self, task_name: str, seed: int, head: str = "gaussian", backbone: str = "dt") -> JobCost:
+        # another backbone's pretraining resolves its own overrides (Reinformer's model size, updates)
+        exp = self._for(task_name) if backbone == "dt" else self.exp.for_task(task_name, backbone=backbone)
         p = exp.pretrain
-        name = f"{task_name}/seed{seed}" + ("" if head == "gaussian" else f"/{head}")
+        name = (f"{task_name}/seed{seed}" + ("" if head == "gaussian" else f"/{head}")
+                + ("" if backbone == "dt" else f"/{backbone}"))
         j = JobCost("pretrain", name, updates=p.updates)
         j.charge(p.updates, self.rates.get(self._dt_update_kind(p.compile), model=self._model(p.batch_size, exp=exp)))
         self._charge_eval(j, task_name, p.eval_episodes, dt=True, exp=exp)
@@ -323,14 +325,15 @@ class Planner:
         runs = expected_runs(self.exp)
         algos = {m: get_algorithm(self.exp.method(m).algo) for m in {m for m, _, _ in runs}}
         needs_dt = {m: bool(getattr(cls, "needs_pretrained_dt", True)) for m, cls in algos.items()}
-        # the DT's action head: a method with another head than the stochastic one has its own pretraining
-        head = {m: getattr(cls, "pretrained_head", "gaussian") for m, cls in algos.items()}
+        # (action head, backbone): a method with another head or backbone than the stochastic DT has its own
+        # pretraining
+        kind = {m: self.exp.pretrained_kind(m) or ("gaussian", "dt") for m in algos}
         tasks = sorted({t for _, t, _ in runs})
         generated = [t for t in tasks if t not in self.exp.data.sources]
         families = sorted({get_task(t).family.name for t in generated if get_task(t).quality != "random"})
         out = [self.behaviour(f) for f in families]
         out += [self.data(t) for t in tasks]
-        out += [self.pretrain(t, s, h) for t, s, h in sorted({(t, s, head[m]) for m, t, s in runs if needs_dt[m]})]
+        out += [self.pretrain(t, s, *k) for t, s, k in sorted({(t, s, kind[m]) for m, t, s in runs if needs_dt[m]})]
         out += [self.finetune(m, t, s) for m, t, s in runs]
         return out
 

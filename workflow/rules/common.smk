@@ -23,7 +23,7 @@ except ImportError:  # not installed: use the checkout the workflow lives in
     sys.path.insert(0, str(Path(workflow.basedir).resolve().parents[1]))
 
 from dtrl.config import ConfigError
-from dtrl.config.pretrain import HEAD_DIRS
+from dtrl.config.pretrain import pretrain_dir, pretrain_dirs
 from dtrl.tasks import get_task
 
 
@@ -127,19 +127,21 @@ def _needs_pretrained_dt(method):
     return bool(getattr(spec.params, "needs_pretrained_dt", getattr(get_algorithm(spec.algo), "needs_pretrained_dt", True)))
 
 
-def _pretrained_head(method):
-    """The action head of the DT a method finetunes: ODT+TD3's deterministic one has its own pretraining."""
-    from dtrl.config.registry import get_algorithm
-
-    return getattr(get_algorithm(EXP.method(method).algo), "pretrained_head", "gaussian")
+def _pretrained_dir(method):
+    """The pretraining directory of the model a method finetunes, by its action head and backbone
+    (ODT+TD3's deterministic DT and a Reinformer entry each have their own pretraining)."""
+    kind = EXP.pretrained_kind(method)
+    return pretrain_dir(*kind) if kind else None
 
 
 RUNS = _runs()
 NEEDS_DT = {m: _needs_pretrained_dt(m) for m in sorted({m for m, _, _ in RUNS})}
-DT_HEAD = {m: _pretrained_head(m) for m in NEEDS_DT}
-# (task, seed, head) of every pretraining the grid needs: a deterministic DT only where a method needs one.
-PRETRAIN = sorted({(t, s, DT_HEAD[m]) for m, t, s in RUNS if NEEDS_DT[m]})
-HEAD_OF_DIR = {d: h for h, d in HEAD_DIRS.items()}
+DT_DIR = {m: _pretrained_dir(m) for m in NEEDS_DT}
+# (task, seed, dir) of every pretraining the grid needs: a deterministic DT or another backbone only where a
+# method needs one.
+PRETRAIN = sorted({(t, s, DT_DIR[m]) for m, t, s in RUNS if NEEDS_DT[m]})
+# (head, backbone) of each pretraining directory the pretrain rule can make
+KIND_OF_DIR = pretrain_dirs()
 TASKS = sorted({t for _, t, _ in RUNS})
 
 
@@ -175,8 +177,8 @@ def data_done(task):
     return f"{R}/data/{task}.json"
 
 
-def pretrain_done(task, seed, head="gaussian"):
-    return f"{R}/{HEAD_DIRS[head]}/{task}/seed{seed}/model.pt"
+def pretrain_done(task, seed, pdir="pretrain"):
+    return f"{R}/{pdir}/{task}/seed{seed}/model.pt"
 
 
 def run_done(method, task, seed):
@@ -202,7 +204,7 @@ def data_inputs(wildcards):
 def finetune_inputs(wildcards):
     inputs = {"data": data_done(wildcards.task)}
     if NEEDS_DT.get(wildcards.method, True):
-        inputs["model"] = pretrain_done(wildcards.task, wildcards.seed, DT_HEAD[wildcards.method])
+        inputs["model"] = pretrain_done(wildcards.task, wildcards.seed, DT_DIR[wildcards.method])
     return inputs
 
 

@@ -1,6 +1,7 @@
-# Offline pretraining per (task, seed) and action head, shared by every DT method of that task and
-# seed that finetunes that head (pretrain/: the stochastic DT; pretrain_det/: ODT+TD3's deterministic
-# one, made only when the grid runs a method that needs it); online finetuning per (method, task, seed). The declared output of each is the file written last
+# Offline pretraining per (task, seed), action head and backbone, shared by every DT method of that task and
+# seed that finetunes that model (pretrain/: the stochastic DT; pretrain_det/: ODT+TD3's deterministic
+# one; pretrain_<backbone>/: another backbone, e.g. Reinformer; each made only when the grid runs a method
+# that needs it); online finetuning per (method, task, seed). The declared output of each is the file written last
 # (model.pt, summary.json); checkpoint.pt and progress.csv live in the same directory undeclared,
 # so Snakemake never deletes them and a rerun of a killed job resumes from the last checkpoint.
 
@@ -11,12 +12,13 @@ rule pretrain:
     output:
         f"{R}/{{pdir}}/{{task}}/seed{{seed}}/model.pt",
     wildcard_constraints:
-        pdir="|".join(HEAD_OF_DIR),
+        pdir="|".join(KIND_OF_DIR),
     log:
         f"{R}/logs/{{pdir}}/{{task}}/seed{{seed}}.log",
     params:
         cfg=DTRL_CONFIG_ARGS,
-        head=lambda wildcards: HEAD_OF_DIR[wildcards.pdir],
+        head=lambda wildcards: KIND_OF_DIR[wildcards.pdir][0],
+        backbone=lambda wildcards: KIND_OF_DIR[wildcards.pdir][1],
     threads: THREADS["pretrain"]
     resources:
         gpu=GPU,
@@ -28,7 +30,7 @@ rule pretrain:
         "../envs/dtrl.yaml"
     shell:
         logged("python -m dtrl.cli pretrain --task {wildcards.task} --seed {wildcards.seed} {params.cfg}"
-               " --set threads={threads} --set model.action_head={params.head}")
+               " --set threads={threads} --set model.action_head={params.head} --backbone {params.backbone}")
 
 
 rule finetune:

@@ -53,7 +53,10 @@ def generated() -> str:
         needs = getattr(cls, "needs_pretrained_dt", True)
         head = getattr(cls, "pretrained_head", "gaussian")
         kind = "" if not needs or head == "gaussian" else f" (`model.action_head: {head}`, pretrained under pretrain_det/)"
-        lines += [f"Needs the pretrained DT: {'yes' if needs else 'no'}{kind}.", ""]
+        backbones = getattr(cls, "backbones", ("dt",))
+        on = "" if not needs else (" Backbones: any (`model.backbone`)." if backbones is None else
+                                   f" Backbones: {', '.join(backbones)} (another `model.backbone` is refused).")
+        lines += [f"Needs the pretrained DT: {'yes' if needs else 'no'}{kind}.{on}", ""]
         lines += (_table(rows) if rows else ["No parameters."]) + [""]
     return "\n".join(lines).rstrip() + "\n"
 
