@@ -272,3 +272,31 @@ def test_paper_grid_resolves_reinformers_reference_hyperparameters():
     assert run.model.backbone == "reinformer" and run.model.context_len == 5
     dt = exp.for_task("walker2d-random", "grpo")
     assert dt.model.backbone == "dt" and dt.model.context_len == 20 and dt.pretrain.lr == 1e-3
+
+
+@pytest.mark.parametrize("tau,low,high", [(0.99, 8.5, 10.5), (0.5, 4.5, 7.0)])
+def test_the_rtg_head_learns_the_expectile_of_the_returns_from_a_state(tau, low, high):
+    """Thirty trajectories start from the same state with returns 2, 5 or 10: the RTG predicted there tends to
+    the tau-expectile of {2, 5, 10} (tau 0.99: 9.87, near the best return the data shows; tau 0.5: the mean
+    5.67), the max-return behaviour Reinformer's inference relies on."""
+    from dtrl.models.batching import ContextSampler
+
+    torch.manual_seed(0)
+    trajs = [Trajectory(np.zeros((10, 3), np.float32), np.zeros((10, 1), np.float32),
+                        np.full(10, [0.2, 0.5, 1.0][k % 3], np.float32), np.zeros(10, bool), np.zeros(10, bool))
+             for k in range(30)]
+    cfg = ModelConfig(embed_dim=16, n_layers=1, n_heads=2, dropout=0.0, context_len=2, eval_context_len=2,
+                      backbone="reinformer", rtg_expectile=tau)
+    m = build_backbone(3, 1, cfg, 0.1)
+    sampler = ContextSampler(trajs, 2, rng=np.random.default_rng(0))
+    opt = torch.optim.Adam(m.policy_parameters(), lr=1e-2)
+    for _ in range(150):
+        b = sampler.sample(64)
+        loss = m.supervised_terms(b.states, b.actions, b.rtg, b.timesteps, b.mask)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        first = m.predict_rtg(torch.zeros(1, 1, 3), torch.zeros(1, 1, 1), torch.zeros(1, 1),
+                              torch.zeros(1, 1, dtype=torch.long), torch.ones(1, 1, dtype=torch.bool)).item()
+    assert low < first < high, first
