@@ -300,3 +300,19 @@ def test_the_rtg_head_learns_the_expectile_of_the_returns_from_a_state(tau, low,
         first = m.predict_rtg(torch.zeros(1, 1, 3), torch.zeros(1, 1, 1), torch.zeros(1, 1),
                               torch.zeros(1, 1, dtype=torch.long), torch.ones(1, 1, dtype=torch.bool)).item()
     assert low < first < high, first
+
+
+def test_status_counts_each_backbones_pretraining(tmp_path):
+    from dtrl.workflow.status import grid_status
+
+    exp = load_config(None, {"results": str(tmp_path), "pretrain": {"updates": 100},
+                             "grid": {"methods": ["grpo", "grpo_rf"], "tasks": ["pendulum-random"], "seeds": [0]},
+                             "methods": {"grpo_rf": {"algo": "grpo", "backbone": "reinformer"}},
+                             "overrides": [{"backbones": ["reinformer"], "pretrain": {"updates": 300}}]})
+    done = tmp_path / "pretrain_reinformer/pendulum-random/seed0"
+    done.mkdir(parents=True)
+    (done / "model.pt").write_text("")
+    (done / "summary.json").write_text(json.dumps({"updates": 300, "wall_time": 3.0}))
+    p = grid_status(exp)["pretrain"]
+    assert (p.done, p.pending) == (1, 1)  # the DT's pretrain/ is still to do
+    assert (p.work_done, p.work_planned) == (300, 400)  # each with its own resolved budget

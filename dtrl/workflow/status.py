@@ -64,7 +64,6 @@ def _num(v: Any) -> float:
 def grid_status(exp: Any, now: float | None = None) -> dict[str, RuleStatus]:
     from dtrl.data.generate import behaviour_dir
     from dtrl.workflow.finetune import pretrained_path, run_dir
-    from dtrl.config.registry import get_algorithm
     from dtrl.report.build import expected_runs
     from dtrl.tasks import get_task
 
@@ -82,28 +81,28 @@ def grid_status(exp: Any, now: float | None = None) -> dict[str, RuleStatus]:
     for t in tasks:
         out["data"].add(_state(res / "data" / f"{t}.json", [res / "data" / f"{t}.hdf5"], now))
 
-    def needs_dt(method: str) -> bool:
-        spec = exp.method(method)
-        return bool(getattr(spec.params, "needs_pretrained_dt", getattr(get_algorithm(spec.algo), "needs_pretrained_dt", True)))
-
+    # (action head, backbone) of the model each method finetunes, None when it needs none: each kind is its
+    # own pretraining (pretrain/, pretrain_det/, pretrain_<backbone>/), as the workflow schedules them
+    kinds = {m: exp.pretrained_kind(m) for m in {m for m, _, _ in runs}}
     pre = out["pretrain"]
-    pre_runs = sorted({(t, s) for m, t, s in runs if needs_dt(m)})
+    pre_runs = sorted({(t, s, kinds[m]) for m, t, s in runs if kinds[m] is not None})
     pending_pre = []
-    for t, s in pre_runs:
-        model = pretrained_path(exp, t, s)
+    for t, s, kind in pre_runs:
+        model = pretrained_path(exp, t, s, *kind)
+        planned = exp.for_task(t, backbone=kind[1]).pretrain.updates  # with the overrides that apply to it
         d = model.parent
         state = _state(model, [d / "checkpoint.pt", d / "pretrain.csv"], now)
         pre.add(state)
-        pre.work_planned += exp.pretrain.updates
+        pre.work_planned += planned
         if state == "done":
             summary = json.loads((d / "summary.json").read_text()) if (d / "summary.json").exists() else {}
-            pre.work_done += _num(summary.get("updates", exp.pretrain.updates))
+            pre.work_done += _num(summary.get("updates", planned))
             if _num(summary.get("wall_time")) > 0:
                 pre.rates.setdefault("pretrain", []).append(_num(summary.get("updates")) / _num(summary["wall_time"]))
         else:
             row = _last_row(d / "pretrain.csv")
             pre.work_done += _num(row.get("updates"))
-            pending_pre.append(exp.pretrain.updates - _num(row.get("updates")))
+            pending_pre.append(planned - _num(row.get("updates")))
 
     fin = out["finetune"]
     pending_fin = []
