@@ -224,8 +224,9 @@ def test_pretraining_resumes_to_identical_weights(tmp_path, monkeypatch):
         pretrain(exp_b, task, 0, ds)
     monkeypatch.setattr(P, "atomic_torch_save", real)
     pretrain(exp_b, task, 0, ds)
-    wa = torch.load(tmp_path / "a/pretrain_reinformer/pendulum-medium/seed0/model.pt", weights_only=False)["dt"]["model"]
-    wb = torch.load(tmp_path / "b/pretrain_reinformer/pendulum-medium/seed0/model.pt", weights_only=False)["dt"]["model"]
+    rel = "pretrain_reinformer/pendulum-medium/seed0/model.pt"
+    wa = torch.load(tmp_path / "a" / rel, weights_only=False)["dt"]["model"]
+    wb = torch.load(tmp_path / "b" / rel, weights_only=False)["dt"]["model"]
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
