@@ -317,3 +317,23 @@ def test_status_counts_each_backbones_pretraining(tmp_path):
     p = grid_status(exp)["pretrain"]
     assert (p.done, p.pending) == (1, 1)  # the DT's pretrain/ is still to do
     assert (p.work_done, p.work_planned) == (300, 400)  # each with its own resolved budget
+
+
+def test_qgrpo_and_ppo_dt_run_on_reinformer_at_ratio_one(tmp_path):
+    from dtrl.config import from_dict
+    from dtrl.config.online import EvalConfig
+    from dtrl.harness.online import build_context
+    from dtrl.methods.ppo_dt import PPODT
+    from dtrl.methods.qgrpo import QGRPO
+
+    path = write_pretrained(tmp_path / "model.pt", tiny_reinformer())
+    params = {QGRPO: dict(explore_episodes=2, critic_warmup_updates=0, states_per_iteration=6, group_size=3,
+                          critic_batch_size=16, critic_hidden=[16], minibatch_size=6),
+              PPODT: dict(explore_episodes=2, minibatch_size=16, value_hidden=[16])}
+    for cls, p in params.items():
+        ctx = build_context(get_task("hopper-medium"), 0, torch.device("cpu"), None, path, tmp_path / cls.__name__,
+                            EvalConfig())
+        m = cls(from_dict(cls.Config, p), ctx)
+        d = m.train_iteration()
+        assert d["iter_policy_updates"] > 0 and d["ratio_first_absdev"] < 1e-5, cls.__name__
+        assert len(m.evaluate(2, seed=0).returns) == 2
