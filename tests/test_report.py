@@ -231,18 +231,52 @@ def test_expected_runs_cover_grid_and_ablation_bases():
     assert ("none", "hopper-random", 0) not in runs
 
 
-def test_published_reference_data():
-    """The published table of PAPER.md, kept as package data; its averages are the published ones."""
-    from dtrl.reference import PUBLISHED_METHODS, published_scores
+def test_published_tables_load():
+    """Yan et al. 2024's Tables 1-3 as package data: every column, every task, named as dtrl names them."""
+    from dtrl.reference import PUBLISHED_COLUMNS, PUBLISHED_METHODS, published_scores
+    from dtrl.tasks import get_task
 
     pub = published_scores()
-    assert set(pub.scores) == set(PUBLISHED_METHODS) == {"iql", "odt", "odt_td3"}
-    assert len(pub.tasks()) == 12
-    for algo, average in [("iql", 55.9), ("odt", 55.14), ("odt_td3", 88.38)]:
-        assert np.mean(list(pub.scores[algo].values())) == pytest.approx(average, abs=0.01)
-    assert pub.score("odt_td3", "ant-medium") == 132.0
-    assert pub.score("odt", "pendulum-medium") is None
-    assert "D4RL v2" in pub.label
+    assert pub.methods() == list(PUBLISHED_COLUMNS) and set(PUBLISHED_METHODS) <= set(PUBLISHED_COLUMNS)
+    assert [len(pub.tasks(s)) for s in ("locomotion", "adroit", "antmaze")] == [12, 12, 6]
+    assert len(pub.cells) == 30 * 7
+    for task, suite in pub.suites.items():
+        assert get_task(task).family.suite == suite  # the report groups by the same family
+        version = "v1" if suite == "adroit" else "v2"
+        assert pub.datasets[task] == f"{task}-{version}"
+    assert pub.score("odt_td3", "ant-medium") == 132.0 and pub.score("odt", "pendulum-medium") is None
+    c = pub.cell("odt", "hopper-medium")
+    assert (c.final, c.increase, c.before) == (97.84, 48.69, 49.15)  # printed 97.84(+48.69)
+    assert pub.cell("iql", "pen-human").before == pytest.approx(96.5 - 27.79)
+    assert pub.cell("ddpg_odt", "antmaze-umaze-diverse").increase == -14.59
+
+
+# The printed averages that disagree with their own rows (dtrl/reference/yan2024.md).
+MISPRINTED = {("adroit", "average", "td3"): (27.44, -27.07), ("locomotion", "average", "iql"): (55.9, 6.53),
+              ("locomotion", "average", "ddpg_odt"): (22.41, -19.22)}
+
+
+def test_published_rows_reproduce_the_printed_averages():
+    """A transcription error in any row would move its table's average: every printed average equals the
+    mean of its rows, except the three the paper itself gets wrong. The paper averaged unrounded numbers,
+    so the printed ones differ by up to 0.023 (AntMaze TD3+BC); 0.03 still catches any row off by 0.4."""
+    from dtrl.reference import published_averages, published_scores
+
+    pub, avgs = published_scores(), published_averages()
+    assert len(avgs) == 7 * 4
+    for (suite, row, method), printed in avgs.items():
+        tasks = pub.tasks(suite)
+        if row != "average":
+            assert row == "average (umaze + medium)"
+            tasks = [t for t in tasks if "large" not in t]
+        final = np.mean([pub.cell(method, t).final for t in tasks])
+        inc = np.mean([pub.cell(method, t).increase for t in tasks])
+        want = MISPRINTED.get((suite, row, method), (printed.final, printed.increase))
+        assert (final, inc) == (pytest.approx(want[0], abs=0.03), pytest.approx(want[1], abs=0.03)), \
+            (suite, row, method)
+    for key, (final, inc) in MISPRINTED.items():
+        printed = avgs[key]
+        assert abs(printed.final - final) > 0.4 or abs(printed.increase - inc) > 0.4
 
 
 def test_published_columns_name_their_budget():
@@ -254,8 +288,11 @@ def test_published_columns_name_their_budget():
     cols = [c.strip() for c in header.strip("|").split("|")]
     published = [c for c in cols if "(published" in c]
     assert len(published) == 3
-    assert [c.split("D4RL v2, ", 1)[1] for c in published] == ["600k env steps)", "600k env steps)",
-                                                               "budget not stated)"]
+    assert published == ["ODT (published, D4RL v2, 500k env steps)", "ODT+TD3 (published, D4RL v2, 500k env steps)",
+                         "IQL (published, D4RL v2, 500k env steps)"]
+    exp.grid.tasks = ["hopper-medium", "pen-human", "pendulum-random"]  # a family each: their own budgets
+    header = main_markdown(exp, main_table(exp, {}), 0).split("\n")[4]
+    assert "ODT (published, locomotion: D4RL v2, 500k env steps; adroit: D4RL v1, 1M env steps)" in header
 
 
 def _two_seed_grid(root, methods=("none", "grpo", "odt_td3"), tasks=("pendulum-random", "pendulum-medium-replay")):

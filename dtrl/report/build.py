@@ -45,7 +45,7 @@ from dtrl.util.io import atomic_savefig, read_json
 from dtrl.report.common import (  # noqa: F401  (shared with page.py; re-exported)
     ALGO_LABELS, CI, _fmt_count, _md_table, _seeded, _write_csv, _write_text, ablation_base, algo_of, method_label,
 )
-from dtrl.reference import PUBLISHED_BUDGETS, PUBLISHED_METHODS, published_scores
+from dtrl.reference import PUBLISHED_METHODS, published_scores
 
 MAIN_ALGO = "grpo"  # the method the probability-of-improvement figure compares against each baseline
 AGGREGATE_METRICS = ("IQM", "Median", "Mean", "Optimality Gap")
@@ -53,9 +53,10 @@ OPTIMALITY_GAMMA = 100.0  # D4RL normalised scores: the expert is 100
 # The update axis of every table and curve: optimizer steps of the acting policy (DT or actor),
 # counted the same way for every method (dtrl.harness.online); critic steps are reported apart.
 UPDATE_AXIS = "policy_updates"
+WALL_ROW, PRETRAIN_WALL_ROW = "wall_time", "pretrain_wall_time"
 BUDGET_ROWS = {"env_steps": "env steps / run", "env_steps_eval": "eval env steps / run",
                UPDATE_AXIS: "policy (DT / actor) updates / run", "critic_updates": "critic updates / run",
-               "wall_time": "wall time / run (s)"}
+               WALL_ROW: "wall time / run (s)", PRETRAIN_WALL_ROW: "wall time of the pretraining it starts from (s)"}
 AVERAGE_ROW = "average"
 REPS = 2000  # bootstrap replications for the aggregate metrics
 PROFILE_REPS = 1000
@@ -236,8 +237,10 @@ def main_table(exp: ExperimentConfig, runs: dict) -> pd.DataFrame:
 
     Columns: ``task``; per method ``<m>_mean``, ``<m>_std``, ``<m>_seeds`` (runs found; for budget
     rows, runs averaged over); ``<m>_success`` (mean success rate over seeds: AntMaze, Adroit);
-    and ``<m>_published`` where the method's algorithm has published numbers (Yan et al. 2024, D4RL
-    v2). Budget rows hold per-run means in ``_mean`` and std over runs.
+    and ``<m>_published`` where the method's algorithm has published numbers for some task of the
+    grid (Yan et al. 2024, final score after finetuning). Budget rows hold per-run means in ``_mean``
+    and std over runs; the ``pretrain_wall_time`` row is the wall time of the pretraining each run
+    started from (:func:`start_wall_time`).
     """
     tasks, seeds, pub = list(exp.grid.tasks), list(exp.grid.seeds), published_scores()
     groups = task_groups(tasks)
@@ -247,14 +250,17 @@ def main_table(exp: ExperimentConfig, runs: dict) -> pd.DataFrame:
         if len(groups) > 1:
             order.append((group_average_row(suite), members))
     order += [(AVERAGE_ROW, tasks)] + [(b, tasks) for b in BUDGET_ROWS]
-    published = {m for m in exp.grid.methods if algo_of(exp, m) in PUBLISHED_METHODS
-                 and any(pub.score(algo_of(exp, m), t) is not None for t in tasks)}
+    published = published_methods(exp)
     rows: list[dict[str, Any]] = []
     for task, members in order:
         row: dict[str, Any] = {"task": task}
         for m in exp.grid.methods:
             if _is_average(task):
                 mean, std, n = average_cell(runs, m, members, seeds)
+            elif task == PRETRAIN_WALL_ROW:
+                vals = [w for t in tasks for s in seeds if (m, t, s) in runs
+                        and not math.isnan(w := start_wall_time(exp, runs[(m, t, s)]))]
+                mean, std, n = _mean(vals), _std(vals), len(vals)
             elif task in BUDGET_ROWS:
                 mean, std, n = budget_cell(runs, m, tasks, seeds, task)
             else:
@@ -269,10 +275,19 @@ def main_table(exp: ExperimentConfig, runs: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def published_methods(exp: ExperimentConfig) -> list[str]:
+    """Grid methods whose algorithm has a published column with a number for some task of the grid."""
+    pub = published_scores()
+    return [m for m in exp.grid.methods if algo_of(exp, m) in PUBLISHED_METHODS
+            and any(pub.score(algo_of(exp, m), t) is not None for t in exp.grid.tasks)]
+
+
 def _published_cell(pub, algo: str, task: str, tasks: list[str]) -> float:
     if _is_average(task):  # only where every task averaged has a published number
         vals = [pub.score(algo, t) for t in tasks]
         return float(np.mean(vals)) if tasks and None not in vals else float("nan")
+    if task in BUDGET_ROWS:
+        return float("nan")
     v = pub.score(algo, task)
     return float("nan") if v is None else float(v)
 
@@ -282,6 +297,92 @@ def _fmt_score(mean: float, std: float, n: int) -> str:
         return "–"
     return f"{mean:.1f} ± {std:.1f}" if n > 1 else f"{mean:.1f}"
 
+
+def _fmt_seconds(x: float) -> str:
+    return "–" if math.isnan(x) else f"{x:.0f}" if x >= 10 else f"{x:.2g}"
+
+
+def d4rl_tasks(tasks: list[str]) -> list[str]:
+    """The tasks scored with D4RL's reference returns (the families D4RL has); the others (pendulum)
+    use dtrl's own reference returns (`dtrl tasks`)."""
+    from dtrl.tasks import get_task
+
+    return [t for t in tasks if get_task(t).family.d4rl_prefix is not None]
+
+
+def score_label(tasks: list[str]) -> str:
+    """What a table of ``tasks`` holds: 'D4RL normalised score' only when every task is a D4RL task."""
+    d4rl = d4rl_tasks(tasks)
+    own = [t for t in tasks if t not in d4rl]
+    if not own:
+        return "D4RL normalised score (0 = random, 100 = expert: D4RL's reference returns)"
+    if not d4rl:
+        return ("normalised score (0 = random, 100 = expert) with dtrl's own reference returns, not D4RL's "
+                "(these tasks are not in D4RL; `dtrl tasks`)")
+    return (f"normalised score (0 = random, 100 = expert): D4RL's reference returns for {', '.join(d4rl)}; dtrl's "
+            f"own for {', '.join(own)}, which D4RL does not have (`dtrl tasks`)")
+
+
+def success_note(tasks: list[str]) -> str:
+    """The success-rate sentence of a caption, naming only the families the table has ('' if none)."""
+    from dtrl.tasks import get_task
+
+    suites = {get_task(t).family.suite for t in tasks}
+    parts = []
+    if "antmaze" in suites:
+        parts.append("AntMaze: goal reached")
+    if "adroit" in suites:
+        parts.append("Adroit: D4RL's rule, goal held on more than 20 steps for pen, 25 for door, hammer and relocate")
+    if not parts:
+        return ""
+    names = " and ".join(n for n, s in (("AntMaze", "antmaze"), ("Adroit", "adroit")) if s in suites)
+    return f" {names} cells add the success rate averaged over seeds ({'; '.join(parts)})."
+
+
+def budgets_differ(a: float, b: float, tol: float) -> bool:
+    """Two env-step budgets per run that differ by more than ``tol`` of the larger one. A method that
+    takes no env steps (the offline DT) is the starting point, not a budget: never 'unmatched'."""
+    if math.isnan(a) or math.isnan(b) or a <= 0 or b <= 0:
+        return False
+    return abs(a - b) > tol * max(a, b)
+
+
+def unmatched_budgets(exp: ExperimentConfig, table: pd.DataFrame) -> list[str]:
+    """'GRPO-DT 40.3k vs ODT 4k' for every pair of main-grid methods whose mean env steps per run
+    differ by more than ``report.budget_tolerance``, then each published column whose stated budget
+    differs from ours."""
+    tol = exp.report.budget_tolerance
+    steps = table.set_index("task").loc["env_steps"]
+    methods = list(exp.grid.methods)
+    out = []
+    for i, a in enumerate(methods):
+        for b in methods[i + 1:]:
+            x, y = float(steps[f"{a}_mean"]), float(steps[f"{b}_mean"])
+            if budgets_differ(x, y, tol):
+                out.append(f"{method_label(exp, a)} {_fmt_count(x)} vs {method_label(exp, b)} {_fmt_count(y)}")
+    from dtrl.reference import SUITE_BUDGETS
+
+    pub = published_scores()
+    for m in (m for m in methods if f"{m}_published" in table):
+        ours = float(steps[f"{m}_mean"])
+        for suite in dict.fromkeys(pub.suites[t] for t in exp.grid.tasks if pub.score(algo_of(exp, m), t) is not None):
+            if budgets_differ(ours, SUITE_BUDGETS[suite], tol):
+                out.append(f"{method_label(exp, m)} {_fmt_count(ours)} vs its published column "
+                           f"{_fmt_count(SUITE_BUDGETS[suite])} ({suite})")
+    return out
+
+
+def published_header(exp: ExperimentConfig, method: str) -> str:
+    """'ODT (published, D4RL v2, 500k env steps)': the datasets and the online budget of the published
+    numbers the column holds, per family when the grid spans several."""
+    from dtrl.reference import SUITE_DATASETS, budget_label
+
+    pub = published_scores()
+    suites = dict.fromkeys(pub.suites[t] for t in exp.grid.tasks if pub.score(algo_of(exp, method), t) is not None)
+    parts = [f"{SUITE_DATASETS[s]}, {budget_label(s)}" for s in suites]
+    if len(parts) > 1:
+        parts = [f"{s}: {p}" for s, p in zip(suites, parts)]
+    return f"{method_label(exp, method)} (published, {'; '.join(parts)})"
 
 def eval_rtg_note(exp: ExperimentConfig, runs: dict) -> str:
     """One line naming the RTG rule (and targets) each main-grid method was evaluated under, from
@@ -311,20 +412,23 @@ def eval_rtg_note(exp: ExperimentConfig, runs: dict) -> str:
 
 def main_markdown(exp: ExperimentConfig, table: pd.DataFrame, n_missing: int, rtg_note: str = "",
                   warnings: list[str] = ()) -> str:
-    methods = list(exp.grid.methods)
+    methods, tasks = list(exp.grid.methods), list(exp.grid.tasks)
+    unmatched = unmatched_budgets(exp, table)
+    marked = {m for m in methods if any(f"{method_label(exp, m)} " in u for u in unmatched)}
     header, align = ["task"], ["---"]
     for m in methods:
         header.append(method_label(exp, m))
         align.append("---:")
         if f"{m}_published" in table:
-            header.append(f"{method_label(exp, m)} (published, D4RL v2, {PUBLISHED_BUDGETS[algo_of(exp, m)]})")
+            header.append(published_header(exp, m))
             align.append("---:")
     lines = ["# Main results", "",
-             f"Final D4RL normalised score (0 = random, 100 = expert), mean ± std over seeds "
-             f"{list(exp.grid.seeds)} (sample std). Budget rows: mean per run. Tasks are grouped by benchmark "
-             "family, each family with its average when there are several; AntMaze and Adroit add the "
-             "success rate averaged over seeds (AntMaze: goal reached; Adroit: D4RL's rule, goal held on more "
-             "than 20 steps for pen, 25 for door, hammer and relocate).", "",
+             f"Final {score_label(tasks)}, mean ± std over seeds {list(exp.grid.seeds)} (sample std, ddof 1). "
+             "An **average** row is the mean over its tasks of the per-task means ± the sample std over seeds of "
+             "each seed's average over those tasks (seeds that finished every one of them). Budget rows: mean per "
+             "run; wall time: the finetuning run itself, and the pretraining it started from (the offline DT's "
+             "cost is its pretraining)." + (" Tasks are grouped by benchmark family, each family with its average."
+                                           if len(task_groups(tasks)) > 1 else "") + success_note(tasks), "",
              "| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
     for _, r in table.iterrows():
         task = r["task"]
@@ -332,7 +436,8 @@ def main_markdown(exp: ExperimentConfig, table: pd.DataFrame, n_missing: int, rt
         for m in methods:
             if task in BUDGET_ROWS:
                 v = r[f"{m}_mean"]
-                cells.append(f"{v:.0f}" if task == "wall_time" and not math.isnan(v) else _fmt_count(v))
+                cell = _fmt_seconds(v) if task in (WALL_ROW, PRETRAIN_WALL_ROW) else _fmt_count(v)
+                cells.append(cell + (" †" if task == "env_steps" and m in marked else ""))
             else:
                 cell = _fmt_score(r[f"{m}_mean"], r[f"{m}_std"], int(r[f"{m}_seeds"]))
                 sr = r.get(f"{m}_success", float("nan"))
@@ -341,20 +446,21 @@ def main_markdown(exp: ExperimentConfig, table: pd.DataFrame, n_missing: int, rt
                 v = r[f"{m}_published"]
                 cells.append("" if task in BUDGET_ROWS or math.isnan(v) else f"*{v:.2f}*")
         lines.append("| " + " | ".join(cells) + " |")
+    if unmatched:
+        lines += ["", f"† **Env-step budgets not matched** (they differ by more than "
+                      f"{100 * exp.report.budget_tolerance:g}%, env steps per run): " + "; ".join(unmatched)
+                  + ". Scores compared across them say what each method reached at its own budget, not which "
+                    "uses samples better."]
     if any(f"{m}_published" in table for m in methods):
-        lines += ["", "Published columns (in *italics*): Yan et al. 2024 (\"RL gradients as vitamin\"), final normalised "
-              "score after online finetuning, **published on the D4RL v2 datasets and gym v2 environments**; "
-              "ours run on Gymnasium v5 with the datasets configured in `data` (generated with the D4RL recipe "
-              "unless D4RL files are given), so they are a reference point, not a like-for-like comparison. "
-              "Each published header names the online budget it was measured at; ours is the env-steps row. "
-              "Scores use D4RL's reference returns (ant: -325.6, 3879.7), the normalisation of the published numbers. "
-              "The published average is shown only when every task of the table has a published number; "
-              "a method has a published column only when some task of the table has a published number."]
-    if any(suite != "locomotion" for suite, _ in task_groups(list(exp.grid.tasks))):
-        lines += ["", "dtrl/reference holds no published Adroit or AntMaze numbers, so those published cells are "
-                  "empty: Yan et al. 2024's Adroit table (Table 2) gives average reward, not this table's "
-                  "normalised score, and neither it nor their AntMaze table could be transcribed offline "
-                  "(dtrl/reference/__init__.py)."]
+        lines += ["", "Published columns (in *italics*): Yan et al. 2024 (\"RL gradients as vitamin\", Tables 1-3), "
+                  "final D4RL normalised score after online finetuning, mean over 5 seeds, **on D4RL's datasets and "
+                  "gym's v2 / Adroit v1 environments**; ours run on Gymnasium v5 with the datasets configured in "
+                  "`data` (generated with the D4RL recipe unless D4RL files are given), so they are a reference "
+                  "point, not a like-for-like comparison. Each published header names the datasets and the online "
+                  "budget the paper states; ours is the env-steps row. Scores use D4RL's reference returns (ant: "
+                  "-325.6, 3879.7), the normalisation of the published numbers. The published average is shown "
+                  "only when every task it averages has a published number. The scores before finetuning and the "
+                  "paper's other columns are in `published.md` and `published_reference.md`."]
     if n_missing:
         lines += ["", f"**{n_missing} run(s) of the grid are missing**; cells average the seeds found."]
     if rtg_note:
@@ -362,6 +468,171 @@ def main_markdown(exp: ExperimentConfig, table: pd.DataFrame, n_missing: int, rt
     if warnings:
         lines += ["", "## Warnings", "", "From the datasets' summaries (`<results>/data/<task>.json`):", ""]
         lines += [f"- {w}" for w in warnings]
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------------------------
+# The published tables, before and after finetuning, beside ours
+# ----------------------------------------------------------------------------------------------
+
+OFFLINE_ALGO = "none"
+
+
+def _pretraining(exp: ExperimentConfig, run: Run) -> tuple[str | None, Path | None]:
+    """(action head, pretraining summary.json) of the DT ``run`` started from; (None, None) for a
+    method that needs no pretrained DT (IQL pretrains itself inside its run)."""
+    from dtrl.config.pretrain import HEAD_DIRS
+
+    algo = algo_of(exp, run.method)
+    try:
+        from dtrl.config.registry import get_algorithm
+
+        cls = get_algorithm(algo)
+    except Exception:  # noqa: BLE001 - an algorithm not importable here (external): assume the default DT
+        cls = None
+    if cls is not None and not getattr(cls, "needs_pretrained_dt", True):
+        return None, None
+    head = getattr(cls, "pretrained_head", "gaussian")
+    return head, Path(exp.results) / HEAD_DIRS[head] / run.task / f"seed{run.seed}" / "summary.json"
+
+
+def _summary_value(path: Path | None, key: str) -> float:
+    try:
+        v = json.loads(path.read_text()).get(key) if path is not None and path.exists() else None
+        return float(v) if v is not None else float("nan")
+    except (OSError, ValueError, TypeError, AttributeError):
+        return float("nan")
+
+
+def start_wall_time(exp: ExperimentConfig, run: Run) -> float:
+    """Seconds the pretraining ``run`` started from took (its summary), NaN for none (IQL)."""
+    return _summary_value(_pretraining(exp, run)[1], "wall_time")
+
+
+def start_score(exp: ExperimentConfig, runs: dict, run: Run) -> float:
+    """The normalised score of the policy ``run`` started from, before any online step: IQL's evaluation
+    at the end of its offline phase (``offline_eval_norm_return``); for a DT method with the Gaussian head,
+    the offline DT's run of the same task and seed (its final evaluation protocol), else the evaluation
+    its pretraining recorded (``eval_norm_return``). NaN where none was measured."""
+    df = run.progress()
+    if df is not None and "offline_eval_norm_return" in df:
+        v = pd.to_numeric(df["offline_eval_norm_return"], errors="coerce").dropna()
+        if len(v):
+            return float(v.iloc[-1])
+    head, summary = _pretraining(exp, run)
+    if head is None:
+        return float("nan")
+    if head == "gaussian":
+        offline = next((r for (m, t, s), r in runs.items() if t == run.task and s == run.seed
+                        and algo_of(exp, m) == OFFLINE_ALGO), None)
+        if offline is not None:
+            return offline.score
+    return _summary_value(summary, "eval_norm_return")
+
+
+def _before_after(mean_before: float, mean_after: float, fmt: str) -> str:
+    if math.isnan(mean_after):
+        return "–"
+    before = "–" if math.isnan(mean_before) else format(mean_before, fmt)
+    inc = "" if math.isnan(mean_before) else f" ({mean_after - mean_before:+{fmt}})"
+    return f"{before} → {format(mean_after, fmt)}{inc}"
+
+
+def published_table(exp: ExperimentConfig, runs: dict) -> pd.DataFrame:
+    """Per family of the grid with published numbers, per task that has them (then the family's average
+    over those tasks): for every grid method whose algorithm Yan et al. 2024 ran (ODT, ODT+TD3, IQL), our
+    score before (:func:`start_score`) and after finetuning, means over seeds, beside the published ones.
+    Columns: suite, task, dataset, ``<m>_before``, ``<m>_after``, ``<m>_published_before``,
+    ``<m>_published_after``."""
+    pub, seeds = published_scores(), list(exp.grid.seeds)
+    methods = published_methods(exp)
+    rows = []
+    for suite, members in task_groups(list(exp.grid.tasks)):
+        shown = [t for t in members if any(pub.cell(algo_of(exp, m), t) for m in methods)]
+        for task in shown:
+            row: dict[str, Any] = {"suite": suite, "task": task, "dataset": pub.datasets[task]}
+            for m in methods:
+                rs = [runs[(m, task, s)] for s in seeds if (m, task, s) in runs]
+                cell = pub.cell(algo_of(exp, m), task)
+                row.update({f"{m}_before": _mean([start_score(exp, runs, r) for r in rs]),
+                            f"{m}_after": _mean([r.score for r in rs]),
+                            f"{m}_published_before": cell.before if cell else float("nan"),
+                            f"{m}_published_after": cell.final if cell else float("nan")})
+            rows.append(row)
+        if len(shown) > 1:
+            avg: dict[str, Any] = {"suite": suite, "task": group_average_row(suite), "dataset": ""}
+            for col in (c for c in rows[-1] if c not in avg):
+                vals = [r[col] for r in rows[-len(shown):]]
+                avg[col] = float(np.mean(vals)) if not any(math.isnan(v) for v in vals) else float("nan")
+            rows.append(avg)
+    cols = ["suite", "task", "dataset"] + [f"{m}_{k}" for m in methods
+                                           for k in ("before", "after", "published_before", "published_after")]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def published_markdown(exp: ExperimentConfig, table: pd.DataFrame) -> str:
+    from dtrl.reference import SUITE_DATASETS, SUITE_TABLES, budget_label
+
+    methods = [c[:-len("_published_after")] for c in table.columns if c.endswith("_published_after")]
+    lines = ["# Published scores before and after finetuning, beside ours", "",
+             "Each cell: score before online finetuning → after (change). **Ours**: mean over seeds "
+             f"{list(exp.grid.seeds)}; before = the policy the run started from (the offline DT's run for the "
+             "DT methods with the Gaussian head, the evaluation recorded by the deterministic pretraining for "
+             "ODT+TD3, IQL's evaluation at the end of its offline phase; – where none was measured). "
+             "**Published**: Yan et al. 2024, printed as final(+increase), mean over 5 seeds; before = final − "
+             "increase. Both are D4RL normalised scores; the published ones on D4RL's datasets and environments, "
+             "ours on the datasets and Gymnasium environments configured (dtrl/reference/yan2024.md)."]
+    for suite, rows in table.groupby("suite", sort=False):
+        lines += ["", f"## {SUITE_TABLES[suite]}: {SUITE_DATASETS[suite]} datasets, published at "
+                      f"{budget_label(suite)}", ""]
+        header = ["task"] + [f"{method_label(exp, m)} {side}" for m in methods for side in ("(ours)", "(published)")]
+        lines += ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+        for _, r in rows.iterrows():
+            name = f"**{r['task']}**" if _is_average(r["task"]) else f"{r['task']} ({r['dataset']})"
+            cells = [name]
+            for m in methods:
+                cells += [_before_after(r[f"{m}_before"], r[f"{m}_after"], ".1f"),
+                          "*" + _before_after(r[f"{m}_published_before"], r[f"{m}_published_after"], ".2f") + "*"]
+            lines.append("| " + " | ".join(cells).replace("*–*", "–") + " |")
+    return "\n".join(lines) + "\n"
+
+
+def published_reference_table(exp: ExperimentConfig) -> pd.DataFrame:
+    """Every column of Yan et al. 2024 (TD3+BC, IQL, ODT, PDT, TD3, DDPG+ODT, ODT+TD3) for the grid's
+    tasks that have them: final and increase per column."""
+    from dtrl.reference import PUBLISHED_COLUMNS
+
+    pub = published_scores()
+    rows = []
+    for suite, members in task_groups(list(exp.grid.tasks)):
+        for task in (t for t in members if t in pub.suites):
+            row: dict[str, Any] = {"suite": suite, "task": task, "dataset": pub.datasets[task]}
+            for col in PUBLISHED_COLUMNS:
+                c = pub.cell(col, task)
+                row.update({f"{col}_final": c.final if c else float("nan"),
+                            f"{col}_increase": c.increase if c else float("nan")})
+            rows.append(row)
+    cols = ["suite", "task", "dataset"] + [f"{c}_{k}" for c in PUBLISHED_COLUMNS for k in ("final", "increase")]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def published_reference_markdown(table: pd.DataFrame) -> str:
+    from dtrl.reference import PUBLISHED_COLUMNS, SUITE_DATASETS, SUITE_TABLES, budget_label
+
+    lines = ["# Published reference: every column of Yan et al. 2024", "",
+             "The paper's columns for the grid's tasks, printed as final(+increase over online finetuning), D4RL "
+             "normalised score, mean over 5 seeds. TD3+BC and IQL from their own codebases; ODT and TD3 through "
+             "the authors' code; PDT with its defaults; ODT+TD3 is the paper's \"TD3+ODT (ours)\". dtrl runs "
+             "ODT, ODT+TD3 and IQL (their columns sit beside ours in `main.md` and `published.md`); the others "
+             "are for reference. Source and known misprints: dtrl/reference/yan2024.md."]
+    for suite, rows in table.groupby("suite", sort=False):
+        lines += ["", f"## {SUITE_TABLES[suite]}: {SUITE_DATASETS[suite]} datasets, {budget_label(suite)}", "",
+                  "| task | " + " | ".join(PUBLISHED_COLUMNS.values()) + " |",
+                  "|---|" + "---:|" * len(PUBLISHED_COLUMNS)]
+        for _, r in rows.iterrows():
+            cells = [f"{r[f'{c}_final']:.2f}({r[f'{c}_increase']:+.2f})" if not math.isnan(r[f"{c}_final"]) else "–"
+                     for c in PUBLISHED_COLUMNS]
+            lines.append(f"| {r['dataset']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -940,6 +1211,12 @@ def report(exp: ExperimentConfig, out_root: Path | None = None, runs_dir: Path |
     table("main", main, main_md)
     table("not_scored", pd.DataFrame(left_out, columns=["method", "task", "seed", "status", "reason"]),
           not_scored_markdown(left_out))
+    if published_methods(exp):
+        pt = published_table(exp, runs)
+        table("published", pt, published_markdown(exp, pt))
+    ref = published_reference_table(exp)
+    if not ref.empty:
+        table("published_reference", ref, published_reference_markdown(ref))
     if exp.grid.ablations:
         abl = ablation_table(exp, runs)
         table("ablations", abl, ablation_markdown(exp, abl))

@@ -49,7 +49,8 @@ DIAGNOSTIC_LABELS = {"ratio_first_absdev": "first-minibatch max |ratio - 1|", "l
 KIND_TITLES = {"vs_offline": "Each method against the offline DT it starts from",
                "vs_baseline": "GRPO-DT against each baseline",
                "ablation": "Each ablation against its parent entry"}
-TABLE_ORDER = ("main", "ablations", "aggregates", "probability_of_improvement", FINDINGS_TABLE)
+TABLE_ORDER = ("main", "published", "published_reference", "ablations", "aggregates", "probability_of_improvement",
+               FINDINGS_TABLE)
 
 
 # ----------------------------------------------------------------------------------------------
