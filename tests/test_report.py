@@ -25,6 +25,14 @@ ENV_STEPS = {"none": 0, "grpo": 5000, "odt": 2000, "iql": 2000}
 UPDATES = {"none": 0, "grpo": 40, "odt": 3000, "iql": 4000}
 
 
+def raw_return(task, score):
+    """The raw return that ``task`` normalises to ``score`` (a summary's final_return: the run contract)."""
+    from dtrl.tasks import get_task
+
+    t = get_task(task)
+    return t.ref_min_score + float(score) / 100 * (t.ref_max_score - t.ref_min_score)
+
+
 def write_run(root, method, task, seed, score, env_steps, updates, n_points=4):
     d = root / "runs" / method / task / f"seed{seed}"
     d.mkdir(parents=True, exist_ok=True)
@@ -40,7 +48,7 @@ def write_run(root, method, task, seed, score, env_steps, updates, n_points=4):
             for i, (s, c) in enumerate(zip(steps, curve))]
     rows[-1]["final"] = 1
     pd.DataFrame(rows, columns=CORE_COLUMNS + ["final"]).to_csv(d / "progress.csv", index=False)
-    summary = {"method": method, "algo": method, "task": task, "seed": seed, "final_return": score * 10,
+    summary = {"method": method, "algo": method, "task": task, "seed": seed, "final_return": raw_return(task, score),
                "final_norm_return": float(score), "final_norm_return_std": 1.0, "eval_episodes": 10,
                "env_steps": env_steps, "env_steps_eval": 100 * len(steps), "policy_updates": updates,
                "critic_updates": 2 * updates, "grad_updates": updates,
@@ -295,14 +303,16 @@ def test_published_columns_name_their_budget():
     assert "ODT (published, locomotion: D4RL v2, 500k env steps; adroit: D4RL v1, 1M env steps)" in header
 
 
-def _two_seed_grid(root, methods=("none", "grpo", "odt_td3"), tasks=("pendulum-random", "pendulum-medium-replay")):
+def _two_seed_grid(root, methods=("none", "grpo", "odt_td3"), tasks=("pendulum-random", "pendulum-medium-replay"),
+                   seeds=(0, 1)):
     """grpo beats every other method on every run (P = 1 with a degenerate CI)."""
-    base = {"none": 10.0, "grpo": 80.0, "odt_td3": 30.0}
+    base = {"none": 10.0, "grpo": 80.0, "odt_td3": 30.0, "iql": 20.0}
     for m in methods:
         for j, t in enumerate(tasks):
-            for s in (0, 1):
+            for s in seeds:
                 write_run(root, m, t, s, base[m] + j + s, ENV_STEPS.get(m, 2000), UPDATES.get(m, 1000))
-    return ExperimentConfig(results=str(root), grid=GridConfig(methods=list(methods), tasks=list(tasks), seeds=[0, 1]))
+    return ExperimentConfig(results=str(root), grid=GridConfig(methods=list(methods), tasks=list(tasks),
+                                                               seeds=list(seeds)))
 
 
 def test_method_names_are_the_same_in_every_table(tmp_path):
@@ -378,3 +388,241 @@ def test_dataset_warnings_reach_the_report_and_the_terminal(tmp_path, capsys, mo
     assert f"warning: pendulum-medium-replay: {msg}" in capsys.readouterr().err
     md = (tmp_path / "tables" / "main.md").read_text()
     assert "## Warnings" in md and f"- pendulum-medium-replay: {msg}" in md
+
+
+# -- no interval without the runs for it; unmatched budgets said where compared -------------------------------
+
+def _bands(fig) -> int:
+    """Intervals drawn on a figure: filled bands (fill_between, axhspan) and CI bars (barh)."""
+    from matplotlib.collections import PolyCollection
+    from matplotlib.patches import Polygon, Rectangle
+
+    return sum(isinstance(c, PolyCollection) for ax in fig.axes for c in ax.collections) + \
+        sum(isinstance(p, (Polygon, Rectangle)) for ax in fig.axes for p in ax.patches)
+
+
+@pytest.mark.parametrize("n_seeds", [2, 3])
+def test_intervals_only_from_min_runs_for_ci_runs(tmp_path, n_seeds):
+    """report.min_runs_for_ci = 3: with 2 seeds no finding, table or figure carries a CI; with 3 all do."""
+    from dtrl.report.build import (aggregates_figure, learning_curves_figure, load_runs, expected_runs, performance_profiles,
+                             poi_figure, profile_figure, score_matrices)
+
+    exp = _two_seed_grid(tmp_path, seeds=tuple(range(n_seeds)))
+    run_report(exp, tmp_path, reps=20, figures=False)
+    has = n_seeds >= exp.report.min_runs_for_ci
+    tables = tmp_path / "tables"
+    findings = pd.read_csv(tables / "findings.csv")
+    agg, poi = pd.read_csv(tables / "aggregates.csv"), pd.read_csv(tables / "probability_of_improvement.csv")
+    for df, cols in ((findings, ["ci_low", "ci_high", "poi_low", "poi_high"]), (agg, ["ci_low", "ci_high"]),
+                     (poi, ["ci_low", "ci_high"])):
+        assert df[cols].notna().all().all() if has else df[cols].isna().all().all()
+    paras = [p for p in (tmp_path / "REPORT.md").read_text().split("\n\n") if "IQM difference:" in p]
+    assert len(paras) == len(findings) == 3
+    for p in paras:
+        assert ("95% stratified-bootstrap CI" in p) == has and ("No CI, so no verdict." in p) == (not has)
+        assert ("] (" in p) == has  # an interval printed after the IQM difference
+    runs, _ = load_runs(tmp_path / "runs", expected_runs(exp))
+    scores = score_matrices(exp, runs)
+    taus = np.linspace(0, 100, 11)
+    prof, ci = performance_profiles(scores, taus, reps=20)
+    figs = [profile_figure(exp, taus, prof, ci, {m: s.shape[0] for m, s in scores.items()}),
+            aggregates_figure(exp, agg.fillna({"ci_note": ""})), poi_figure(exp, poi),
+            *(learning_curves_figure(exp, t, runs, reps=20) for t in exp.grid.tasks)]
+    assert [_bands(f) > 0 for f in figs] == [has] * len(figs)
+
+
+def test_unmatched_budgets_are_marked_in_the_table_and_the_findings(tmp_path):
+    """GRPO-DT at 5k env steps per run against ODT+TD3 at 2k: both budgets where they are compared."""
+    exp = _two_seed_grid(tmp_path)
+    run_report(exp, tmp_path, reps=20, figures=False)
+    md = (tmp_path / "tables" / "main.md").read_text()
+    assert "| env steps / run | 0 | 5k † | 2k † |" in md
+    assert "† **Env-step budgets not matched** (they differ by more than 10%, env steps per run): GRPO-DT 5k vs " \
+           "ODT+TD3 2k." in md
+    f = pd.read_csv(tmp_path / "tables" / "findings.csv").set_index(["method", "baseline"])
+    assert not f.loc[("grpo", "odt_td3"), "budgets_matched"]
+    assert f.loc[("grpo", "none"), "budgets_matched"]  # the offline DT takes no env steps: the start, not a budget
+    text = (tmp_path / "REPORT.md").read_text()
+    assert "**Unmatched env-step budgets: GRPO-DT 5k vs ODT+TD3 2k per run** (they differ by more than 10%)" in text
+    assert text.count("Unmatched env-step budgets") == 1
+    exp.report.budget_tolerance = 0.7  # |5k - 2k| = 60% of 5k: within a 70% tolerance
+    run_report(exp, tmp_path, reps=20, figures=False)
+    assert "not matched" not in (tmp_path / "tables" / "main.md").read_text()
+    assert "Unmatched" not in (tmp_path / "REPORT.md").read_text()
+
+
+# -- labels that are true -------------------------------------------------------------------------------------
+
+def test_captions_say_what_the_scores_are(tmp_path):
+    from dtrl.report.build import main_markdown, main_table, score_label, success_note
+
+    assert "dtrl's own reference returns, not D4RL's" in score_label(["pendulum-random"])
+    assert score_label(["hopper-medium"]).startswith("D4RL normalised score")
+    mixed = score_label(["hopper-medium", "pendulum-random"])
+    assert "D4RL's reference returns for hopper-medium; dtrl's own for pendulum-random" in mixed
+    assert success_note(["hopper-medium"]) == "" and "AntMaze" not in success_note(["pen-human"])
+    assert "AntMaze and Adroit" in success_note(["antmaze-umaze", "pen-human"])
+    exp = _two_seed_grid(tmp_path)
+    caption = main_markdown(exp, main_table(exp, {}), 0).split("\n")[2]
+    assert "D4RL normalised" not in caption and "success" not in caption
+    assert "mean over its tasks of the per-task means ± the sample std over seeds of each seed's average" in caption
+
+
+def test_wall_time_of_the_pretraining_a_run_starts_from(tmp_path):
+    """The offline DT's cost is its pretraining: the table shows it beside the run's own wall time."""
+    exp = _two_seed_grid(tmp_path, methods=("none", "grpo", "iql"))
+    for t in exp.grid.tasks:
+        for s in exp.grid.seeds:
+            d = tmp_path / "pretrain" / t / f"seed{s}"
+            d.mkdir(parents=True)
+            (d / "summary.json").write_text(json.dumps({"wall_time": 30.0 + s}))
+    run_report(exp, tmp_path, reps=20, figures=False)
+    table = pd.read_csv(tmp_path / "tables" / "main.csv").set_index("task")
+    assert table.loc["pretrain_wall_time", "none_mean"] == pytest.approx(30.5)
+    assert table.loc["pretrain_wall_time", "grpo_mean"] == pytest.approx(30.5)
+    assert np.isnan(table.loc["pretrain_wall_time", "iql_mean"])  # IQL pretrains inside its own run
+    assert "| wall time of the pretraining it starts from (s) | 30 | 30 | – |" in \
+        (tmp_path / "tables" / "main.md").read_text()
+
+
+# -- the published tables beside ours -------------------------------------------------------------------------
+
+def test_family_tables_show_published_before_and_after(tmp_path):
+    methods, tasks = ["none", "odt", "odt_td3", "iql"], ["hopper-medium", "hopper-random", "pen-human",
+                                                           "pendulum-random"]
+    for m in methods:
+        for j, t in enumerate(tasks):
+            for s in (0, 1):
+                write_run(tmp_path, m, t, s, 10.0 * (methods.index(m) + 1) + j + s, 1000, 10)
+            d = tmp_path / "pretrain_det" / t / "seed0"  # ODT+TD3 starts from the deterministic DT
+            d.mkdir(parents=True, exist_ok=True)
+            (d / "summary.json").write_text(json.dumps({"eval_norm_return": 3.0 + j, "wall_time": 1.0}))
+    for j, t in enumerate(tasks):  # IQL's evaluation at the end of its offline phase
+        for s in (0, 1):
+            p = tmp_path / "runs" / "iql" / t / f"seed{s}" / "progress.csv"
+            df = pd.read_csv(p)
+            df["offline_eval_norm_return"] = [7.0 + s] + [np.nan] * (len(df) - 1)
+            df.to_csv(p, index=False)
+    exp = ExperimentConfig(results=str(tmp_path), grid=GridConfig(methods=methods, tasks=tasks, seeds=[0, 1]))
+    run_report(exp, tmp_path, reps=20, figures=False)
+    pub = pd.read_csv(tmp_path / "tables" / "published.csv").set_index("task")
+    assert list(pub.index) == ["hopper-medium", "hopper-random", "average (locomotion)", "pen-human"]
+    assert list(pub["dataset"].fillna("")) == ["hopper-medium-v2", "hopper-random-v2", "", "pen-human-v1"]
+    r = pub.loc["hopper-medium"]
+    assert r["odt_before"] == pytest.approx(10.5) and r["odt_after"] == pytest.approx(20.5)  # the offline DT's runs
+    assert r["odt_published_before"] == pytest.approx(97.84 - 48.69) and r["odt_published_after"] == 97.84
+    assert r["odt_td3_before"] == pytest.approx(3.0)  # seed 1 has no deterministic pretraining summary
+    assert r["iql_before"] == pytest.approx(7.5) and r["iql_published_after"] == 44.72
+    assert pub.loc["pen-human", "iql_published_before"] == pytest.approx(96.5 - 27.79)
+    assert pub.loc["average (locomotion)", "odt_published_after"] == pytest.approx((97.84 + 29.08) / 2)
+    md = (tmp_path / "tables" / "published.md").read_text()
+    assert "## Table 1 (MuJoCo): D4RL v2 datasets, published at 500k env steps" in md
+    assert "## Table 2 (Adroit): D4RL v1 datasets, published at 1M env steps" in md and "Table 3" not in md
+    assert "| hopper-medium (hopper-medium-v2) | 10.5 → 20.5 (+10.0) | *49.15 → 97.84 (+48.69)* |" in md
+    ref = (tmp_path / "tables" / "published_reference.md").read_text()
+    assert "| task | TD3+BC | IQL | ODT | PDT | TD3 | DDPG+ODT | ODT+TD3 |" in ref
+    assert "| hopper-medium-v2 | 60.24(+4.40) | 44.72(-21.30) | 97.84(+48.69) |" in ref
+    assert "| pen-human-v1 | 26.77(+3.19) |" in ref and "pendulum" not in ref
+    main = pd.read_csv(tmp_path / "tables" / "main.csv").set_index("task")
+    assert main.loc["pen-human", "odt_published"] == 27.55  # Adroit is in the main table's published column
+    main_md = (tmp_path / "tables" / "main.md").read_text()
+    assert "holds no published Adroit" not in main_md and "are empty" not in main_md
+    assert "(success" not in main_md.split("\n")[2] or "Adroit" in main_md.split("\n")[2]
+    text = (tmp_path / "REPORT.md").read_text()
+    assert text.index("## Main results") < text.index("## Published scores before and after finetuning")
+
+
+# -- the report never destroys what it cannot rebuild ---------------------------------------------------------
+
+def _tree(root):
+    import hashlib
+
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and "runs" not in p.relative_to(root).parts}
+
+
+def _config_file(root, exp):
+    import yaml
+
+    from dtrl.config import to_dict
+
+    path = root / "grid.yaml"
+    path.write_text(yaml.safe_dump({"results": str(root), "grid": to_dict(exp.grid)}))
+    return path
+
+
+def test_nothing_to_report_exits_2_and_leaves_every_output_byte_identical(tmp_path, capsys):
+    from dtrl import cli
+
+    exp = _two_seed_grid(tmp_path)
+    cfg = _config_file(tmp_path, exp)
+    assert cli.main(["report", "-c", str(cfg)]) == 0
+    before = _tree(tmp_path)
+    assert "tables/main.csv" in before and "REPORT.md" in before
+    (tmp_path / "empty_runs").mkdir()
+    for argv in (["--runs", str(tmp_path / "rusn")], ["--runs", str(tmp_path / "empty_runs")],
+                 ["--set", "grid.seeds=[]"], ["--out", str(cfg)]):
+        capsys.readouterr()
+        assert cli.main(["report", "-c", str(cfg), *argv]) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("dtrl report: error: "), err
+        assert _tree(tmp_path) == before, argv
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".dtrl-report-staging-")] == []
+
+
+def test_a_failed_build_replaces_nothing(tmp_path, monkeypatch):
+    """Every table and figure is built before any output is replaced: a failure in the last figure
+    leaves the previous report whole, and no staging directory behind."""
+    import dtrl.report
+
+    exp = _two_seed_grid(tmp_path)
+    run_report(exp, tmp_path, reps=20)
+    before = _tree(tmp_path)
+    write_run(tmp_path, "grpo", "pendulum-random", 0, 99.0, 5000, 40)  # a change the new report would show
+
+    def broken(*a, **k):
+        raise RuntimeError("plotting failed")
+
+    monkeypatch.setattr(dtrl.report, "plot_ratio_diagnostics", broken)
+    exp.grid.ablations, exp.grid.ablation_tasks = ["grpo"], ["pendulum-random"]
+    with pytest.raises(RuntimeError, match="plotting failed"):
+        run_report(exp, tmp_path, reps=20)
+    assert _tree(tmp_path) == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".dtrl-report-staging-")]
+
+
+def test_outputs_of_a_previous_report_that_no_longer_apply_are_removed(tmp_path):
+    exp = _two_seed_grid(tmp_path)
+    run_report(exp, tmp_path, reps=20)
+    mine = tmp_path / "figures" / "my_notes.txt"
+    mine.write_text("kept")
+    assert (tmp_path / "figures" / "learning_curves_pendulum-medium-replay.png").exists()
+    exp.grid.tasks = ["pendulum-random"]
+    run_report(exp, tmp_path, reps=20)
+    assert not (tmp_path / "figures" / "learning_curves_pendulum-medium-replay.png").exists()
+    assert (tmp_path / "figures" / "learning_curves_pendulum-random.png").exists() and mine.read_text() == "kept"
+
+
+def test_broken_run_files_are_runs_not_scored_with_a_reason(tmp_path, capsys):
+    from dtrl.report.build import cmd_report
+
+    exp = _two_seed_grid(tmp_path, seeds=(0, 1, 2))
+    runs = tmp_path / "runs"
+    (runs / "grpo/pendulum-random/seed0/progress.csv").write_text("")  # 0 bytes
+    (runs / "grpo/pendulum-random/seed1/summary.json").write_text("[1, 2]")  # a list
+    p = runs / "odt_td3/pendulum-random/seed0/summary.json"
+    p.write_text(json.dumps({**json.loads(p.read_text()), "final_norm_return": "31.0"}))  # a string score
+    p = runs / "odt_td3/pendulum-random/seed1/summary.json"
+    edited = {**json.loads(p.read_text()), "final_norm_return": 95.0}  # hand-edited: final_return says 31
+    p.write_text(json.dumps(edited))
+    assert cmd_report(exp, tmp_path, runs) == 0
+    assert "4 run(s) not scored" in capsys.readouterr().err
+    ns = pd.read_csv(tmp_path / "tables" / "not_scored.csv").set_index(["method", "seed"])
+    assert list(ns["status"]) == ["invalid"] * 4
+    assert "progress.csv lacks required column 'iteration'" in ns.loc[("grpo", 0), "reason"]
+    assert ns.loc[("grpo", 1), "reason"] == "summary.json holds a JSON list, not an object"
+    assert "'final_norm_return' must be a finite number" in ns.loc[("odt_td3", 0), "reason"]
+    assert "'final_norm_return' is 95.0 but final_return" in ns.loc[("odt_td3", 1), "reason"]
+    main = pd.read_csv(tmp_path / "tables" / "main.csv").set_index("task")
+    assert main.loc["pendulum-random", "grpo_seeds"] == 1 and main.loc["pendulum-random", "odt_td3_seeds"] == 1
+    assert main.loc["pendulum-random", "odt_td3_mean"] == pytest.approx(32.0)  # seed 2 alone: 30 + 0 + 2

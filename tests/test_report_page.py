@@ -133,9 +133,11 @@ def test_one_seed_gives_no_interval_and_no_verdict(page):
     one = dataclasses.replace(exp, grid=dataclasses.replace(exp.grid, seeds=[0]))
     runs, _ = load_runs(root / "runs", expected_runs(one))
     f = finding_rows(one, runs, reps=50)
-    assert len(f) == 6 and (f["ci_low"] == f["iqm_diff"]).all() and (f["ci_high"] == f["iqm_diff"]).all()
+    assert len(f) == 6 and f["ci_low"].isna().all() and f["ci_high"].isna().all() and f["poi_low"].isna().all()
+    assert (f["iqm_diff"] == f["iqm_method"] - f["iqm_baseline"]).all()  # the point estimates stay
     text = paragraph(one, f.iloc[0].to_dict())
-    assert "(no CI;" in text and "nothing to resample" in text and "above 0" not in text
+    assert "(no CI: 1 run(s) per task on a side, fewer than report.min_runs_for_ci=3;" in text
+    assert "No CI, so no verdict." in text and "above 0" not in text and "[" not in text
 
 
 def test_ratio_diagnostics_figure_for_the_relabel_ablation(page):

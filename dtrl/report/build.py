@@ -43,7 +43,8 @@ import pandas as pd
 from dtrl.config.experiment import ExperimentConfig
 from dtrl.util.io import atomic_savefig, read_json
 from dtrl.report.common import (  # noqa: F401  (shared with page.py; re-exported)
-    ALGO_LABELS, CI, _fmt_count, _md_table, _seeded, _write_csv, _write_text, ablation_base, algo_of, method_label,
+    ALGO_LABELS, CI, _fmt_count, _md_table, _seeded, _write_csv, _write_text, ablation_base, algo_of, budgets_differ,
+    method_label,
 )
 from dtrl.reference import PUBLISHED_METHODS, published_scores
 
@@ -79,10 +80,13 @@ class Run:
         return float("nan") if v is None else float(v)
 
     def progress(self) -> pd.DataFrame | None:
+        """progress.csv, or None where it is absent or unreadable (a scored run's was checked already)."""
         if self._progress is None:
             path = self.run_dir / "progress.csv"
-            if path.exists():
+            try:
                 self._progress = pd.read_csv(path)
+            except (OSError, ValueError, pd.errors.ParserError):  # EmptyDataError is a ValueError
+                return None
         return self._progress
 
 
@@ -114,6 +118,8 @@ def ablation_rows(exp: ExperimentConfig) -> list[str]:
 
 
 def load_runs(runs_dir: Path, keys: list[tuple[str, str, int]]) -> tuple[dict[tuple[str, str, int], Run], list]:
+    """The runs of ``keys`` that have a summary.json (whatever it holds: :func:`split_scored` judges it),
+    and the keys that have none. A summary.json that is not JSON at all is an input error naming it."""
     runs, missing = {}, []
     for key in keys:
         method, task, seed = key
@@ -127,28 +133,25 @@ def load_runs(runs_dir: Path, keys: list[tuple[str, str, int]]) -> tuple[dict[tu
 
 
 def not_scored_reason(run: Run) -> str | None:
-    """Why a run that has a summary is left out of the scores, or None if it is scored."""
-    s = run.summary
-    status = s.get("status", "completed")  # summaries from before dtrl recorded a status
-    if status != "completed":
-        return str((s.get("divergence") or {}).get("message") or f"status {status}")
-    v = s.get("final_norm_return")
-    if v is None or not math.isfinite(float(v)):
-        return f"no finite final score (final_norm_return {v})"
-    return None
+    """Why a run that has a summary is left out of the scores, or None if it is scored
+    (:func:`dtrl.harness.run_schema.unscored_reason`, the rule `dtrl check-run` checks)."""
+    from dtrl.harness.run_schema import unscored_reason
+
+    return unscored_reason(run.run_dir, run.summary, run.task)
 
 
 def split_scored(runs: dict) -> tuple[dict, list[dict[str, Any]]]:
-    """(the runs to score, one row per run left out: method, task, seed, status, reason)."""
+    """(the runs to score, one row per run left out: method, task, seed, status, reason). Status: the
+    summary's (diverged, failed), else 'invalid' (files that break the run contract)."""
     scored, left_out = {}, []
     for key, run in runs.items():
         reason = not_scored_reason(run)
         if reason is None:
             scored[key] = run
         else:
-            status = run.summary.get("status", "completed")
+            status = run.summary.get("status", "completed") if isinstance(run.summary, dict) else "completed"
             left_out.append({"method": run.method, "task": run.task, "seed": run.seed,
-                             "status": "no score" if status == "completed" else status, "reason": reason})
+                             "status": "invalid" if status == "completed" else str(status), "reason": reason})
     return scored, left_out
 
 
@@ -337,14 +340,6 @@ def success_note(tasks: list[str]) -> str:
         return ""
     names = " and ".join(n for n, s in (("AntMaze", "antmaze"), ("Adroit", "adroit")) if s in suites)
     return f" {names} cells add the success rate averaged over seeds ({'; '.join(parts)})."
-
-
-def budgets_differ(a: float, b: float, tol: float) -> bool:
-    """Two env-step budgets per run that differ by more than ``tol`` of the larger one. A method that
-    takes no env steps (the offline DT) is the starting point, not a budget: never 'unmatched'."""
-    if math.isnan(a) or math.isnan(b) or a <= 0 or b <= 0:
-        return False
-    return abs(a - b) > tol * max(a, b)
 
 
 def unmatched_budgets(exp: ExperimentConfig, table: pd.DataFrame) -> list[str]:
@@ -903,6 +898,11 @@ def _colors(methods: list[str]) -> dict[str, Any]:
 
 
 def plot_aggregates(exp: ExperimentConfig, agg: pd.DataFrame, stem: Path) -> list[Path]:
+    return _save(aggregates_figure(exp, agg), stem)
+
+
+def aggregates_figure(exp: ExperimentConfig, agg: pd.DataFrame):
+    """Each metric's estimate per method, its CI as a bar where aggregates.csv has one (else a marker)."""
     from matplotlib.figure import Figure
 
     methods = [m for m in exp.grid.methods if m in set(agg["method"])]
@@ -926,25 +926,36 @@ def plot_aggregates(exp: ExperimentConfig, agg: pd.DataFrame, stem: Path) -> lis
     if "ci_note" in agg and (agg["ci_note"] != "").any():
         title += f"\n◆ = estimate only: fewer than {exp.report.min_runs_for_ci} runs (report.min_runs_for_ci), no CI"
     fig.suptitle(title, fontsize=9, y=1.0 + 0.06 * title.count("\n"), va="bottom")
-    return _save(fig, stem)
+    return fig
 
 
-def plot_profiles(exp: ExperimentConfig, taus: np.ndarray, prof: dict, ci: dict, stem: Path) -> list[Path]:
+def profile_figure(exp: ExperimentConfig, taus: np.ndarray, prof: dict, ci: dict, n_runs: dict[str, int]):
+    """Score distributions; a method's bootstrap band only where it has ``report.min_runs_for_ci`` runs."""
     from matplotlib.figure import Figure
 
-    colors = _colors(list(exp.grid.methods))
+    colors, min_runs = _colors(list(exp.grid.methods)), exp.report.min_runs_for_ci
     fig = Figure(figsize=(5.5, 4))
     ax = fig.subplots()
     for m in prof:
-        ax.plot(taus, prof[m], color=colors[m], label=method_label(exp, m))
-        ax.fill_between(taus, ci[m][0], ci[m][1], color=colors[m], alpha=0.2)
+        banded = n_runs[m] >= min_runs
+        ax.plot(taus, prof[m], color=colors[m], label=method_label(exp, m) + ("" if banded else f" (n={n_runs[m]})"))
+        if banded:
+            ax.fill_between(taus, ci[m][0], ci[m][1], color=colors[m], alpha=0.2)
     ax.set_xlabel(r"normalised score $\tau$")
     ax.set_ylabel(r"fraction of runs with score $> \tau$")
-    ax.set_title("Performance profiles (score distributions, rliable)", fontsize=10)
+    title = "Performance profiles (score distributions, rliable)"
+    if any(n < min_runs for n in n_runs.values()):
+        title += f"\n{int(CI * 100)}% bootstrap bands only for methods with at least {min_runs} runs"
+    ax.set_title(title, fontsize=10)
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, stem)
+    return fig
+
+
+def plot_profiles(exp: ExperimentConfig, taus: np.ndarray, prof: dict, ci: dict, n_runs: dict[str, int],
+                  stem: Path) -> list[Path]:
+    return _save(profile_figure(exp, taus, prof, ci, n_runs), stem)
 
 
 def plot_poi(exp: ExperimentConfig, poi: pd.DataFrame, stem: Path) -> list[Path]:
@@ -982,8 +993,9 @@ def poi_figure(exp: ExperimentConfig, poi: pd.DataFrame):
     return fig
 
 
-def plot_learning_curves(exp: ExperimentConfig, task: str, runs: dict, stem: Path,
-                         reps: int = CURVE_REPS) -> list[Path] | None:
+def learning_curves_figure(exp: ExperimentConfig, task: str, runs: dict, reps: int = CURVE_REPS):
+    """Evaluation return against env steps and against policy updates, mean over seeds; a method's
+    bootstrap band only where it has ``report.min_runs_for_ci`` seeds. None if no run has a curve."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import EngFormatter, LogLocator, NullFormatter
 
@@ -1003,14 +1015,14 @@ def plot_learning_curves(exp: ExperimentConfig, task: str, runs: dict, stem: Pat
             drawn = True
             band = len(rs) >= exp.report.min_runs_for_ci
             if x.size == 1 and x[0] <= 0:
-                flat.append((m, y[0], lo[0], hi[0]))
+                flat.append((m, y[0], lo[0], hi[0], band))
                 continue
             keep = x > 0  # a log axis: an evaluation before any step or update is left out of the curve
             x, y, lo, hi = x[keep], y[keep], lo[keep], hi[keep]
             ax.plot(x, y, color=colors[m], marker=".", label=f"{method_label(exp, m)} (n={len(rs)})")
             if band:
                 ax.fill_between(x, lo, hi, color=colors[m], alpha=0.2)
-        for m, y, lo, hi in flat:
+        for m, y, lo, hi, band in flat:
             ax.axhline(y, color=colors[m], ls="--", label=f"{method_label(exp, m)} (no online steps)")
             if band:
                 ax.axhspan(lo, hi, color=colors[m], alpha=0.1)
@@ -1029,7 +1041,13 @@ def plot_learning_curves(exp: ExperimentConfig, task: str, runs: dict, stem: Pat
     bands = (f"with {int(CI * 100)}% stratified-bootstrap CIs (rliable) where a method has at least "
              f"{exp.report.min_runs_for_ci} seeds")
     fig.suptitle(f"{task}: evaluation return during finetuning, mean over seeds {bands}", fontsize=10)
-    return _save(fig, stem)
+    return fig
+
+
+def plot_learning_curves(exp: ExperimentConfig, task: str, runs: dict, stem: Path,
+                         reps: int = CURVE_REPS) -> list[Path] | None:
+    fig = learning_curves_figure(exp, task, runs, reps)
+    return None if fig is None else _save(fig, stem)
 
 
 # Ratio diagnostics over training (progress.csv columns of the ratio methods), one panel each.
@@ -1182,12 +1200,91 @@ def report(exp: ExperimentConfig, out_root: Path | None = None, runs_dir: Path |
     """Write every table and (unless ``figures`` is false) every figure; ``reps`` bootstrap
     replications (default ``REPS``). Returns {"tables": [...], "figures": [...], "missing": [...]}."""
     reps = REPS if reps is None else int(reps)
-    out = Path(out_root) if out_root is not None else Path(exp.results)
+    final_out = Path(out_root) if out_root is not None else Path(exp.results)
     runs_dir = Path(runs_dir) if runs_dir is not None else Path(exp.results) / "runs"
-    tables_dir, fig_dir = out / "tables", out / "figures"
-    runs, missing = load_runs(runs_dir, expected_runs(exp))
+    runs, missing = collect(exp, runs_dir, final_out)
     runs, left_out = split_scored(runs)
     check_cells_share_config(runs)  # before anything is written
+    with staging(final_out) as out:
+        written = _build(exp, out, runs, missing, left_out, reps, figures)
+        return publish(out, final_out, written)
+
+
+def collect(exp: ExperimentConfig, runs_dir: Path, out: Path) -> tuple[dict, list]:
+    """:func:`load_runs` of the grid, refusing (InputError / ConfigError, exit 2, nothing written) what
+    cannot be a report: a runs directory that does not exist, a grid without runs, a grid none of whose
+    runs has a summary.json, an output path that is a file."""
+    from dtrl.config import ConfigError
+    from dtrl.util.io import InputError
+
+    if out.exists() and not out.is_dir():
+        raise InputError(f"report output {out} is a file, not a directory; give --out a directory")
+    keys = expected_runs(exp)
+    if not keys:
+        raise ConfigError("the grid has no runs to report (grid.methods, grid.tasks or grid.seeds is empty); "
+                          "nothing written")
+    if not Path(runs_dir).is_dir():
+        raise InputError(f"runs directory {runs_dir} does not exist (a mistyped --runs or results?); nothing written")
+    runs, missing = load_runs(runs_dir, keys)
+    if not runs:
+        m, t, s = keys[0]
+        raise InputError(f"none of the grid's {len(keys)} runs has a summary.json under {runs_dir} (e.g. "
+                         f"{Path(runs_dir) / m / t / f'seed{s}'}); wrong --runs or nothing finished yet? nothing "
+                         "written")
+    return runs, missing
+
+
+MANIFEST = ".dtrl-report-files"  # under the output root: what the last report wrote, one relative path a line
+
+
+@contextmanager
+def staging(out: Path) -> Iterator[Path]:
+    """A fresh directory beside the outputs (same filesystem, so moving files out of it is a rename),
+    removed on the way out whatever happens; an output root made for it and left empty is removed too."""
+    import shutil
+    import tempfile
+
+    made = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".dtrl-report-staging-", dir=out))
+    try:
+        yield stage
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+        if made and not any(out.iterdir()):
+            out.rmdir()
+
+
+def publish(stage: Path, out: Path, written: dict[str, Any]) -> dict[str, Any]:
+    """Move every file built under ``stage`` to the same place under ``out`` (os.replace: each file is
+    the old one or the new one, never a part), then delete what the previous report wrote (its manifest)
+    that this one did not, e.g. the figure of a task no longer in the grid. Nothing else under ``out``
+    is touched. Returns ``written`` with its paths under ``out``."""
+    import os
+
+    new = sorted(p.relative_to(stage).as_posix() for p in stage.rglob("*") if p.is_file())
+    old_manifest = out / MANIFEST
+    old = old_manifest.read_text().split("\n") if old_manifest.exists() else []
+    for rel in new:
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(stage / rel, out / rel)
+    for rel in sorted(set(filter(None, old)) - set(new)):
+        if ".." not in Path(rel).parts:
+            (out / rel).unlink(missing_ok=True)
+    _write_text(old_manifest, "\n".join(new) + "\n")
+
+    def moved(v: Any) -> Any:
+        if isinstance(v, Path) and v.is_relative_to(stage):
+            return out / v.relative_to(stage)
+        return [moved(x) for x in v] if isinstance(v, list) else v
+
+    return {k: moved(v) for k, v in written.items()}
+
+
+def _build(exp: ExperimentConfig, out: Path, runs: dict, missing: list, left_out: list, reps: int,
+           figures: bool) -> dict[str, Any]:
+    """Every table, figure and REPORT.md under ``out`` (the staging directory)."""
+    tables_dir, fig_dir = out / "tables", out / "figures"
     warnings = data_warnings(exp)
     written: dict[str, list] = {"tables": [], "figures": [], "missing": missing, "not_scored": left_out,
                                 "warnings": warnings}
@@ -1206,7 +1303,8 @@ def report(exp: ExperimentConfig, out_root: Path | None = None, runs_dir: Path |
                  for m, t, s in missing]
     main_md = main_markdown(exp, main, n_missing_main, eval_rtg_note(exp, runs), warnings)
     if left_out:
-        main_md += (f"\n**{len(left_out)} run(s) of the grid are not scored** (diverged, failed or missing): "
+        main_md += (f"\n**{len(left_out)} run(s) of the grid are not scored** (diverged, failed, invalid or "
+                    "missing): "
                     "see not_scored.md.\n")
     table("main", main, main_md)
     table("not_scored", pd.DataFrame(left_out, columns=["method", "task", "seed", "status", "reason"]),
@@ -1232,7 +1330,8 @@ def report(exp: ExperimentConfig, out_root: Path | None = None, runs_dir: Path |
             finite = np.concatenate([s.ravel() for s in complete.values()])
             taus = np.linspace(min(0.0, float(finite.min())), max(100.0, float(finite.max()) * 1.05), 101)
             prof, prof_ci = performance_profiles(complete, taus, reps=min(reps, PROFILE_REPS))
-            written["figures"] += plot_profiles(exp, taus, prof, prof_ci, fig_dir / "performance_profile")
+            n_runs = {m: s.shape[0] for m, s in complete.items()}
+            written["figures"] += plot_profiles(exp, taus, prof, prof_ci, n_runs, fig_dir / "performance_profile")
         main_m = next((m for m in exp.grid.methods if algo_of(exp, m) == MAIN_ALGO and m in scores), None)
         if main_m is not None and len(scores) > 1:
             poi = probability_of_improvement(scores, main_m, reps=min(reps, POI_REPS))
@@ -1255,7 +1354,9 @@ def report(exp: ExperimentConfig, out_root: Path | None = None, runs_dir: Path |
 def not_scored_markdown(rows: list[dict[str, Any]]) -> str:
     lines = ["# Runs not scored", "",
              "Runs of the grid left out of every table and figure: diverged (a non-finite loss or parameter "
-             "stopped them), failed, or missing (no summary.json).", ""]
+             "stopped them), failed, invalid (files that break the run contract, e.g. an empty progress.csv, a "
+             "score that is not a number, or a final_norm_return that is not final_return normalised: edited by "
+             "hand; `dtrl check-run <run dir>` lists every problem), or missing (no summary.json).", ""]
     if not rows:
         return "\n".join(lines + ["None: every run of the grid is scored."]) + "\n"
     lines += ["| method | task | seed | status | reason |", "|---|---|---:|---|---|"]

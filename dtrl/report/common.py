@@ -46,6 +46,14 @@ def _fmt_count(x: float) -> str:
     return f"{x:.0f}"
 
 
+def budgets_differ(a: float, b: float, tol: float) -> bool:
+    """Two env-step budgets per run that differ by more than ``tol`` of the larger one. A method that
+    takes no env steps (the offline DT) is the starting point, not a budget: never 'unmatched'."""
+    if math.isnan(a) or math.isnan(b) or a <= 0 or b <= 0:
+        return False
+    return abs(a - b) > tol * max(a, b)
+
+
 @contextmanager
 def _seeded(seed: int) -> Iterator[None]:
     """rliable's stratified bootstrap draws from numpy's global RNG: seed it, then restore it."""
