@@ -551,8 +551,11 @@ def _config_file(root, exp):
     return path
 
 
-def test_nothing_to_report_exits_2_and_leaves_every_output_byte_identical(tmp_path, capsys):
+def test_nothing_to_report_exits_2_and_leaves_every_output_byte_identical(tmp_path, capsys, monkeypatch):
+    import dtrl.report.build
     from dtrl import cli
+
+    monkeypatch.setattr(dtrl.report.build, "REPS", 20)
 
     exp = _two_seed_grid(tmp_path)
     cfg = _config_file(tmp_path, exp)
@@ -571,40 +574,43 @@ def test_nothing_to_report_exits_2_and_leaves_every_output_byte_identical(tmp_pa
 
 
 def test_a_failed_build_replaces_nothing(tmp_path, monkeypatch):
-    """Every table and figure is built before any output is replaced: a failure in the last figure
-    leaves the previous report whole, and no staging directory behind."""
-    import dtrl.report
+    """Every table and figure is built before any output is replaced: a failure in the last step (the
+    results page) leaves the previous report whole, and no staging directory behind."""
+    import dtrl.report.page
 
     exp = _two_seed_grid(tmp_path)
-    run_report(exp, tmp_path, reps=20)
+    run_report(exp, tmp_path, reps=20, figures=False)
     before = _tree(tmp_path)
     write_run(tmp_path, "grpo", "pendulum-random", 0, 99.0, 5000, 40)  # a change the new report would show
 
     def broken(*a, **k):
-        raise RuntimeError("plotting failed")
+        raise RuntimeError("page failed")
 
-    monkeypatch.setattr(dtrl.report, "plot_ratio_diagnostics", broken)
-    exp.grid.ablations, exp.grid.ablation_tasks = ["grpo"], ["pendulum-random"]
-    with pytest.raises(RuntimeError, match="plotting failed"):
-        run_report(exp, tmp_path, reps=20)
+    monkeypatch.setattr(dtrl.report.page, "write_report_page", broken)
+    with pytest.raises(RuntimeError, match="page failed"):
+        run_report(exp, tmp_path, reps=20, figures=False)
     assert _tree(tmp_path) == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".dtrl-report-staging-")]
 
 
 def test_outputs_of_a_previous_report_that_no_longer_apply_are_removed(tmp_path):
     exp = _two_seed_grid(tmp_path)
-    run_report(exp, tmp_path, reps=20)
-    mine = tmp_path / "figures" / "my_notes.txt"
+    run_report(exp, tmp_path, reps=20, figures=False)
+    mine = tmp_path / "tables" / "my_notes.txt"
     mine.write_text("kept")
-    assert (tmp_path / "figures" / "learning_curves_pendulum-medium-replay.png").exists()
-    exp.grid.tasks = ["pendulum-random"]
-    run_report(exp, tmp_path, reps=20)
-    assert not (tmp_path / "figures" / "learning_curves_pendulum-medium-replay.png").exists()
-    assert (tmp_path / "figures" / "learning_curves_pendulum-random.png").exists() and mine.read_text() == "kept"
+    assert (tmp_path / "tables" / "probability_of_improvement.csv").exists()
+    exp.grid.methods = ["none", "odt_td3"]  # no GRPO-DT: no probability-of-improvement table
+    run_report(exp, tmp_path, reps=20, figures=False)
+    assert not (tmp_path / "tables" / "probability_of_improvement.csv").exists()
+    assert not (tmp_path / "tables" / "html" / "probability_of_improvement.html").exists()
+    assert (tmp_path / "tables" / "main.csv").exists() and mine.read_text() == "kept"
 
 
-def test_broken_run_files_are_runs_not_scored_with_a_reason(tmp_path, capsys):
+def test_broken_run_files_are_runs_not_scored_with_a_reason(tmp_path, capsys, monkeypatch):
+    import dtrl.report.build
     from dtrl.report.build import cmd_report
+
+    monkeypatch.setattr(dtrl.report.build, "REPS", 20)
 
     exp = _two_seed_grid(tmp_path, seeds=(0, 1, 2))
     runs = tmp_path / "runs"

@@ -222,7 +222,7 @@ def test_tiny_grid_end_to_end(tmp_path):
     assert {"odt_mean", "odt_std", "odt_seeds"} <= set(table.columns)
     assert "odt_published" not in table  # no published number for any pendulum task: no empty column
     assert list(table["task"]) == ["pendulum-medium-replay", "average", "env_steps", "env_steps_eval",
-                                   "policy_updates", "critic_updates", "wall_time"]
+                                   "policy_updates", "critic_updates", "wall_time", "pretrain_wall_time"]
     rows = table.set_index("task")
     assert rows.loc["pendulum-medium-replay", "odt_seeds"] == 1
     toy = json.loads((res / "runs/toy/pendulum-medium-replay/seed0/summary.json").read_text())
