@@ -100,7 +100,7 @@ def test_iqm_function_on_fixed_matrix():
     """aggregate_estimates on a given matrix: IQM is scipy's 25% trimmed mean over all runs and tasks."""
     from rliable import metrics
 
-    from dtrl.report.build import aggregate_estimates
+    from dtrl.report.stats import aggregate_estimates
 
     scores = np.arange(24, dtype=float).reshape(4, 6) ** 1.5
     out = aggregate_estimates({"m": scores}, reps=100).set_index("metric")
@@ -122,7 +122,7 @@ def test_probability_of_improvement_matches_rliable(reported):
 
 
 def test_main_table(reported):
-    from dtrl.report.build import BUDGET_ROWS
+    from dtrl.report.tables import BUDGET_ROWS
 
     exp, root, _ = reported
     table = pd.read_csv(root / "tables" / "main.csv").set_index("task")
@@ -171,7 +171,8 @@ def test_figures(reported):
 
 
 def test_learning_curve_interpolates_over_seeds(tmp_path):
-    from dtrl.report.build import Run, learning_curve
+    from dtrl.report.runs import Run
+    from dtrl.report.stats import learning_curve
 
     runs = []
     for seed, (xs, ys) in enumerate([([100, 200, 300], [1.0, 2.0, 3.0]), ([150, 250, 350], [2.0, 4.0, 6.0])]):
@@ -228,7 +229,7 @@ def test_ablation_table(tmp_path):
 
 
 def test_expected_runs_cover_grid_and_ablation_bases():
-    from dtrl.report.build import expected_runs
+    from dtrl.report.runs import expected_runs
 
     exp = ExperimentConfig(methods={"grpo_u": {"algo": "grpo", "reset_sampling": "uniform"}},
                            grid=GridConfig(methods=["none", "grpo"], tasks=["hopper-medium"], seeds=[0, 1],
@@ -289,7 +290,7 @@ def test_published_rows_reproduce_the_printed_averages():
 
 def test_published_columns_name_their_budget():
     """Each published header says the online budget its numbers were measured at (docs/baselines.md)."""
-    from dtrl.report.build import main_markdown, main_table
+    from dtrl.report.tables import main_markdown, main_table
 
     exp = ExperimentConfig(grid=GridConfig(methods=["odt", "odt_td3", "iql"], tasks=["hopper-medium"], seeds=[0]))
     header = main_markdown(exp, main_table(exp, {}), 0).split("\n")[4]
@@ -345,7 +346,7 @@ def test_too_few_runs_give_no_ci_and_say_so(tmp_path):
 
 def test_probability_of_improvement_figure_shows_every_value(tmp_path):
     """P = 1 with CI [1, 1]: the value is written on the figure and the marker is not clipped at the spine."""
-    from dtrl.report.build import poi_figure
+    from dtrl.report.figures import poi_figure
 
     exp = _two_seed_grid(tmp_path)
     exp.report.min_runs_for_ci = 2
@@ -404,8 +405,9 @@ def _bands(fig) -> int:
 @pytest.mark.parametrize("n_seeds", [2, 3])
 def test_intervals_only_from_min_runs_for_ci_runs(tmp_path, n_seeds):
     """report.min_runs_for_ci = 3: with 2 seeds no finding, table or figure carries a CI; with 3 all do."""
-    from dtrl.report.build import (aggregates_figure, learning_curves_figure, load_runs, expected_runs, performance_profiles,
-                             poi_figure, profile_figure, score_matrices)
+    from dtrl.report.figures import aggregates_figure, learning_curves_figure, poi_figure, profile_figure
+    from dtrl.report.runs import expected_runs, load_runs
+    from dtrl.report.stats import performance_profiles, score_matrices
 
     exp = _two_seed_grid(tmp_path, seeds=tuple(range(n_seeds)))
     run_report(exp, tmp_path, reps=20, figures=False)
@@ -454,7 +456,7 @@ def test_unmatched_budgets_are_marked_in_the_table_and_the_findings(tmp_path):
 # -- labels that are true -------------------------------------------------------------------------------------
 
 def test_captions_say_what_the_scores_are(tmp_path):
-    from dtrl.report.build import main_markdown, main_table, score_label, success_note
+    from dtrl.report.tables import main_markdown, main_table, score_label, success_note
 
     assert "dtrl's own reference returns, not D4RL's" in score_label(["pendulum-random"])
     assert score_label(["hopper-medium"]).startswith("D4RL normalised score")

@@ -352,7 +352,8 @@ def test_report_groups_tasks_by_family_with_family_averages_and_success(tmp_path
     import pandas as pd
 
     from dtrl.config.experiment import ExperimentConfig, GridConfig
-    from dtrl.report.build import BUDGET_ROWS, report
+    from dtrl.report.build import report
+    from dtrl.report.tables import BUDGET_ROWS
     from test_report import write_run
 
     scores = {"hopper-medium": [50.0, 70.0], "pen-human": [10.0, 30.0], "door-human": [0.0, 4.0],

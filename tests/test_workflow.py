@@ -212,7 +212,7 @@ def test_tiny_grid_end_to_end(tmp_path):
     res = wf / "results"
     # The datasets' warnings (the tiny SAC run is far from the 'medium' return) reach the terminal.
     from dtrl.config.experiment import load_config
-    from dtrl.report.build import data_warnings
+    from dtrl.report.runs import data_warnings
 
     warnings = data_warnings(load_config([wf / "config" / "config.yaml", wf / "tiny.yaml"], {"results": str(res)}))
     assert all(f"dtrl: warning: {w}" in out.stderr for w in warnings), out.stderr[-3000:]

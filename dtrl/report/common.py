@@ -17,6 +17,10 @@ from dtrl.config.experiment import ExperimentConfig
 ALGO_LABELS = {"none": "DT (offline)", "grpo": "GRPO-DT", "qgrpo": "QGRPO", "ppo_dt": "PPO-DT", "odt": "ODT",
                "odt_td3": "ODT+TD3", "iql": "IQL"}
 CI = 0.95  # the level of every bootstrap interval the report draws
+MAIN_ALGO = "grpo"  # the method the probability-of-improvement figure compares against each baseline
+# The update axis of every table and curve: optimizer steps of the acting policy (DT or actor),
+# counted the same way for every method (dtrl.harness.online); critic steps are reported apart.
+UPDATE_AXIS = "policy_updates"
 
 
 def algo_of(exp: ExperimentConfig, method: str) -> str:

@@ -10,7 +10,7 @@ The findings are comparisons the grid's methods define, never claims written in 
 * ``vs_offline``: each method of ``grid.methods`` against the offline DT (algorithm ``none``);
 * ``vs_baseline``: each GRPO-DT entry of ``grid.methods`` against each other method that is neither
   GRPO-DT nor the offline DT (ODT, ODT+TD3, IQL, ...);
-* ``ablation``: each entry of ``grid.ablations`` against its parent (``dtrl.report.build.ablation_base``)
+* ``ablation``: each entry of ``grid.ablations`` against its parent (``dtrl.report.common.ablation_base``)
   on ``grid.ablation_tasks``.
 
 For each: the IQM difference of the final normalised scores with a stratified (independent)
