@@ -219,7 +219,8 @@ def cmd_report(exp: ExperimentConfig, out_root: Path | None, runs_dir: Path | No
     res = report(exp, out_root, runs_dir)
     bad = [r for r in res.get("not_scored", []) if r["status"] != "missing"]
     if bad:
-        print(f"dtrl report: warning: {len(bad)} run(s) not scored (diverged or failed): "
+        print(f"dtrl report: warning: {len(bad)} run(s) not scored (diverged, failed or invalid: see "
+              "tables/not_scored.md): "
               + ", ".join(f"{r['method']}/{r['task']}/seed{r['seed']}" for r in bad[:5])
               + (f" and {len(bad) - 5} more" if len(bad) > 5 else ""), file=sys.stderr)
     if res["missing"]:
