@@ -387,8 +387,9 @@ def test_report_groups_tasks_by_family_with_family_averages_and_success(tmp_path
     assert "| **average (adroit)** |" in md and "75.0 ± 35.4 (success 75%)" in md
     assert "| pen-human | 20.0 ± 14.1 (success 50%) |" in md
     assert "no published Adroit or AntMaze numbers" not in md
-    assert ("ODT (published, adroit: D4RL v1, 1M env steps; locomotion: D4RL v2, 500k env steps; antmaze: D4RL v2, "
-            "1M env steps)") in md
+    assert ("the paper states: Table 2 (Adroit): D4RL v1 datasets, 1M env steps; Table 1 (MuJoCo): D4RL v2 datasets, "
+            "500k env steps; Table 3 (AntMaze): D4RL v2 datasets, 1M env steps;") in md
+    assert "ODT 1k vs its published column 1M (adroit), 500k (locomotion), 1M (antmaze)" in md
     assert "AntMaze and Adroit cells add the success rate" in md
 
 

@@ -194,24 +194,37 @@ def unmatched_budgets(exp: ExperimentConfig, table: pd.DataFrame) -> list[str]:
     pub = published_scores()
     for m in (m for m in methods if f"{m}_published" in table):
         ours = float(steps[f"{m}_mean"])
-        for suite in dict.fromkeys(pub.suites[t] for t in exp.grid.tasks if pub.score(algo_of(exp, m), t) is not None):
-            if budgets_differ(ours, SUITE_BUDGETS[suite], tol):
-                out.append(f"{method_label(exp, m)} {_fmt_count(ours)} vs its published column "
-                           f"{_fmt_count(SUITE_BUDGETS[suite])} ({suite})")
+        far = [f"{_fmt_count(SUITE_BUDGETS[s])} ({s})" for s in published_suites(exp, m)
+               if budgets_differ(ours, SUITE_BUDGETS[s], tol)]
+        if far:
+            out.append(f"{method_label(exp, m)} {_fmt_count(ours)} vs its published column {', '.join(far)}")
     return out
+
+
+def published_suites(exp: ExperimentConfig, method: str) -> list[str]:
+    """The benchmark families of the grid's tasks that have a published number for ``method``."""
+    pub = published_scores()
+    return list(dict.fromkeys(pub.suites[t] for t in exp.grid.tasks if pub.score(algo_of(exp, method), t) is not None))
 
 
 def published_header(exp: ExperimentConfig, method: str) -> str:
     """'ODT (published, D4RL v2, 500k env steps)': the datasets and the online budget of the published
-    numbers the column holds, per family when the grid spans several."""
+    numbers the column holds; 'ODT (published)' when they span several families (the note under the
+    table lists each family's, :func:`published_families_note`)."""
     from dtrl.reference import SUITE_DATASETS, budget_label
 
-    pub = published_scores()
-    suites = dict.fromkeys(pub.suites[t] for t in exp.grid.tasks if pub.score(algo_of(exp, method), t) is not None)
-    parts = [f"{SUITE_DATASETS[s]}, {budget_label(s)}" for s in suites]
-    if len(parts) > 1:
-        parts = [f"{s}: {p}" for s, p in zip(suites, parts)]
-    return f"{method_label(exp, method)} (published, {'; '.join(parts)})"
+    suites = published_suites(exp, method)
+    if len(suites) > 1:
+        return f"{method_label(exp, method)} (published)"
+    return f"{method_label(exp, method)} (published, {SUITE_DATASETS[suites[0]]}, {budget_label(suites[0])})"
+
+
+def published_families_note(exp: ExperimentConfig, methods: list[str]) -> str:
+    """'MuJoCo: D4RL v2 datasets, 500k env steps; Adroit: ...' for the families of the published columns."""
+    from dtrl.reference import SUITE_DATASETS, SUITE_TABLES, budget_label
+
+    suites = dict.fromkeys(s for m in methods for s in published_suites(exp, m))
+    return "; ".join(f"{SUITE_TABLES[s]}: {SUITE_DATASETS[s]} datasets, {budget_label(s)}" for s in suites)
 
 
 def eval_rtg_note(exp: ExperimentConfig, runs: dict) -> str:
@@ -286,8 +299,9 @@ def main_markdown(exp: ExperimentConfig, table: pd.DataFrame, n_missing: int, rt
                   "final D4RL normalised score after online finetuning, mean over 5 seeds, **on D4RL's datasets and "
                   "gym's v2 / Adroit v1 environments**; ours run on Gymnasium v5 with the datasets configured in "
                   "`data` (generated with the D4RL recipe unless D4RL files are given), so they are a reference "
-                  "point, not a like-for-like comparison. Each published header names the datasets and the online "
-                  "budget the paper states; ours is the env-steps row. Scores use D4RL's reference returns (ant: "
+                  "point, not a like-for-like comparison. The datasets and online budget the paper states: "
+                  + published_families_note(exp, [m for m in methods if f"{m}_published" in table])
+                  + "; ours is the env-steps row. Scores use D4RL's reference returns (ant: "
                   "-325.6, 3879.7), the normalisation of the published numbers. The published average is shown "
                   "only when every task it averages has a published number. The scores before finetuning and the "
                   "paper's other columns are in `published.md` and `published_reference.md`."]
