@@ -204,7 +204,8 @@ def unscored_reason(run_dir: str | Path, summary: Any, task: str) -> str | None:
             errors = [f"progress.csv cannot be read ({e})"]
     if not errors:
         return None
-    return errors[0] + (f" (and {len(errors) - 1} more problem(s): dtrl check-run {run_dir})" if len(errors) > 1 else "")
+    more = f" (and {len(errors) - 1} more problem(s): dtrl check-run {run_dir})" if len(errors) > 1 else ""
+    return errors[0] + more
 
 
 def cmd_check_run(run_dir: Path, task: str | None) -> int:

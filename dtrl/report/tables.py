@@ -191,7 +191,6 @@ def unmatched_budgets(exp: ExperimentConfig, table: pd.DataFrame) -> list[str]:
                 out.append(f"{method_label(exp, a)} {_fmt_count(x)} vs {method_label(exp, b)} {_fmt_count(y)}")
     from dtrl.reference import SUITE_BUDGETS
 
-    pub = published_scores()
     for m in (m for m in methods if f"{m}_published" in table):
         ours = float(steps[f"{m}_mean"])
         far = [f"{_fmt_count(SUITE_BUDGETS[s])} ({s})" for s in published_suites(exp, m)
