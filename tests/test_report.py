@@ -630,7 +630,7 @@ def test_broken_run_files_are_runs_not_scored_with_a_reason(tmp_path, capsys, mo
     assert "4 run(s) not scored" in capsys.readouterr().err
     ns = pd.read_csv(tmp_path / "tables" / "not_scored.csv").set_index(["method", "seed"])
     assert list(ns["status"]) == ["invalid"] * 4
-    assert "progress.csv lacks required column 'iteration'" in ns.loc[("grpo", 0), "reason"]
+    assert ns.loc[("grpo", 0), "reason"] == "progress.csv is empty (0 bytes)"
     assert ns.loc[("grpo", 1), "reason"] == "summary.json holds a JSON list, not an object"
     assert "'final_norm_return' must be a finite number" in ns.loc[("odt_td3", 0), "reason"]
     assert "'final_norm_return' is 95.0 but final_return" in ns.loc[("odt_td3", 1), "reason"]

@@ -199,7 +199,10 @@ def unscored_reason(run_dir: str | Path, summary: Any, task: str) -> str | None:
     path = Path(run_dir) / "progress.csv"
     if not errors:
         try:
-            errors = check_progress(path, summary) if path.exists() else [f"{path.name} is missing"]
+            if not path.exists() or path.stat().st_size == 0:
+                errors = [f"progress.csv is {'missing' if not path.exists() else 'empty (0 bytes)'}"]
+            else:
+                errors = check_progress(path, summary)
         except (OSError, UnicodeDecodeError, csv.Error) as e:
             errors = [f"progress.csv cannot be read ({e})"]
     if not errors:
