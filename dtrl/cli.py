@@ -170,6 +170,7 @@ def _dispatch(args) -> int:
         for name in known_tasks():
             t = get_task(name)
             rows.append({"task": name, "env_id": t.env_id, "ref_min": t.ref_min_score, "ref_max": t.ref_max_score,
+                         "refs": "D4RL" if t.family.d4rl_prefix is not None else "dtrl",
                          "eval_rtg": t.eval_rtg, "online_rtg": t.online_rtg, "resettable": t.resettable})
         if args.json:
             print(json.dumps(rows, indent=2))
@@ -242,13 +243,15 @@ def _dispatch(args) -> int:
 
 
 def _print_tasks(rows: list[dict]) -> None:
-    fmt = "{:<28} {:<22} {:>10} {:>10} {:>9} {:>10}  {}"
-    print(fmt.format("task", "env id", "ref min", "ref max", "eval RTG", "online RTG", "exact resets"))
+    fmt = "{:<28} {:<22} {:>10} {:>10} {:<5} {:>9} {:>10}  {}"
+    print(fmt.format("task", "env id", "ref min", "ref max", "refs", "eval RTG", "online RTG", "exact resets"))
     for r in rows:
-        print(fmt.format(r["task"], r["env_id"], f"{r['ref_min']:g}", f"{r['ref_max']:g}", f"{r['eval_rtg']:g}",
-                         f"{r['online_rtg']:g}", "yes" if r["resettable"] else "no"))
-    print("ref min/max: D4RL's random and expert returns (normalised score 0 and 100); RTG: return-to-go targets "
-          "of evaluation and of online exploration.")
+        print(fmt.format(r["task"], r["env_id"], f"{r['ref_min']:g}", f"{r['ref_max']:g}", r["refs"],
+                         f"{r['eval_rtg']:g}", f"{r['online_rtg']:g}", "yes" if r["resettable"] else "no"))
+    print("ref min/max: the random and expert returns (normalised score 0 and 100): D4RL's where the task is in "
+          "D4RL (refs D4RL, scores are D4RL normalised scores), dtrl's own where it is not (refs dtrl; pendulum: "
+          "random return measured, dtrl.tasks.REF_MEASUREMENTS, expert = the 1000-step maximum). RTG: return-to-go targets of evaluation and of online "
+          "exploration.")
 
 
 def entry(argv: list[str] | None = None) -> int:

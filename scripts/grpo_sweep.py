@@ -20,7 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from dtrl.config.experiment import load_config
-from dtrl.report.build import _fmt_score, _save, ablation_table, expected_runs, load_runs, method_label
+from dtrl.report.common import method_label
+from dtrl.report.figures import _save
+from dtrl.report.runs import expected_runs, load_runs
+from dtrl.report.tables import _fmt_score, ablation_table
 
 
 def epoch_columns(df, prefix: str) -> list[str]:

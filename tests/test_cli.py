@@ -29,6 +29,9 @@ def test_tasks_prints_a_header(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split()[:3] == ["task", "env", "id"] and "ref min" in lines[0] and "eval RTG" in lines[0]
     assert any(line.startswith("hopper-medium ") for line in lines[1:])
+    # which reference returns each task's normalised score uses: D4RL's, or dtrl's own (pendulum)
+    refs = {line.split()[0]: line.split()[4] for line in lines[1:] if line.split() and "-v" in line.split()[1]}
+    assert refs["hopper-medium"] == "D4RL" and refs["pen-human"] == "D4RL" and refs["pendulum-random"] == "dtrl"
 
 
 def test_output_piped_into_a_reader_that_stops_early_ends_quietly():

@@ -100,7 +100,7 @@ def test_external_command_runs_per_task_and_seed(tmp_path, capsys):
     finetune(exp, "toy", TASK, 0)  # a finished run is not rerun
     assert (run / "summary.json").stat().st_mtime_ns == before
     # The report names it by its entry name.
-    from dtrl.report.build import method_label
+    from dtrl.report.common import method_label
 
     assert method_label(exp, "toy") == "toy"
     # A command that breaks the contract: a clear error, and the run is not taken as complete.

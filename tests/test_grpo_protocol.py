@@ -12,7 +12,8 @@ from dtrl.config import ConfigError, from_dict
 from dtrl.config.experiment import load_config
 from dtrl.workflow.finetune import finetune
 from dtrl.methods.grpo import GRPO, carries_gradient, minibatch_log_ratios, selection_probs
-from dtrl.report.build import Run, eval_rtg_note
+from dtrl.report.runs import Run
+from dtrl.report.tables import eval_rtg_note
 from dtrl.harness.rollout import squashed_variance
 
 from helpers import tiny_dt, write_pretrained

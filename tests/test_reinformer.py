@@ -247,7 +247,7 @@ def test_odt_family_refuses_reinformer_at_config_load(tmp_path, algo):
 
 
 def test_report_main_table_names_each_entrys_backbone():
-    from dtrl.report.build import main_markdown, main_table
+    from dtrl.report.tables import main_markdown, main_table
 
     exp = load_config(None, {"grid": {"methods": ["none", "grpo", "odt", "iql", "grpo_reinformer"],
                                       "tasks": ["hopper-medium"], "seeds": [0]},

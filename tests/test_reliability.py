@@ -506,13 +506,24 @@ def test_subprocess_one_line_and_debug_traceback(tmp_path, dataset_file):
 # -- report: configs of one cell --------------------------------------------------------------------------
 
 def _fake_run(root: Path, seed: int, config: dict | None, score: float = 50.0, status: str = "completed"):
-    s = {"method": "grpo", "algo": "grpo", "task": TASK, "seed": seed, "final_return": score,
-         "final_norm_return": score, "final_norm_return_std": 0.0, "final_returns": [score], "eval_episodes": 1,
-         "env_steps": 10, "env_steps_eval": 5, "grad_updates": 1, "wall_time": 1.0, "iterations": 1,
-         "status": status}
+    """A run that follows the run contract (dtrl.harness.run_schema), scoring ``score``."""
+    from dtrl.util.logger import CORE_COLUMNS
+    from dtrl.tasks import get_task
+
+    t = get_task(TASK)
+    ret = t.ref_min_score + score / 100 * (t.ref_max_score - t.ref_min_score)  # normalises to score
+    s = {"method": "grpo", "algo": "grpo", "task": TASK, "seed": seed, "final_return": ret,
+         "final_norm_return": float(t.normalize(ret)), "final_norm_return_std": 0.0, "final_returns": [ret],
+         "eval_episodes": 1, "env_steps": 10, "env_steps_eval": 5, "policy_updates": 1, "critic_updates": 0,
+         "grad_updates": 1, "wall_time": 1.0, "iterations": 1, "status": status}
     if config is not None:
         s["config"] = config
-    atomic_write_json(root / f"runs/grpo/{TASK}/seed{seed}/summary.json", s)
+    d = root / f"runs/grpo/{TASK}/seed{seed}"
+    atomic_write_json(d / "summary.json", s)
+    row = {"iteration": 1, "env_steps": 10, "env_steps_eval": 5, "policy_updates": 1, "critic_updates": 0,
+           "grad_updates": 1, "eval_return": ret, "eval_norm_return": s["final_norm_return"], "wall_time": 1.0,
+           "env_steps_per_s": 1.0, "updates_per_s": 1.0}
+    (d / "progress.csv").write_text(",".join(CORE_COLUMNS) + "\n" + ",".join(str(row[c]) for c in CORE_COLUMNS) + "\n")
 
 
 def test_report_refuses_to_mix_method_configs_in_a_cell(tmp_path):
@@ -546,7 +557,7 @@ def test_report_refuses_to_mix_method_configs_in_a_cell(tmp_path):
     p.write_text(json.dumps({**old, "final_norm_return": NAN}))
     assert "NaN" in p.read_text()
     res = report(exp, figures=False, reps=10)
-    assert [(r["seed"], r["status"]) for r in res["not_scored"]] == [(1, "no score"), (2, "diverged")]
+    assert [(r["seed"], r["status"]) for r in res["not_scored"]] == [(1, "invalid"), (2, "diverged")]
 
 
 # -- the behaviour SAC resumes exactly from any checkpoint --------------------------------------------------

@@ -126,21 +126,24 @@ def test_page_is_self_contained(page):
 def test_one_seed_gives_no_interval_and_no_verdict(page):
     import dataclasses
 
-    from dtrl.report.build import expected_runs, load_runs
+    from dtrl.report.runs import expected_runs, load_runs
     from dtrl.report.page import finding_rows, paragraph
 
     exp, root, _ = page
     one = dataclasses.replace(exp, grid=dataclasses.replace(exp.grid, seeds=[0]))
     runs, _ = load_runs(root / "runs", expected_runs(one))
     f = finding_rows(one, runs, reps=50)
-    assert len(f) == 6 and (f["ci_low"] == f["iqm_diff"]).all() and (f["ci_high"] == f["iqm_diff"]).all()
+    assert len(f) == 6 and f["ci_low"].isna().all() and f["ci_high"].isna().all() and f["poi_low"].isna().all()
+    assert (f["iqm_diff"] == f["iqm_method"] - f["iqm_baseline"]).all()  # the point estimates stay
     text = paragraph(one, f.iloc[0].to_dict())
-    assert "(no CI;" in text and "nothing to resample" in text and "above 0" not in text
+    assert "(no CI: 1 run(s) per task on a side, fewer than report.min_runs_for_ci=3;" in text
+    assert "No CI, so no verdict." in text and "above 0" not in text and "[" not in text
 
 
 def test_ratio_diagnostics_figure_for_the_relabel_ablation(page):
     exp, root, written = page
-    from dtrl.report.build import ratio_figure_methods, series_mean
+    from dtrl.report.figures import ratio_figure_methods
+    from dtrl.report.stats import series_mean
 
     assert ratio_figure_methods(exp) == ["grpo", ABLATION]
     figs = [p.name for p in written["figures"]]
@@ -148,7 +151,7 @@ def test_ratio_diagnostics_figure_for_the_relabel_ablation(page):
         f"ratio_diagnostics_{t}.{e}" for t in TASKS[:2] for e in ("png", "pdf")]
     assert (root / "figures" / f"ratio_diagnostics_{TASKS[0]}.png").stat().st_size > 0
     # the plotted series is the mean over seeds of the logged column (seed i logged 0.5 + 0.1 i)
-    from dtrl.report.build import load_runs
+    from dtrl.report.runs import load_runs
     runs, _ = load_runs(root / "runs", [(ABLATION, TASKS[0], s) for s in SEEDS])
     x, y = series_mean(list(runs.values()), "ratio_first_absdev")
     assert np.allclose(y, 0.5 + 0.1 * np.mean(range(len(SEEDS))))
@@ -156,7 +159,7 @@ def test_ratio_diagnostics_figure_for_the_relabel_ablation(page):
 
 
 def test_no_ratio_figure_without_a_ratio_ablation():
-    from dtrl.report.build import ratio_figure_methods
+    from dtrl.report.figures import ratio_figure_methods
 
     exp = ExperimentConfig(grid=GridConfig(methods=["none", "grpo"], tasks=TASKS, seeds=SEEDS,
                                            ablations=["grpo_l0"], ablation_tasks=TASKS[:1]),

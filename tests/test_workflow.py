@@ -223,7 +223,7 @@ def test_tiny_grid_end_to_end(tmp_path):
     res = wf / "results"
     # The datasets' warnings (the tiny SAC run is far from the 'medium' return) reach the terminal.
     from dtrl.config.experiment import load_config
-    from dtrl.report.build import data_warnings
+    from dtrl.report.runs import data_warnings
 
     warnings = data_warnings(load_config([wf / "config" / "config.yaml", wf / "tiny.yaml"], {"results": str(res)}))
     assert all(f"dtrl: warning: {w}" in out.stderr for w in warnings), out.stderr[-3000:]
@@ -233,7 +233,7 @@ def test_tiny_grid_end_to_end(tmp_path):
     assert {"odt_mean", "odt_std", "odt_seeds"} <= set(table.columns)
     assert "odt_published" not in table  # no published number for any pendulum task: no empty column
     assert list(table["task"]) == ["pendulum-medium-replay", "average", "env_steps", "env_steps_eval",
-                                   "policy_updates", "critic_updates", "wall_time"]
+                                   "policy_updates", "critic_updates", "wall_time", "pretrain_wall_time"]
     rows = table.set_index("task")
     assert rows.loc["pendulum-medium-replay", "odt_seeds"] == 1
     toy = json.loads((res / "runs/toy/pendulum-medium-replay/seed0/summary.json").read_text())

@@ -107,7 +107,8 @@ class ExperimentConfig:
                                              "value an entry sets, edit the entry (or drop them all: "
                                              "`--set overrides=[]`).")
     resources: ResourcesConfig = doc(ResourcesConfig(), "What each workflow job asks a scheduler for, per rule.")
-    report: ReportConfig = doc(ReportConfig(), "The report's treatment of small samples.")
+    report: ReportConfig = doc(ReportConfig(), "The report's rules for small samples (no CI below min_runs_for_ci) "
+                                               "and unmatched budgets.")
 
     def validate(self) -> None:
         from dtrl.tasks import get_task

@@ -69,12 +69,17 @@ class ResourcesConfig:
 @dataclass
 class ReportConfig:
     min_runs_for_ci: int = doc(3, "Runs (seeds that finished every task) a method needs before the report prints a "
-                                  "bootstrap CI for it (aggregates, probability of improvement, learning-curve bands); "
+                                  "bootstrap CI for it (findings, aggregates, probability of improvement, performance-"
+                                  "profile and learning-curve bands); "
                                   "with fewer, the point estimate is shown and the CI left empty with a note. With 2 "
                                   "runs per task the median, mean and IQM of each task coincide and the percentile "
                                   "bootstrap has 3 outcomes per task, so its interval says little about uncertainty "
                                   "(rliable: Agarwal et al. 2021 recommend reporting CIs over enough runs; rliable "
                                   "itself computes an interval from any number).")
+    budget_tolerance: float = doc(0.10, "Relative difference of env steps per run above which two methods' budgets "
+                                        "count as not matched: the main table and every finding that compares them "
+                                        "say so, with both budgets (0.10 = they differ by more than 10% of the larger).")
 
     def validate(self) -> None:
         require(self.min_runs_for_ci >= 2, "report.min_runs_for_ci must be >= 2 (a bootstrap needs two runs)")
+        require(0 <= self.budget_tolerance < 1, "report.budget_tolerance must be in [0, 1)")

@@ -182,6 +182,35 @@ def check_run(run_dir: str | Path, task: str | None = None) -> list[str]:
     return errors
 
 
+def unscored_reason(run_dir: str | Path, summary: Any, task: str) -> str | None:
+    """Why the run in ``run_dir`` (whose summary.json parsed to ``summary``) must not be scored, or None.
+
+    The one rule `dtrl report` scores by: a run that did not complete (its summary's ``status``: diverged,
+    failed; summaries from before dtrl recorded one count as completed), or whose files break the
+    contract :func:`check_run` checks (a summary that is not an object, a score that is a string or not
+    finite, a ``final_norm_return`` that is not ``final_return`` normalised -- edited by hand --, a progress.csv
+    that is empty or disagrees with the summary). The first problem is the reason; more are counted."""
+    if not isinstance(summary, dict):
+        return f"summary.json holds a JSON {type(summary).__name__}, not an object"
+    status = summary.get("status", "completed")
+    if status != "completed":
+        return str((summary.get("divergence") or {}).get("message") or f"status {status}")
+    errors = check_summary(summary, task)
+    path = Path(run_dir) / "progress.csv"
+    if not errors:
+        try:
+            if not path.exists() or path.stat().st_size == 0:
+                errors = [f"progress.csv is {'missing' if not path.exists() else 'empty (0 bytes)'}"]
+            else:
+                errors = check_progress(path, summary)
+        except (OSError, UnicodeDecodeError, csv.Error) as e:
+            errors = [f"progress.csv cannot be read ({e})"]
+    if not errors:
+        return None
+    more = f" (and {len(errors) - 1} more problem(s): dtrl check-run {run_dir})" if len(errors) > 1 else ""
+    return errors[0] + more
+
+
 def cmd_check_run(run_dir: Path, task: str | None) -> int:
     errors = check_run(run_dir, task)
     if errors:

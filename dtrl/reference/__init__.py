@@ -1,22 +1,16 @@
 """Published reference numbers, kept as data so reports can show them beside ours.
 
-``yan2024_d4rl_v2.csv``: Yan, Schwing & Wang (NeurIPS 2024, "Reinforcement Learning Gradients as
-Vitamin for Online Finetuning Decision Transformers"), final D4RL normalised score after online
-finetuning, one column per method (named by the dtrl algorithm that reimplements it: ``iql``,
-``odt``, ``odt_td3``), one row per task. The numbers were obtained on the D4RL **v2** datasets and
-the gym v2 environments; dtrl runs on Gymnasium v5 with locally generated D4RL-recipe datasets unless
-real D4RL files are configured, so they are a reference point, not a like-for-like comparison.
+``yan2024_tables.csv``: Yan, Schwing & Wang (NeurIPS 2024, "Reinforcement Learning Gradients as Vitamin
+for Online Finetuning Decision Transformers"), Tables 1-3 (MuJoCo, Adroit, AntMaze), every column, one
+row per (task, method): the D4RL normalised score after online finetuning (``final``) and its change over
+finetuning (``increase``), as the paper prints ``final(+increase)``. ``yan2024_averages.csv``: the tables'
+printed average rows. ``yan2024.md`` says where each number comes from (pages, budgets, dataset versions,
+the printed averages that disagree with their rows). The numbers were obtained on D4RL's datasets and
+gym's v2 (MuJoCo) / v1 (Adroit) environments; dtrl runs Gymnasium v5 (and gymnasium-robotics) with
+locally generated D4RL-recipe datasets unless real D4RL files are configured, so they are a reference
+point, not a like-for-like comparison.
 
-Adroit and AntMaze: not held. Yan et al. also tabulate ODT, ODT+TD3 and IQL on Adroit (Table 2, whose
-caption reads "Average reward for each method in Adroit Environments before and after online
-finetuning": returns, in whatever reward units their code used -- it divides Adroit rewards by 100 or
-1000, RL_as_Vitamin @de8be0a main.py:249-251 -- not D4RL normalised scores) and on AntMaze. Their numbers
-could not be read offline: the stored copies of arXiv 2410.24108v1 and of Luo & Zhu's arXiv 2601.00167v1
-(which may restate the baselines) give the opening of each page only, and only the caption above came
-through, from a third-party summary (liner.com). Whoever transcribes them: AntMaze rows go into this
-file (D4RL's AntMaze score is 100 x success rate, already normalised; check the table says so); Adroit
-rows go into a sibling file with their own label unless the table is in normalised score, since the
-report's main table compares normalised scores.
+``throughput.csv`` and ``episode_length.csv`` are dtrl's own measurements, read by ``dtrl plan``.
 
 Reinformer (Zhuang et al., ICML 2024, arXiv 2405.08740; the second backbone, dtrl/models/reinformer.py): not held.
 Its paper tabulates offline D4RL v2 normalised scores (no online finetuning), which belong beside the
@@ -33,33 +27,78 @@ import csv
 from dataclasses import dataclass
 from importlib import resources
 
-PUBLISHED_FILE = "yan2024_d4rl_v2.csv"
-PUBLISHED_LABEL = "published (Yan et al. 2024, D4RL v2)"
-# Display names of the published methods, keyed by the dtrl algorithm that reimplements each.
+PUBLISHED_FILE = "yan2024_tables.csv"
+AVERAGES_FILE = "yan2024_averages.csv"
+SOURCE_FILE = "yan2024.md"
+PUBLISHED_SOURCE = "Yan et al. 2024"
+# Every published column, in the paper's order, keyed by a dtrl-style name.
+PUBLISHED_COLUMNS = {"td3_bc": "TD3+BC", "iql": "IQL", "odt": "ODT", "pdt": "PDT", "td3": "TD3",
+                     "ddpg_odt": "DDPG+ODT", "odt_td3": "ODT+TD3"}
+# The published methods dtrl reimplements, keyed by the dtrl algorithm that does.
 PUBLISHED_METHODS = {"iql": "IQL", "odt": "ODT", "odt_td3": "ODT+TD3"}
-# The online budget each published column was measured at, as the code behind it shows (docs/baselines.md):
-# ODT and ODT+TD3 come from RL_as_Vitamin @de8be0a, whose MuJoCo runs stop at 600k online transitions
-# (main.py:598-600); for IQL's column neither that repository nor the paper text we could read names one.
-PUBLISHED_BUDGETS = {"iql": "budget not stated", "odt": "600k env steps", "odt_td3": "600k env steps"}
+# Per benchmark family (dtrl.tasks' EnvFamily.suite): the paper's table, the datasets it used, and the
+# online budget the paper states for it (yan2024.md).
+SUITE_TABLES = {"locomotion": "Table 1 (MuJoCo)", "adroit": "Table 2 (Adroit)", "antmaze": "Table 3 (AntMaze)"}
+SUITE_DATASETS = {"locomotion": "D4RL v2", "adroit": "D4RL v1", "antmaze": "D4RL v2"}
+SUITE_BUDGETS = {"locomotion": 500_000, "adroit": 1_000_000, "antmaze": 1_000_000}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One published cell: the score after finetuning and its increase over finetuning."""
+
+    final: float
+    increase: float
+
+    @property
+    def before(self) -> float:
+        """The score before online finetuning (the offline-pretrained policy)."""
+        return round(self.final - self.increase, 6)
 
 
 @dataclass(frozen=True)
 class Published:
     source: str
-    label: str
-    scores: dict[str, dict[str, float]]  # algo -> task -> final normalised score
+    cells: dict[tuple[str, str], Cell]  # (method, task) -> cell
+    suites: dict[str, str]  # task -> benchmark family
+    datasets: dict[str, str]  # task -> the dataset name the paper prints ('hopper-medium-v2')
 
-    def score(self, algo: str, task: str) -> float | None:
-        return self.scores.get(algo, {}).get(task)
+    def cell(self, method: str, task: str) -> Cell | None:
+        return self.cells.get((method, task))
 
-    def tasks(self) -> list[str]:
-        return sorted({t for by_task in self.scores.values() for t in by_task})
+    def score(self, method: str, task: str) -> float | None:
+        """The final (after finetuning) score, or None where the paper has no such cell."""
+        c = self.cell(method, task)
+        return None if c is None else c.final
+
+    def tasks(self, suite: str | None = None) -> list[str]:
+        return [t for t, s in self.suites.items() if suite is None or s == suite]
+
+    def methods(self) -> list[str]:
+        return list(dict.fromkeys(m for m, _ in self.cells))
+
+
+def _rows(name: str) -> list[dict[str, str]]:
+    return list(csv.DictReader(resources.files(__package__).joinpath(name).read_text().splitlines()))
 
 
 def published_scores() -> Published:
-    """The published final normalised scores of Yan et al. 2024 (see the module docstring)."""
-    text = resources.files(__package__).joinpath(PUBLISHED_FILE).read_text()
-    rows = list(csv.DictReader(text.splitlines()))
-    algos = [c for c in rows[0] if c != "task"] if rows else []
-    scores = {a: {r["task"]: float(r[a]) for r in rows if r[a] not in ("", None)} for a in algos}
-    return Published(source=PUBLISHED_FILE, label=PUBLISHED_LABEL, scores=scores)
+    """Yan et al. 2024's Tables 1-3 (see the module docstring and yan2024.md)."""
+    rows = _rows(PUBLISHED_FILE)
+    return Published(source=PUBLISHED_FILE,
+                     cells={(r["method"], r["task"]): Cell(float(r["final"]), float(r["increase"])) for r in rows},
+                     suites={r["task"]: r["suite"] for r in rows},
+                     datasets={r["task"]: r["dataset"] for r in rows})
+
+
+def published_averages() -> dict[tuple[str, str, str], Cell]:
+    """The averages the paper prints: (suite, row, method) -> cell; row 'average' or, for AntMaze,
+    'average (umaze + medium)'. Three disagree with their own rows (yan2024.md)."""
+    return {(r["suite"], r["row"], r["method"]): Cell(float(r["final"]), float(r["increase"]))
+            for r in _rows(AVERAGES_FILE)}
+
+
+def budget_label(suite: str) -> str:
+    """'500k env steps': the online budget the paper states for ``suite``."""
+    n = SUITE_BUDGETS[suite]
+    return f"{n / 1e6:g}M env steps" if n >= 1_000_000 else f"{n / 1e3:g}k env steps"

@@ -17,6 +17,10 @@ from dtrl.config.experiment import ExperimentConfig
 ALGO_LABELS = {"none": "DT (offline)", "grpo": "GRPO-DT", "qgrpo": "QGRPO", "ppo_dt": "PPO-DT", "odt": "ODT",
                "odt_td3": "ODT+TD3", "iql": "IQL"}
 CI = 0.95  # the level of every bootstrap interval the report draws
+MAIN_ALGO = "grpo"  # the method the probability-of-improvement figure compares against each baseline
+# The update axis of every table and curve: optimizer steps of the acting policy (DT or actor),
+# counted the same way for every method (dtrl.harness.online); critic steps are reported apart.
+UPDATE_AXIS = "policy_updates"
 
 
 def algo_of(exp: ExperimentConfig, method: str) -> str:
@@ -44,6 +48,14 @@ def _fmt_count(x: float) -> str:
         if abs(x) >= div:
             return f"{x / div:.3g}{suffix}"
     return f"{x:.0f}"
+
+
+def budgets_differ(a: float, b: float, tol: float) -> bool:
+    """Two env-step budgets per run that differ by more than ``tol`` of the larger one. A method that
+    takes no env steps (the offline DT) is the starting point, not a budget: never 'unmatched'."""
+    if math.isnan(a) or math.isnan(b) or a <= 0 or b <= 0:
+        return False
+    return abs(a - b) > tol * max(a, b)
 
 
 @contextmanager

@@ -10,7 +10,7 @@ The findings are comparisons the grid's methods define, never claims written in 
 * ``vs_offline``: each method of ``grid.methods`` against the offline DT (algorithm ``none``);
 * ``vs_baseline``: each GRPO-DT entry of ``grid.methods`` against each other method that is neither
   GRPO-DT nor the offline DT (ODT, ODT+TD3, IQL, ...);
-* ``ablation``: each entry of ``grid.ablations`` against its parent (``dtrl.report.build.ablation_base``)
+* ``ablation``: each entry of ``grid.ablations`` against its parent (``dtrl.report.common.ablation_base``)
   on ``grid.ablation_tasks``.
 
 For each: the IQM difference of the final normalised scores with a stratified (independent)
@@ -19,6 +19,10 @@ per run (env steps, gradient updates), and, where the runs logged them, the rati
 (first-minibatch |ratio - 1|, largest |log ratio|, clip fraction, approximate KL; means over
 iterations, then over runs). The numbers go to ``tables/findings.csv``; each paragraph is a template
 filled from that row, and its verdict follows from the CI alone (above 0, below 0, or contains 0).
+No interval without the runs for it: where either side has fewer than ``report.min_runs_for_ci`` runs
+(seeds that finished every task) the finding gives point estimates only and no verdict, as every table
+and figure of the report does. A comparison whose env-step budgets per run differ by more than
+``report.budget_tolerance`` opens with both budgets, in bold.
 """
 
 from __future__ import annotations
@@ -49,7 +53,8 @@ DIAGNOSTIC_LABELS = {"ratio_first_absdev": "first-minibatch max |ratio - 1|", "l
 KIND_TITLES = {"vs_offline": "Each method against the offline DT it starts from",
                "vs_baseline": "GRPO-DT against each baseline",
                "ablation": "Each ablation against its parent entry"}
-TABLE_ORDER = ("main", "ablations", "aggregates", "probability_of_improvement", FINDINGS_TABLE)
+TABLE_ORDER = ("main", "published", "published_reference", "ablations", "aggregates", "probability_of_improvement",
+               FINDINGS_TABLE)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -122,12 +127,16 @@ def _side_stats(runs: dict, method: str, tasks: list[str], seeds: list[int]) -> 
 
 def finding_rows(exp: ExperimentConfig, runs: dict, reps: int, seed: int = 0) -> pd.DataFrame:
     """One row per comparison: IQMs, the IQM difference with its CI, P(method > baseline), budgets and
-    ratio diagnostics of both sides. Comparisons without complete runs on both sides are left out."""
+    ratio diagnostics of both sides. Comparisons without complete runs on both sides are left out.
+
+    A side with fewer than ``report.min_runs_for_ci`` runs (seeds that finished every task) gets point
+    estimates only: the CI columns are empty (NaN) and ``ci_note`` says why, as in aggregates.csv.
+    ``budgets_matched`` is false where the env steps per run differ by more than ``report.budget_tolerance``."""
     from rliable import metrics
 
-    from dtrl.report.common import CI, _seeded
+    from dtrl.report.common import CI, _seeded, budgets_differ
 
-    seeds = list(exp.grid.seeds)
+    seeds, min_runs = list(exp.grid.seeds), exp.report.min_runs_for_ci
     rows = []
 
     def iqm_diff(x: np.ndarray, y: np.ndarray) -> float:
@@ -137,29 +146,33 @@ def finding_rows(exp: ExperimentConfig, runs: dict, reps: int, seed: int = 0) ->
         x, y = score_matrix(runs, m, tasks, seeds), score_matrix(runs, b, tasks, seeds)
         if x is None or y is None or np.isnan(x).any() or np.isnan(y).any():
             continue
-        single = x.shape[0] < 2 or y.shape[0] < 2
-        with _seeded(seed):
-            if single:  # nothing to resample: the CI is the point
-                d = lo = hi = iqm_diff(x, y)
-                p = plo = phi = float(metrics.probability_of_improvement(x, y))
-            else:
-                from rliable import library as rly
+        d, p = iqm_diff(x, y), float(metrics.probability_of_improvement(x, y))
+        lo = hi = plo = phi = float("nan")
+        few = min(x.shape[0], y.shape[0]) < min_runs
+        if not few:
+            from rliable import library as rly
 
-                point, ci = rly.get_interval_estimates({"d": (x, y)}, iqm_diff, reps=reps, confidence_interval_size=CI)
-                d, (lo, hi) = float(np.ravel(point["d"])[0]), (float(v) for v in np.ravel(ci["d"])[:2])
-                point, ci = rly.get_interval_estimates({"p": (x, y)}, metrics.probability_of_improvement, reps=reps,
-                                                       confidence_interval_size=CI)
-                p, (plo, phi) = float(np.ravel(point["p"])[0]), (float(v) for v in np.ravel(ci["p"])[:2])
+            with _seeded(seed):
+                _, ci = rly.get_interval_estimates({"d": (x, y)}, iqm_diff, reps=reps, confidence_interval_size=CI)
+                lo, hi = (float(v) for v in np.ravel(ci["d"])[:2])
+                _, ci = rly.get_interval_estimates({"p": (x, y)}, metrics.probability_of_improvement, reps=reps,
+                                                   confidence_interval_size=CI)
+                plo, phi = (float(v) for v in np.ravel(ci["p"])[:2])
         ix, iy = float(metrics.aggregate_iqm(x)), float(metrics.aggregate_iqm(y))  # as aggregates.csv's IQM
         row: dict[str, Any] = {"kind": kind, "method": m, "baseline": b, "tasks": " ".join(tasks),
                                "runs_method": int(x.size), "runs_baseline": int(y.size),
+                               "seeds_method": int(x.shape[0]), "seeds_baseline": int(y.shape[0]),
                                "iqm_method": ix, "iqm_baseline": iy, "iqm_diff": d, "ci_low": lo, "ci_high": hi,
-                               "poi": p, "poi_low": plo, "poi_high": phi}
+                               "poi": p, "poi_low": plo, "poi_high": phi,
+                               "ci_note": f"fewer than report.min_runs_for_ci={min_runs} runs: no CI" if few else ""}
         for side, name in (("method", m), ("baseline", b)):
             row.update({f"{k}_{side}": v for k, v in _side_stats(runs, name, tasks, seeds).items()})
+        row["budgets_matched"] = not budgets_differ(row["env_steps_method"], row["env_steps_baseline"],
+                                                    exp.report.budget_tolerance)
         rows.append(row)
-    cols = ["kind", "method", "baseline", "tasks", "runs_method", "runs_baseline", "iqm_method", "iqm_baseline",
-            "iqm_diff", "ci_low", "ci_high", "poi", "poi_low", "poi_high"]
+    cols = ["kind", "method", "baseline", "tasks", "runs_method", "runs_baseline", "seeds_method", "seeds_baseline",
+            "iqm_method", "iqm_baseline", "iqm_diff", "ci_low", "ci_high", "poi", "poi_low", "poi_high", "ci_note",
+            "budgets_matched"]
     cols += [f"{k}_{s}" for k in ("env_steps", "grad_updates", "critic_updates", "step_counts", *DIAGNOSTICS)
              for s in ("method", "baseline")]
     return pd.DataFrame(rows, columns=cols)
@@ -169,9 +182,9 @@ def finding_rows(exp: ExperimentConfig, runs: dict, reps: int, seed: int = 0) ->
 # Paragraphs (templates filled from a findings row)
 # ----------------------------------------------------------------------------------------------
 
-def verdict(lo: float, hi: float, a: str, single: bool) -> str:
-    if single:
-        return "One seed per task on a side: nothing to resample, so no difference is resolved."
+def verdict(lo: float, hi: float, a: str) -> str:
+    if math.isnan(lo) or math.isnan(hi):
+        return "No CI, so no verdict."
     if lo > 0:
         return f"The CI lies above 0: {a} scores higher in this grid."
     if hi < 0:
@@ -197,23 +210,37 @@ def _split(counts: Any) -> str:
     return f" ({counts})" if isinstance(counts, str) and counts else ""
 
 
+def _interval(est: float, lo: float, hi: float, fmt: str) -> str:
+    """'+1.2 [-0.3, +2.0]', or the estimate alone when there is no CI."""
+    if math.isnan(lo) or math.isnan(hi):
+        return _num(est, fmt)
+    return f"{_num(est, fmt)} [{_num(lo, fmt)}, {_num(hi, fmt)}]"
+
+
 def paragraph(exp: ExperimentConfig, r: dict[str, Any]) -> str:
     from dtrl.report.common import CI, method_label
 
     a, b = method_label(exp, r["method"]), method_label(exp, r["baseline"])
     n_tasks = len(str(r["tasks"]).split())
-    single = r["runs_method"] < 2 * n_tasks or r["runs_baseline"] < 2 * n_tasks
-    text = (f"**{a} − {b}** IQM difference: {_num(r['iqm_diff'], '+.1f')} [{_num(r['ci_low'], '+.1f')}, "
-            f"{_num(r['ci_high'], '+.1f')}] ({'no CI' if single else f'{int(CI * 100)}% stratified-bootstrap CI'}; "
-            f"final normalised score over "
-            f"{n_tasks} task(s): {r['tasks']}; IQM {a} {_num(r['iqm_method'])} from {r['runs_method']} run(s), "
-            f"{b} {_num(r['iqm_baseline'])} from {r['runs_baseline']} run(s)). P({a} > {b}) = {_num(r['poi'], '.2f')} "
-            f"[{_num(r['poi_low'], '.2f')}, {_num(r['poi_high'], '.2f')}]. "
-            f"{verdict(r['ci_low'], r['ci_high'], a, single)} "
-            f"Budgets per run: {a} {_steps(r['env_steps_method'])} env steps and {_steps(r['grad_updates_method'])} "
-            f"gradient updates{_critic(r['critic_updates_method'])}{_split(r['step_counts_method'])}; "
-            f"{b} {_steps(r['env_steps_baseline'])} and {_steps(r['grad_updates_baseline'])}"
-            f"{_critic(r['critic_updates_baseline'])}{_split(r['step_counts_baseline'])}.")
+    no_ci = math.isnan(r["ci_low"]) or math.isnan(r["ci_high"])
+    ci_text = (f"no CI: {min(r['seeds_method'], r['seeds_baseline'])} run(s) per task on a side, fewer than "
+               f"report.min_runs_for_ci={exp.report.min_runs_for_ci}" if no_ci
+               else f"{int(CI * 100)}% stratified-bootstrap CI")
+    text = ""
+    if not r["budgets_matched"]:
+        text = (f"**Unmatched env-step budgets: {a} {_steps(r['env_steps_method'])} vs {b} "
+                f"{_steps(r['env_steps_baseline'])} per run** (they differ by more than "
+                f"{100 * exp.report.budget_tolerance:g}%): the scores compare what each reached at its own budget. ")
+    text += (f"**{a} − {b}** IQM difference: {_interval(r['iqm_diff'], r['ci_low'], r['ci_high'], '+.1f')} "
+             f"({ci_text}; final normalised score over "
+             f"{n_tasks} task(s): {r['tasks']}; IQM {a} {_num(r['iqm_method'])} from {r['runs_method']} run(s), "
+             f"{b} {_num(r['iqm_baseline'])} from {r['runs_baseline']} run(s)). "
+             f"P({a} > {b}) = {_interval(r['poi'], r['poi_low'], r['poi_high'], '.2f')}. "
+             f"{verdict(r['ci_low'], r['ci_high'], a)} "
+             f"Budgets per run: {a} {_steps(r['env_steps_method'])} env steps and {_steps(r['grad_updates_method'])} "
+             f"gradient updates{_critic(r['critic_updates_method'])}{_split(r['step_counts_method'])}; "
+             f"{b} {_steps(r['env_steps_baseline'])} and {_steps(r['grad_updates_baseline'])}"
+             f"{_critic(r['critic_updates_baseline'])}{_split(r['step_counts_baseline'])}.")
     diag = [f"{DIAGNOSTIC_LABELS[k]} {_num(r[f'{k}_method'], '.3g')} vs {_num(r[f'{k}_baseline'], '.3g')}"
             for k in DIAGNOSTICS if not (math.isnan(r[f"{k}_method"]) or math.isnan(r[f"{k}_baseline"]))]
     if diag:
@@ -319,7 +346,9 @@ def render(exp: ExperimentConfig, out: Path, runs: dict, written: dict[str, list
                   + (" ..." if len(written["missing"]) > 20 else ""), ""]
     lines += ["## Findings", "",
               "Each paragraph is filled from one row of `tables/findings.csv`; comparisons come from the grid "
-              "(see `dtrl/report/page.py`), verdicts from the CI alone.", ""]
+              "(see `dtrl/report/page.py`), verdicts from the CI alone: none where a side has fewer than "
+              f"`report.min_runs_for_ci` = {exp.report.min_runs_for_ci} runs (point estimates only). Comparisons "
+              f"whose env-step budgets differ by more than {100 * exp.report.budget_tolerance:g}% say so first.", ""]
     if findings.empty:
         lines += ["No comparison has complete runs on both sides yet.", ""]
     for kind, title in KIND_TITLES.items():

@@ -319,7 +319,7 @@ class Planner:
     def jobs(self) -> list[JobCost]:
         """Every job of the workflow's DAG for this config (common.smk's RUNS, PRETRAIN, TASKS, FAMILIES)."""
         from dtrl.config.registry import get_algorithm
-        from dtrl.report.build import expected_runs
+        from dtrl.report.runs import expected_runs
         from dtrl.tasks import get_task
 
         runs = expected_runs(self.exp)
@@ -395,7 +395,7 @@ def make_plan(exp: ExperimentConfig, device: str | None = None, slots: int | Non
     device = device or default_device(exp)
     planner = Planner(exp, device, table, episode_len, episode_lengths)
     jobs = planner.jobs()
-    from dtrl.report.build import expected_runs
+    from dtrl.report.runs import expected_runs
 
     budgets = {}
     for m in dict.fromkeys(m for m, _, _ in expected_runs(exp)):

@@ -64,7 +64,7 @@ def _num(v: Any) -> float:
 def grid_status(exp: Any, now: float | None = None) -> dict[str, RuleStatus]:
     from dtrl.data.generate import behaviour_dir
     from dtrl.workflow.finetune import pretrained_path, run_dir
-    from dtrl.report.build import expected_runs
+    from dtrl.report.runs import expected_runs
     from dtrl.tasks import get_task
 
     now = time.time() if now is None else now

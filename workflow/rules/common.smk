@@ -115,7 +115,7 @@ DATA_ROOT = data_root()
 
 def _runs():
     """(method, task, seed) of every finetuning run: the same list `dtrl report` reads."""
-    from dtrl.report.build import expected_runs
+    from dtrl.report.runs import expected_runs
 
     return expected_runs(EXP)
 

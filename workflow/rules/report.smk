@@ -37,7 +37,7 @@ rule report:
 # Warnings that matter (a SAC behaviour run that never reached the 'medium' return, so 'medium' is
 # its best checkpoint) are written to the jobs' logs; repeat them where the user is looking.
 onsuccess:
-    from dtrl.report.build import data_warnings
+    from dtrl.report.runs import data_warnings
 
     for w in data_warnings(EXP):
         print(f"dtrl: warning: {w}  (also in {R}/tables/main.md)", file=sys.stderr)
