@@ -228,10 +228,15 @@ class ODTConfig:
     temperature_lr: float = doc(1e-4, "Adam learning rate of the log-temperature (ODT: 1e-4).")
     entropy_samples: int = doc(1, "Monte-Carlo samples of the squashed Gaussian's entropy (ODT: 1).")
     dropout: float = doc(0.1, "Dropout of the DT while training online (ODT: 0.1; acting never uses dropout).")
-    context_anchor: Literal["end", "start"] = doc(
-        "end", "How context windows are drawn from the buffer: 'end' = each transition equally likely to be a "
-               "context's last step (padding at episode starts, as when acting; dtrl's pretraining default); "
-               "'start' = ODT's uniform first step (padding at episode ends).")
+    context_anchor: Literal["start", "end"] = doc(
+        "start", "How context windows are drawn from the buffer (pretrain.context_anchor's choice, and the same "
+                 "default): 'start' = the reference's uniform first step, windows cut at the trajectory's end and "
+                 "left-padded there (online-dt data.py:72,103-115); 'end' = each transition equally likely to be a "
+                 "context's last step, padding only at episode starts, as when acting.")
+    entropy_positions: Literal["all", "real"] = doc(
+        "all", "Positions ODT's entropy term and the temperature loss average over: 'all' = every B x K slot, "
+               "padding included, as the reference (online-dt main.py:399-401; RL_as_Vitamin main.py:636-638); "
+               "'real' = real steps only, as the NLL. ODT+TD3's deterministic DT has no entropy term.")
     sampler: Literal["device", "host"] = doc(
         "device", "Where the replay buffer draws its context windows. 'device': with a torch.Generator on the "
                   "training device (seeded from the run's seed, saved in the checkpoint), so an update makes no "
@@ -264,6 +269,8 @@ class ODTConfig:
         require(self.temperature_lr >= 0, "temperature_lr must be >= 0 (0 freezes the temperature)")
         require(self.entropy_samples >= 1, "entropy_samples must be >= 1")
         require(0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)")
+        require(self.context_anchor in ("start", "end"), "context_anchor must be 'start' or 'end'")
+        require(self.entropy_positions in ("all", "real"), "entropy_positions must be 'all' or 'real'")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -367,7 +374,8 @@ class ODTFamily(DTMethod):
         self.trainer = SupervisedTrainer(
             model, optimizer=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.eps,
             warmup_updates=cfg.warmup_updates, grad_clip=cfg.grad_clip, temperature_lr=cfg.temperature_lr,
-            entropy_samples=cfg.entropy_samples, amp_dtype=amp_dtype_of(cfg.amp), compile=cfg.compile)
+            entropy_samples=cfg.entropy_samples, entropy_positions=cfg.entropy_positions,
+            amp_dtype=amp_dtype_of(cfg.amp), compile=cfg.compile)
         self.pretrain_updates = (continue_pretraining(self.trainer, ctx.pretrained_path, cfg.optimizer)
                                  if cfg.continue_pretrain_optimizer else 0)
         self.buffer = TrajectoryReplay(cfg.buffer_size, self.K, ctx.dataset.top_k(cfg.buffer_size),

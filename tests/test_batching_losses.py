@@ -243,21 +243,53 @@ def test_each_loss_reaches_only_its_parameters(tiny_model_cfg):
     assert all(p.grad is None for p in model.policy_parameters())
 
 
-def test_loss_values_and_masking():
+def _padded_case():
     torch.manual_seed(0)
     mean, log_std = torch.randn(2, 3, 2), torch.randn(2, 3, 2) * 0.3
     actions = torch.rand(2, 3, 2) * 1.8 - 0.9
     mask = torch.tensor([[False, True, True], [True, True, True]])
-    log_t = torch.tensor(math.log(0.3), requires_grad=True)
+    return mean, log_std, actions, mask, torch.tensor(math.log(0.3), requires_grad=True)
+
+
+def test_loss_values_match_odts_formula_with_padding():
+    """Default: ODT's loss (online-dt main.py:399-402, trainer.py:100-102): the log-likelihood a masked mean,
+    the entropy the mean over all B x K slots, padding included; the temperature loss uses that entropy."""
+    mean, log_std, actions, mask, log_t = _padded_case()
     torch.manual_seed(1)
     terms = dt_supervised_loss(SquashedGaussian(mean, log_std), actions, mask, log_t, -2.0, entropy_samples=4)
+    # The reference's formula, written out: N reparameterised draws y, entropy = -mean_N(sum_A log p(tanh y)).
+    torch.manual_seed(1)
+    normal = torch.distributions.Normal(mean, log_std.exp())
+    h = torch.zeros(2, 3)
+    for _ in range(4):
+        y = mean + log_std.exp() * torch.randn_like(mean)
+        h -= (normal.log_prob(y) - 2.0 * (math.log(2.0) - y - torch.nn.functional.softplus(-2.0 * y))).sum(-1) / 4
+    log_lik = torch.distributions.TransformedDistribution(
+        normal, [torch.distributions.TanhTransform()]).log_prob(actions).sum(-1)[mask > 0].mean()
+    assert torch.allclose(terms["entropy"], h.mean(), atol=1e-5)
+    assert torch.allclose(terms["nll"], -log_lik, atol=1e-4)
+    assert torch.allclose(terms["temperature"], torch.tensor(0.3))
+    assert torch.allclose(terms["loss"], -(log_lik + 0.3 * h.mean()), atol=1e-4)
+    assert torch.allclose(terms["loss_temperature"], 0.3 * (h.mean() + 2.0), atol=1e-5)
+    # What the model says at a padded slot moves the entropy (not the NLL).
+    mean2, log_std2 = mean.clone(), log_std.clone()
+    log_std2[0, 0] -= 3.0
+    torch.manual_seed(1)
+    terms2 = dt_supervised_loss(SquashedGaussian(mean2, log_std2), actions, mask, log_t, -2.0, entropy_samples=4)
+    assert torch.allclose(terms["nll"], terms2["nll"]) and terms2["entropy"] < terms["entropy"] - 0.1
+
+
+def test_loss_with_the_entropy_over_real_steps_only():
+    mean, log_std, actions, mask, log_t = _padded_case()
+    torch.manual_seed(1)
+    terms = dt_supervised_loss(SquashedGaussian(mean, log_std), actions, mask, log_t, -2.0, entropy_samples=4,
+                               entropy_positions="real")
     d = SquashedGaussian(mean, log_std)
     lp = d.log_prob(actions)
     assert torch.allclose(terms["nll"], -lp[mask].mean())
     torch.manual_seed(1)
     ent = d.entropy(4)
     assert torch.allclose(terms["entropy"], ent[mask].mean())
-    assert torch.allclose(terms["temperature"], torch.tensor(0.3))
     assert torch.allclose(terms["loss"], terms["nll"] - 0.3 * terms["entropy"])
     assert torch.allclose(terms["loss_temperature"], 0.3 * (terms["entropy"] + 2.0))
     # whatever the model says at padded positions does not count, for the NLL nor for the entropy
@@ -265,8 +297,11 @@ def test_loss_values_and_masking():
     mean2[0, 0] += 5.0
     log_std2[0, 0] -= 3.0
     torch.manual_seed(1)
-    terms2 = dt_supervised_loss(SquashedGaussian(mean2, log_std2), actions, mask, log_t, -2.0, entropy_samples=4)
+    terms2 = dt_supervised_loss(SquashedGaussian(mean2, log_std2), actions, mask, log_t, -2.0, entropy_samples=4,
+                                entropy_positions="real")
     assert torch.allclose(terms["nll"], terms2["nll"]) and torch.allclose(terms["entropy"], terms2["entropy"])
+    with pytest.raises(ValueError, match="entropy_positions"):
+        dt_supervised_loss(d, actions, mask, log_t, -2.0, entropy_positions="padding")
 
 
 def test_loss_bad_input_and_empty_mask():

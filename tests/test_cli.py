@@ -60,7 +60,10 @@ def test_evaluate_reproduces_the_runs_summary(tmp_path, capsys):
     cfg.write_text(f"results: {tmp_path}\ndevice: cpu\neval: {{episodes: 2, final_episodes: 3}}\n"
                    "online: {progress: false}\n")
     exp = load_config(cfg)
-    model = write_pretrained(tmp_path / f"pretrain/{task}/seed{seed}/model.pt", tiny_dt(task, seed=3), task)
+    # The former N(0, 0.02) init acts near 0, so the pole stays up for a while and episode returns depend
+    # on the env seed (a fresh DT with ODT's init drops it within 3 steps from every start).
+    model = write_pretrained(tmp_path / f"pretrain/{task}/seed{seed}/model.pt", tiny_dt(task, seed=3, init="normal"),
+                             task)
     summary = finetune(exp, "none", task, seed)
     returns, _ = evaluate_checkpoint(exp, model, task, seed=seed)
     assert returns.tolist() == summary["final_returns"]

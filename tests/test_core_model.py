@@ -135,13 +135,96 @@ def test_checkpoint_without_the_new_fields_loads_as_it_was_trained(tiny_model_cf
     from dtrl.models.checkpoint import dt_from_payload, dt_payload
     from dtrl.config import to_dict
 
-    old = DecisionTransformer(5, 2, dataclasses.replace(tiny_model_cfg, timestep_embedding=True, activation="gelu"))
+    old = DecisionTransformer(5, 2, dataclasses.replace(tiny_model_cfg, timestep_embedding=True, activation="gelu",
+                                                        init="normal"))
     payload = dt_payload(old)
-    for k in ("timestep_embedding", "activation"):
+    for k in ("timestep_embedding", "activation", "init"):
         del payload["model_cfg"][k]
     new = dt_from_payload(payload).eval()
-    assert new.cfg.timestep_embedding and new.cfg.activation == "gelu"
+    assert new.cfg.timestep_embedding and new.cfg.activation == "gelu" and new.cfg.init == "normal"
     assert to_dict(new.cfg) == to_dict(old.cfg)
     torch.manual_seed(0)
     b = _batch()
     assert torch.equal(new(*b).mean, old.eval()(*b).mean)
+
+
+# -- initialisation (issue 18 item 1) -------------------------------------------------------------
+
+
+def _rtg_sensitivity(m: DecisionTransformer, seed: int = 1) -> float:
+    """Mean |action(RTG x 0.25) - action(RTG x 4)| over 64 contexts whose RTGs lie in [1000, 4000]."""
+    g = torch.Generator().manual_seed(seed)
+    B, T = 64, m.cfg.context_len
+    s, a = torch.randn(B, T, m.obs_dim, generator=g), torch.rand(B, T, m.act_dim, generator=g) * 1.8 - 0.9
+    r = 1000 + 3000 * torch.rand(B, T, generator=g)
+    t, mask = torch.arange(T).repeat(B, 1), torch.ones(B, T, dtype=torch.bool)
+    was = m.training
+    m.eval()
+    with torch.no_grad():
+        lo, hi = (torch.tanh(m(s, a, r * f, t, mask).mean) for f in (0.25, 4.0))
+    m.train(was)
+    return (lo - hi).abs().mean().item()
+
+
+@pytest.mark.parametrize("head", ["gaussian", "deterministic"])
+def test_fresh_dt_conditions_on_the_rtgs_magnitude(tiny_model_cfg, head):
+    """ODT's init (PyTorch's default for the RTG embedding, with a bias) makes a new DT's action move with
+    the size of the RTG; dtrl's former N(0, 0.02)/zero-bias init left LayerNorm(w * rtg) with its sign only."""
+    import dataclasses
+
+    for seed in range(3):
+        torch.manual_seed(seed)
+        m = DecisionTransformer(5, 2, dataclasses.replace(tiny_model_cfg, action_head=head))
+        assert _rtg_sensitivity(m) > 1e-4
+        torch.manual_seed(seed)
+        old = DecisionTransformer(5, 2, dataclasses.replace(tiny_model_cfg, action_head=head, init="normal"))
+        assert _rtg_sensitivity(old) < 1e-6
+
+
+def test_briefly_pretrained_dt_still_conditions_on_the_rtgs_magnitude(tiny_model_cfg):
+    """30 LAMB updates on actions that depend on the RTG's size: the RTG keeps moving the action (ODT's
+    init), while from the zero-bias init the RTG token still carries little more than its sign."""
+    import dataclasses
+
+    from dtrl.models.batching import ContextBatch
+    from dtrl.harness.pretrain import SupervisedTrainer
+
+    def pretrained(init: str) -> DecisionTransformer:
+        torch.manual_seed(0)
+        m = DecisionTransformer(5, 2, dataclasses.replace(tiny_model_cfg, init=init))
+        trainer = SupervisedTrainer(m, lr=1e-3, warmup_updates=10)
+        g = torch.Generator().manual_seed(7)
+        for _ in range(30):
+            s, r = torch.randn(64, 4, 5, generator=g), 1000 + 3000 * torch.rand(64, 4, generator=g)
+            a = (0.8 * torch.tanh(r / 2000 - 1.25)).unsqueeze(-1).expand(-1, -1, 2)
+            trainer.update(ContextBatch(s, a, r, torch.arange(4).repeat(64, 1), torch.ones(64, 4, dtype=torch.bool)))
+        return m
+
+    new, old = _rtg_sensitivity(pretrained("odt")), _rtg_sensitivity(pretrained("normal"))
+    assert new > 1e-3 and new > 100 * old
+
+
+def test_init_is_odts(tiny_model_cfg):
+    """Gaussian head orthogonal with zero bias; embeddings PyTorch's default (uniform within 1/sqrt(fan_in),
+    biases included); transformer blocks N(0, 0.02) with zero bias."""
+    import dataclasses
+
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(tiny_model_cfg, embed_dim=256, n_heads=4)
+    m = DecisionTransformer(5, 3, cfg)
+    for head in (m.mean_head, m.log_std_head):
+        w = head.weight.detach()
+        assert torch.allclose(w @ w.T, torch.eye(3), atol=1e-5) and torch.equal(head.bias, torch.zeros(3))
+    for emb, fan_in in ((m.embed_return, 1), (m.embed_state, 5), (m.embed_action, 3)):
+        bound = fan_in ** -0.5
+        for p in (emb.weight, emb.bias):
+            assert p.abs().max() <= bound
+            assert p.std().item() == pytest.approx(bound / 3 ** 0.5, rel=0.15)  # U(-b, b), far from 0.02
+    block = m.blocks[0]
+    for lin in (block.qkv, block.proj, block.mlp[0], block.mlp[2]):
+        assert lin.weight.std().item() == pytest.approx(0.02, rel=0.1)
+        assert torch.equal(lin.bias, torch.zeros_like(lin.bias))
+    det = DecisionTransformer(5, 3, dataclasses.replace(cfg, action_head="deterministic"))
+    assert det.mean_head.bias.abs().max() <= 256 ** -0.5 and det.mean_head.bias.abs().max() > 0  # PyTorch default
+    old = DecisionTransformer(5, 3, dataclasses.replace(cfg, init="normal"))
+    assert torch.equal(old.embed_return.bias, torch.zeros(256)) and old.mean_head.weight.std() < 0.03

@@ -53,11 +53,13 @@ def test_first_minibatch_ratios_are_one_without_relabel_and_not_with(tmp_path):
 
 
 def test_every_method_starts_at_ratio_one(tmp_path):
+    # float32 rounding of log-probs: a fresh DT (ODT's init, log-stds anywhere in [-5, 2]) gives some
+    # |log p| ~ 1e2, so exp of a rounding-level difference is ~1e-5 from 1; relabeling moves it > 1e-3.
     q = make_method(QGRPO, tmp_path, explore_episodes=2, critic_warmup_updates=0, states_per_iteration=6,
                     group_size=3, critic_batch_size=16, critic_hidden=[16], minibatch_size=6)
-    assert q.train_iteration()["ratio_first_absdev"] < 1e-5
+    assert q.train_iteration()["ratio_first_absdev"] < 1e-4
     p = make_method(PPODT, tmp_path, explore_episodes=2, minibatch_size=16, value_hidden=[16])
-    assert p.train_iteration()["ratio_first_absdev"] < 1e-5
+    assert p.train_iteration()["ratio_first_absdev"] < 1e-4
     p = make_method(PPODT, tmp_path, explore_episodes=2, minibatch_size=16, value_hidden=[16], relabel=True)
     assert p.train_iteration()["ratio_first_absdev"] > 1e-3
 
@@ -83,7 +85,9 @@ def test_sequence_log_ratio_is_the_sum_of_per_step_log_ratios(tmp_path):
         with torch.no_grad():
             d = last_slot_dist(g.model, {k: v[n:n + 1] for k, v in ctx.items()})
             lp = d.log_prob(batch.actions[n:n + 1])[0]
-        assert abs((lp - batch.logp_old[n]).item() - tok[n].item()) < 1e-4
+        # float32 rounding, relative to |log p|: a fresh DT (ODT's init) has dims with std ~e^-5 whose
+        # log-density turns a rounding-level change of the mean into ~1e-6 |log p| (|log p| up to ~1e2)
+        assert abs((lp - batch.logp_old[n]).item() - tok[n].item()) < 1e-4 + 1e-5 * abs(lp.item())
 
 
 def test_group_advantages_are_standardised_within_each_group():

@@ -65,8 +65,9 @@ def test_geometric_ratio_is_the_mean_per_step_log_ratio_and_one_on_policy(tmp_pa
     units = torch.arange(batch.n_units)
     with torch.no_grad():
         on_policy, _, _, _ = minibatch_log_ratios(g.model, batch, units, "geometric")
-    # same function, same contexts: 1 up to float32 rounding of differently sized batches
-    np.testing.assert_allclose(on_policy.exp().numpy(), 1.0, rtol=0, atol=1e-6)
+    # same function, same contexts: 1 up to float32 rounding of differently sized batches (a fresh DT with
+    # ODT's init has |log p| up to ~1e2, so that rounding reaches a few 1e-6)
+    np.testing.assert_allclose(on_policy.exp().numpy(), 1.0, rtol=0, atol=1e-5)
     with torch.no_grad():
         for p in g.model.parameters():
             p.add_(0.02 * torch.randn_like(p))
@@ -107,8 +108,9 @@ def test_clip_range_per_ratio_kind_and_the_units_that_carry_gradient(tmp_path):
 def test_relabel_both_starts_at_ratio_one_and_learner_does_not(tmp_path):
     both = make_method(GRPO, tmp_path, **SMALL_GRPO, relabel="both")
     d = both.train_iteration()
-    np.testing.assert_allclose(both.first_minibatch_ratios, 1.0, rtol=0, atol=1e-6)  # up to float32 rounding
-    assert d["ratio_first_absdev"] <= 1e-6
+    # 1 up to float32 rounding (|log p| up to ~1e2 for a fresh DT with ODT's init); relabeling moves it > 1e-3
+    np.testing.assert_allclose(both.first_minibatch_ratios, 1.0, rtol=0, atol=1e-5)
+    assert d["ratio_first_absdev"] <= 1e-5
     learner = make_method(GRPO, tmp_path, **SMALL_GRPO, relabel="learner")
     d = learner.train_iteration()
     assert d["ratio_first_absdev"] > 1e-3 and d["log_ratio_absmax"] > 1e-3  # unclamped log-ratio logged

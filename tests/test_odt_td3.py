@@ -45,7 +45,8 @@ def td3(tmp_path):
         _hopper_traj([100.0, 200.0, 300.0], "timeout", seed=3),       # time-limit cut, s' unknown
         _hopper_traj(list(np.linspace(0.5, 1.0, 9)), "terminal", seed=4),  # longer than the context
     ])
-    return method_instance(ODTTD3, tmp_path, ds, **TD3_FAST)
+    # Windows anchored at their last step, so that each transition is the last slot of exactly one context.
+    return method_instance(ODTTD3, tmp_path, ds, **TD3_FAST, context_anchor="end")
 
 
 def _all_contexts(m):

@@ -9,7 +9,7 @@ from dtrl.config.base import doc
 
 # ModelConfig values of checkpoints written before these fields existed (the model then always had a
 # timestep embedding and GELU): a stored config lacking a key was made with this value.
-LEGACY_MODEL_CFG = {"timestep_embedding": True, "activation": "gelu"}
+LEGACY_MODEL_CFG = {"timestep_embedding": True, "activation": "gelu", "init": "normal"}
 
 
 @dataclass
@@ -32,6 +32,15 @@ class ModelConfig:
                                       "trajectory_gpt2.py:521,680-681 removes GPT-2's positional embedding; off = ODT.")
     activation: Literal["relu", "gelu"] = doc("relu", "Activation of the transformer MLPs (ODT: relu, online-dt "
                                                        "main.py:476 -> trajectory_gpt2.py:253; gelu = GPT-2's).")
+    init: Literal["odt", "normal"] = doc(
+        "odt", "Parameter initialisation. 'odt' = the reference's (online-dt decision_transformer.py:160-181 and "
+               "trajectory_gpt2.py:356-366,526): the transformer blocks N(0, 0.02) with zero biases (GPT-2's init, "
+               "applied by GPT2Model to its own modules only); the return/state/action embeddings, the embedding "
+               "LayerNorm, the timestep embedding and the deterministic head keep PyTorch's defaults; the Gaussian "
+               "head's mean and log-std layers orthogonal with zero bias (decision_transformer.py:107-114). "
+               "'normal' = every Linear and Embedding N(0, 0.02) with zero bias (dtrl before issue 18): the RTG "
+               "embedding then has no bias, LayerNorm(w * rtg) keeps only the RTG's sign, and under LAMB a "
+               "zero-initialised bias stays near zero, so the DT barely conditions on the return's magnitude.")
     max_timestep: int = doc(1000, "Size of the timestep embedding table (used only with timestep_embedding); later "
                                   "timesteps share the last entry.")
     action_head: Literal["gaussian", "deterministic"] = doc(
@@ -80,3 +89,4 @@ class ModelConfig:
         require(0.0 <= self.dropout < 1.0, "model.dropout must be in [0, 1)")
         require(self.action_head in ("gaussian", "deterministic"),
                 f"model.action_head must be 'gaussian' or 'deterministic', got {self.action_head!r}")
+        require(self.init in ("odt", "normal"), f"model.init must be 'odt' or 'normal', got {self.init!r}")

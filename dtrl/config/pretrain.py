@@ -55,10 +55,18 @@ class PretrainConfig:
         "a warning if compilation fails. Eager ('off') resumes bit-exactly; compiled runs resume to within float "
         "rounding (inductor's reductions are not bitwise deterministic).")
     eps: float = doc(1e-8, "Optimizer epsilon (ODT passes 1e-8 to LAMB).")
-    context_anchor: Literal["end", "start"] = doc(
-        "end", "How context windows are drawn: 'end' = each transition equally likely to be a context's last step, "
-               "left-padded at trajectory starts as rollouts are; 'start' = ODT's uniform first step, padded at "
-               "trajectory ends. Either way trajectories are picked in proportion to their length.")
+    context_anchor: Literal["start", "end"] = doc(
+        "start", "How context windows are drawn. 'start' = the reference's: a uniform first step, the window cut "
+                 "at the trajectory's end and left-padded there (online-dt data.py:72,103-115, sample_trajs "
+                 "data.py:183-193; RL_as_Vitamin data.py:89-151). 'end' = dtrl's alternative: each transition "
+                 "equally likely to be a context's last step, windows left-padded only at trajectory starts, as "
+                 "a rollout's context is (the reference pads contexts that end a trajectory, which acting never "
+                 "does). Either way trajectories are picked in proportion to their length.")
+    entropy_positions: Literal["all", "real"] = doc(
+        "all", "Positions the entropy term (and the temperature's loss) averages over. 'all' = the reference's: "
+               "every B x K slot, padding included (online-dt main.py:399-401 `a_hat_dist.entropy().mean()`, "
+               "next to a masked log-likelihood). 'real' = only real steps, as the NLL, so the temperature does "
+               "not answer to what the model outputs on padding.")
 
     def validate(self) -> None:
         require(self.updates >= 1, "pretrain.updates must be >= 1")
@@ -73,3 +81,5 @@ class PretrainConfig:
         require(self.checkpoint_every >= 1, "pretrain.checkpoint_every must be >= 1")
         require(self.eval_episodes >= 0, "pretrain.eval_episodes must be >= 0")
         require(self.eps >= 0, "pretrain.eps must be >= 0")
+        require(self.context_anchor in ("start", "end"), "pretrain.context_anchor must be 'start' or 'end'")
+        require(self.entropy_positions in ("all", "real"), "pretrain.entropy_positions must be 'all' or 'real'")

@@ -133,7 +133,7 @@ class SupervisedTrainer:
     def __init__(self, model: DecisionTransformer, *, optimizer: str = "lamb", lr: float = 1e-4,
                  weight_decay: float = 5e-4, eps: float = 1e-8, warmup_updates: int = 10_000,
                  grad_clip: float = 0.25, temperature_lr: float = 1e-4, entropy_samples: int = 1,
-                 amp_dtype: torch.dtype | None = None, compile: str = "off"):
+                 entropy_positions: str = "all", amp_dtype: torch.dtype | None = None, compile: str = "off"):
         self.model = model
         self.deterministic = bool(getattr(model, "deterministic", False))
         self.terms = self.DETERMINISTIC_TERMS if self.deterministic else self.TERMS
@@ -149,6 +149,7 @@ class SupervisedTrainer:
             fused=True if self.device_type == "cuda" else None)
         self.grad_clip = float(grad_clip)
         self.entropy_samples = int(entropy_samples)
+        self.entropy_positions = entropy_positions
         # Autocast only where it pays: bf16 on CUDA (see autocast).
         self.amp_dtype = amp_dtype if self.device_type == "cuda" else None
         self.compiled = CompiledLoss(self._losses, compile, self.device_type)
@@ -159,7 +160,8 @@ class SupervisedTrainer:
     def from_config(cls, model: DecisionTransformer, cfg: PretrainConfig) -> "SupervisedTrainer":
         return cls(model, optimizer=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.eps,
                    warmup_updates=cfg.warmup_updates, grad_clip=cfg.grad_clip, temperature_lr=cfg.temperature_lr,
-                   entropy_samples=cfg.entropy_samples, amp_dtype=amp_dtype_of(cfg.amp), compile=cfg.compile)
+                   entropy_samples=cfg.entropy_samples, entropy_positions=cfg.entropy_positions,
+                   amp_dtype=amp_dtype_of(cfg.amp), compile=cfg.compile)
 
     @property
     def compile(self) -> str:
@@ -180,7 +182,7 @@ class SupervisedTrainer:
             terms["total"] = terms["loss"]
             return terms
         terms = dt_supervised_loss(dist, actions, mask, model.log_temperature, model.target_entropy,
-                                   self.entropy_samples)
+                                   self.entropy_samples, self.entropy_positions)
         # One backward for both: the detaches inside the loss keep each gradient on its own parameters.
         terms["total"] = terms["loss"] + terms["loss_temperature"]
         return terms

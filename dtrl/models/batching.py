@@ -5,12 +5,14 @@ timesteps, and per-step position/remaining-length tables) held on the training d
 minibatch of B contexts of K steps is a handful of gathers: no per-sample Python loop, no
 DataLoader workers, and on CUDA no host-to-device copy beyond the B window anchors.
 
-Windows. Each context is anchored at its *last* step, drawn uniformly over all stored
-transitions: trajectories are therefore picked in proportion to their length, as in ODT, and
-every transition is the newest step of a context equally often. Steps before the trajectory's
-start are left-padded. ODT instead draws a uniform *first* step and left-pads windows that run
-past the trajectory's end; that puts padding where a rollout never has it (at episode ends) and
-never at episode starts, where a rollout always has it. ``anchor="start"`` reproduces ODT.
+Windows. ``anchor="start"`` draws each context's *first* step uniformly over all stored
+transitions and cuts the window at the trajectory's end, left-padding what is missing: ODT's
+sampler (online-dt data.py:72,103-115 with trajectories drawn in proportion to their length,
+data.py:183-193), the default of pretraining, ODT and ODT+TD3 (their ``context_anchor``).
+``anchor="end"`` (this class's default) draws each context's *last* step instead
+and left-pads steps before the trajectory's start, so padding sits where a rollout has it (at
+episode starts) and never at episode ends. Either way trajectories are picked in proportion to
+their length.
 
 Padding: states, actions, RTG and timesteps are 0 and ``mask`` is False. ODT's data code also
 pads actions with zeros (the original DT used -10). The value is irrelevant to the result, since

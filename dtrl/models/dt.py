@@ -180,14 +180,19 @@ class DecisionTransformer(nn.Module):
             self.log_std_head = nn.Linear(d, act_dim)
             self.log_temperature = nn.Parameter(torch.tensor(math.log(cfg.init_temperature)))
         self.target_entropy = -float(act_dim)
-        self.apply(self._init_weights)
+        self._init_parameters(cfg.init)
 
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(m.weight, mean=0.0, std=0.02)
-            if isinstance(m, nn.Linear) and m.bias is not None:
-                nn.init.zeros_(m.bias)
+    def _init_parameters(self, init: str) -> None:
+        """``model.init``: modules are built with PyTorch's defaults; re-initialise what the reference does."""
+        if init == "normal":
+            self.apply(_normal_init)
+            return
+        # Only GPT2Model's own modules get GPT-2's init in ODT; the embeddings are built outside it.
+        self.blocks.apply(_normal_init)
+        if not self.deterministic:
+            for head in (self.mean_head, self.log_std_head):
+                nn.init.orthogonal_(head.weight)
+                nn.init.zeros_(head.bias)
 
     @property
     def act_context_len(self) -> int:
@@ -247,6 +252,14 @@ class DecisionTransformer(nn.Module):
         causal = torch.ones(L, L, dtype=torch.bool, device=mask.device).tril()
         eye = torch.eye(L, dtype=torch.bool, device=mask.device)
         return ((causal & key_ok[:, None, :]) | eye).unsqueeze(1)
+
+
+def _normal_init(m: nn.Module) -> None:
+    """GPT-2's init: Linear and Embedding weights N(0, 0.02), Linear biases 0 (LayerNorms keep 1 and 0)."""
+    if isinstance(m, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(m.weight, mean=0.0, std=0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
 
 
 def build_model(obs_dim: int, act_dim: int, cfg: ModelConfig, reward_scale: float,

@@ -5,11 +5,14 @@ ODT's, for the stochastic (tanh-Gaussian) head (``dt_supervised_loss``):
     loss             = NLL - temperature.detach() * H       (reaches the policy only)
     loss_temperature = temperature * (H.detach() - target)  (reaches log_temperature only)
 
-NLL and the entropy H are masked means over real (unpadded) context positions. ODT averaged the
-entropy over padded positions too, which biases H towards whatever the model outputs on padding
-and lets the temperature chase it; here both terms see exactly the same positions. The entropy of
-a tanh-squashed Gaussian has no closed form, so H is a Monte-Carlo estimate (``entropy_samples``
-reparameterised draws per position), as in ODT.
+NLL is the masked mean over real (unpadded) context positions. H is, as in the reference, the mean
+over all B x K slots, padding included (``entropy_positions="all"``: online-dt main.py:399-401,
+``a_hat_dist.entropy().mean()`` next to the masked log-likelihood; the same in
+KaiYan289/RL_as_Vitamin_for_Online_Decision_Transformers main.py:636-638), so the temperature also
+answers to whatever the model outputs on padding. ``entropy_positions="real"`` takes the masked mean
+instead, so both terms see exactly the same positions. The entropy of a tanh-squashed Gaussian has
+no closed form, so H is a Monte-Carlo estimate (``entropy_samples`` reparameterised draws per
+position), as in ODT.
 
 Keeping the two losses apart by ``detach`` means their sum can be back-propagated in one pass
 and still give each parameter set only its own gradient.
@@ -20,6 +23,8 @@ real context positions and action dimensions, ``((a_hat - a) ** 2)[mask > 0].mea
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 
@@ -39,12 +44,14 @@ def dt_supervised_loss(
     log_temperature: torch.Tensor,
     target_entropy: float,
     entropy_samples: int = 1,
+    entropy_positions: Literal["all", "real"] = "all",
 ) -> dict[str, torch.Tensor]:
     """ODT's loss terms by name: loss, loss_temperature, nll, entropy, temperature.
 
     ``dist`` is the model's per-position action distribution (B, K, A), ``actions`` the dataset
-    actions (B, K, A), ``mask`` (B, K) True on real steps. ``nll``, ``entropy`` and
-    ``temperature`` are detached diagnostics.
+    actions (B, K, A), ``mask`` (B, K) True on real steps. ``entropy_positions``: the entropy is
+    averaged over all B x K slots ("all", ODT's) or over the real ones ("real"). ``nll``,
+    ``entropy`` and ``temperature`` are detached diagnostics.
     """
     if actions.shape != dist.mean.shape:
         raise ValueError(f"actions have shape {tuple(actions.shape)} but the policy predicts "
@@ -53,6 +60,8 @@ def dt_supervised_loss(
         raise ValueError(f"mask has shape {tuple(mask.shape)}, expected {tuple(actions.shape[:-1])}")
     if entropy_samples < 1:
         raise ValueError(f"entropy_samples must be >= 1, got {entropy_samples}")
+    if entropy_positions not in ("all", "real"):
+        raise ValueError(f"entropy_positions must be 'all' or 'real', got {entropy_positions!r}")
     if isinstance(dist, DeterministicAction):
         raise TypeError("dt_supervised_loss needs the stochastic head; a deterministic DT trains with dt_mse_loss")
     if dist.mean.dtype != torch.float32:
@@ -60,7 +69,8 @@ def dt_supervised_loss(
         dist = SquashedGaussian(dist.mean.float(), dist.log_std.float())
     actions = actions.float()
     nll = -masked_mean(dist.log_prob(actions), mask)
-    entropy = masked_mean(dist.entropy(entropy_samples), mask)
+    h = dist.entropy(entropy_samples)
+    entropy = h.mean() if entropy_positions == "all" else masked_mean(h, mask)
     temperature = log_temperature.exp()
     loss = nll - temperature.detach() * entropy
     loss_temperature = temperature * (entropy.detach() - target_entropy)
