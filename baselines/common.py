@@ -58,24 +58,28 @@ TRANSITION_KEYS = ("reward", "terminal", "next_obs", "td_ok")
 # Replay buffer
 
 
-def transition_arrays(traj: Trajectory) -> dict[str, np.ndarray]:
+def transition_arrays(traj: Trajectory, last_terminal: bool = False) -> dict[str, np.ndarray]:
     """Per-step reward, terminal, next observation and ``td_ok`` (the TD target is defined) of ``traj``.
 
     The next observation of step t < T-1 is observation t+1; of the last step it is
     ``traj.next_observations[-1]`` when known. ``td_ok`` is False only for a last step whose episode
     was not terminated (a time-limit cut or a dataset piece) and whose next observation is unknown:
     such a step can neither bootstrap nor be treated as terminal, so a critic skips it.
+    ``last_terminal`` marks the last step terminal whatever ended the episode (time-limit cuts
+    included), as ODT+TD3's reference stores every online episode (RL_as_Vitamin evaluation.py:250-252).
     """
     T = len(traj)
     nxt = np.zeros_like(traj.observations, dtype=np.float32)
     nxt[:-1] = traj.observations[1:]
     td_ok = np.ones(T, dtype=bool)
+    terminal = traj.terminals.astype(np.float32)
+    if last_terminal:
+        terminal[-1] = 1.0
     if traj.next_observations is not None:
         nxt[-1] = traj.next_observations[-1]
-    elif not bool(traj.terminals[-1]):
+    elif not bool(terminal[-1]):
         td_ok[-1] = False
-    return {"reward": traj.rewards.astype(np.float32), "terminal": traj.terminals.astype(np.float32),
-            "next_obs": nxt, "td_ok": td_ok}
+    return {"reward": traj.rewards.astype(np.float32), "terminal": terminal, "next_obs": nxt, "td_ok": td_ok}
 
 
 def _lean(traj: Trajectory) -> Trajectory:
@@ -103,7 +107,8 @@ class TrajectoryReplay:
     does. Sampling is :class:`ContextSampler`'s: trajectories in proportion to their length, RTG
     tokens = each trajectory's achieved return-to-go (hindsight relabeling). With
     ``transitions=True`` every context also carries the per-step arrays of
-    :func:`transition_arrays` in ``batch.extra`` (for ODT+TD3's critic).
+    :func:`transition_arrays` in ``batch.extra`` (for ODT+TD3's critic); ``online_last_terminal``
+    marks the last step of every trajectory added after construction (the online episodes) terminal.
 
     ``generator``: a ``torch.Generator`` on ``device`` from which windows are drawn on the device
     (``sampler: device``); None draws them with ``rng`` on the host. Its state is part of
@@ -113,13 +118,14 @@ class TrajectoryReplay:
     def __init__(self, capacity: int, context_len: int, seeds: Sequence[Trajectory], *,
                  device: torch.device | str = "cpu", rng: np.random.Generator | None = None,
                  anchor: Literal["end", "start"] = "end", transitions: bool = False,
-                 generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None, online_last_terminal: bool = False):
         if capacity < 1:
             raise ValueError(f"replay capacity must be >= 1, got {capacity}")
         if not seeds:
             raise ValueError("the replay buffer needs at least one offline trajectory to start from")
         self.capacity = int(capacity)
         self.transitions = bool(transitions)
+        self.online_last_terminal = bool(online_last_terminal)
         seeds = [_lean(t) for t in list(seeds)[:self.capacity]][::-1]  # worst first: evicted first
         self.n_seeds = len(seeds)  # seeds inserted at construction
         self.trajectories: deque[Trajectory] = deque(seeds)
@@ -132,6 +138,9 @@ class TrajectoryReplay:
             return None
         arrays = [transition_arrays(t) for t in trajs]
         return {k: [a[k] for a in arrays] for k in TRANSITION_KEYS}
+
+    def _online_extra(self, t: Trajectory) -> dict[str, np.ndarray] | None:
+        return transition_arrays(t, self.online_last_terminal) if self.transitions else None
 
     def __len__(self) -> int:
         return len(self.trajectories)
@@ -147,8 +156,7 @@ class TrajectoryReplay:
     def add(self, traj: Trajectory) -> None:
         """Append a trajectory (newest); evict the oldest once over capacity."""
         t = _lean(traj)
-        extra = None if not self.transitions else transition_arrays(t)
-        self.sampler.add(t, extra=extra)
+        self.sampler.add(t, extra=self._online_extra(t))
         self.trajectories.append(t)
         if len(self.trajectories) > self.capacity:
             self.sampler.pop_oldest(1)
@@ -178,7 +186,7 @@ class TrajectoryReplay:
                 self.trajectories.popleft()
         for d in state["online"]:
             t = Trajectory(**d)
-            self.sampler.add(t, extra=None if not self.transitions else transition_arrays(t))
+            self.sampler.add(t, extra=self._online_extra(t))
             self.trajectories.append(t)
         self.evicted = n
         gen = self.sampler.generator
@@ -380,12 +388,17 @@ class ODTFamily(DTMethod):
                                  if cfg.continue_pretrain_optimizer else 0)
         self.buffer = TrajectoryReplay(cfg.buffer_size, self.K, ctx.dataset.top_k(cfg.buffer_size),
                                        device=ctx.device, rng=ctx.np_rng, anchor=cfg.context_anchor,
-                                       transitions=self.buffer_transitions, generator=self._window_generator())
+                                       transitions=self.buffer_transitions, generator=self._window_generator(),
+                                       online_last_terminal=self._online_last_terminal())
         self.online_rtg = float(ctx.task.online_rtg if cfg.online_rtg is None else cfg.online_rtg)
         self.rollout_context = min(cfg.rollout_context_len or model.cfg.eval_context_len, self.K)
         self.min_env_steps = min_env_steps_per_iteration(cfg, ctx.task)
         self.engine = RolloutEngine(ctx.task, cfg.rollouts_per_iteration, self.K, ctx.device,
                                     seed=10**8 + 10**4 * ctx.seed)
+
+    def _online_last_terminal(self) -> bool:
+        """Whether the buffer stores each online episode's last step as terminal (a subclass's choice)."""
+        return False
 
     def _window_generator(self) -> torch.Generator | None:
         """The replay buffer's device generator (``sampler: device``), seeded from the run's seed alone,

@@ -26,18 +26,31 @@ deterministic action plus N(0, 0.1) noise added after the tanh and clipped to th
 (evaluation.py:172-174, ``--expl_noise 0.1``), in eval mode as the reference's default
 ``--online_data_mode eval`` (evaluation.py:87).
 
-Timeouts are not terminals: only ``terminal`` zeroes the bootstrap. A time-limit cut bootstraps
-from the observation after it (recorded for online episodes; ``next_observations`` of offline
-files); a last step with neither that nor a terminal has no target and is left out.
+The TD target is built as the reference builds it, each difference a switch:
+
+* ``online_terminals: last_step``: every online episode's last step is stored terminal, time-limit
+  cuts included (evaluation.py:250-252 sets ``terminals[-1] = 1`` for every collected episode);
+  ``env`` lets only the env's own terminals stop the bootstrap, so a time-limit cut bootstraps
+  from the observation after it. Offline trajectories keep their dataset terminals either way: a
+  timeout bootstraps from its next observation (``next_observations`` of offline files); a last
+  step with neither that nor a terminal has no target and is left out.
+* ``target_padding_mask: all_ones``: the target DT reads the next window with every slot visible,
+  padding included (trainer.py:630-638 calls ``get_predictions`` with ``external_context_len`` =
+  K, whose padding mask, decision_transformer.py:277,295-304, then has no zeros); ``real`` hides
+  the padded slots from it, as from the DT everywhere else.
+* ``critic_loss_mean: all_slots``: the critic loss is summed over real positions and divided by
+  all B x K slots (trainer.py:798, ``(((Q1-y)^2 + (Q2-y)^2) * mask).mean()``); ``real`` divides by
+  the real positions with a defined target instead.
 
 Reconstruction choices (not published, or cheaper variants; each is a config field or noted):
 
-* Next contexts come from the same sampled window: the window shifted by one step, i.e. at slot j
-  the states are the next observations s_{j+1} (the stored next observation, so the window's last
-  slot bootstraps as well), the RTG tokens r-decremented (rtg_{j+1} = rtg_j - r_j, exactly the
-  relabeled RTG of the next step), timesteps + 1, actions shifted left. One target-DT forward gives
-  a'_{t+1} for every position. A next context is thereby one step shorter at the window's start
-  than a rollout's context would be, as every context position's prediction is in ODT's training.
+* Next contexts come from the same sampled window, as the reference builds them
+  (trainer.py:609-640): the window shifted by one step, i.e. at slot j the states are the next
+  observations s_{j+1} (the stored next observation, so the window's last slot bootstraps as
+  well), the actions, RTG tokens and timesteps those of slot j+1, the last slot's RTG r-decremented
+  (rtg_K - r_K) and its timestep + 1, its action 0. One target-DT forward gives a'_{t+1} for every
+  position. A next context is thereby one step shorter at the window's start than a rollout's
+  context would be, as every context position's prediction is in ODT's training.
 * The target action comes from a Polyak-averaged target copy of the DT (``target_dt: true``, as
   TD3's target actor); ``false`` uses the current DT (in eval mode, no dropout).
 * The critic is warmed up on the offline-seeded buffer for ``critic_warmup_updates`` critic-only
@@ -45,8 +58,11 @@ Reconstruction choices (not published, or cheaper variants; each is a config fie
   it off. The reference trains the critic during pretraining instead: its pretraining draws
   ``num_updates_per_pretrain_iter * num_actor_update_interval`` = 10k minibatches, the critic
   learning on each (main.py:424, 438), so the critic also has 10k updates when the online phase
-  starts, but learnt them while the DT was still being pretrained. These updates are counted in
-  ``critic_updates``.
+  starts, but learnt them while the DT was still being pretrained. As there, the target critic is
+  Polyak-updated after the critic step of every ``policy_delay``-th minibatch (where the
+  reference's actor step and soft updates run, trainer.py:187, 979-981), and when online training
+  starts the targets are hard copies of the critic and the DT (the online trainer deep-copies
+  them, trainer.py:47, 51). These updates are counted in ``critic_updates``.
 * Critic optimizer: AdamW, lr 1e-3, torch's default weight decay 0.01 (main.py:134,
   get_args.py:62; the readme pins torch 2.0.1, whose AdamW default is 0.01); no gradient clipping
   of the critic (trainer.py:665-668).
@@ -65,7 +81,7 @@ import contextlib
 import copy
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn as nn
@@ -108,6 +124,19 @@ class ODTTD3Config(ODTConfig):
                                              "alongside the DT's pretraining instead.")
     target_dt: bool = doc(True, "Target actions a' from a Polyak-averaged target copy of the DT (TD3's target "
                                 "actor); false = from the current DT.")
+    online_terminals: Literal["last_step", "env"] = doc(
+        "last_step", "Which online steps stop the bootstrap. 'last_step' = the reference's: every online episode's "
+                     "last step is stored terminal, time-limit cuts included (RL_as_Vitamin evaluation.py:250-252); "
+                     "'env' = only the env's terminals, a time-limit cut bootstrapping from its next observation. "
+                     "Offline trajectories keep their dataset terminals either way.")
+    target_padding_mask: Literal["all_ones", "real"] = doc(
+        "all_ones", "What the target DT sees of the next window's padding. 'all_ones' = the reference's: every slot "
+                    "visible, padded ones included (trainer.py:630-638 -> decision_transformer.py:277,295-304 builds "
+                    "a mask of K ones); 'real' = padded slots hidden, as from the DT everywhere else.")
+    critic_loss_mean: Literal["all_slots", "real"] = doc(
+        "all_slots", "Denominator of the critic loss. 'all_slots' = the reference's: the squared errors of real "
+                     "positions summed and divided by all B x K slots, padding included (trainer.py:798); 'real' = "
+                     "divided by the real positions with a defined TD target.")
 
     def validate(self) -> None:
         super().validate()
@@ -122,6 +151,9 @@ class ODTTD3Config(ODTConfig):
         require(self.critic_lr > 0, "critic_lr must be > 0")
         require(self.critic_weight_decay >= 0, "critic_weight_decay must be >= 0")
         require(self.critic_warmup_updates >= 0, "critic_warmup_updates must be >= 0")
+        require(self.online_terminals in ("last_step", "env"), "online_terminals must be 'last_step' or 'env'")
+        require(self.target_padding_mask in ("all_ones", "real"), "target_padding_mask must be 'all_ones' or 'real'")
+        require(self.critic_loss_mean in ("all_slots", "real"), "critic_loss_mean must be 'all_slots' or 'real'")
 
 
 class NoisyAction(nn.Module):
@@ -150,16 +182,25 @@ def eval_mode(module: nn.Module):
             module.train(True)
 
 
-def next_window(batch: ContextBatch) -> dict[str, torch.Tensor]:
-    """The sampled windows shifted one step ahead: slot j holds step j+1 (see the module docstring)."""
+def next_window(batch: ContextBatch, all_ones: bool = False) -> dict[str, torch.Tensor]:
+    """The sampled windows shifted one step ahead: slot j holds step j+1 (see the module docstring).
+
+    ``all_ones``: every slot visible to the target DT, padding included (the reference's mask);
+    else the window's own mask."""
     x = batch.extra
+    last_rtg = batch.rtg[:, -1:] - x["reward"][:, -1:]
     return {
         "states": x["next_obs"],
         "actions": torch.cat([batch.actions[:, 1:], torch.zeros_like(batch.actions[:, :1])], dim=1),
-        "rtg": batch.rtg - x["reward"],
-        "timesteps": batch.timesteps + 1,
-        "mask": batch.mask,
+        "rtg": torch.cat([batch.rtg[:, 1:], last_rtg], dim=1),
+        "timesteps": torch.cat([batch.timesteps[:, 1:], batch.timesteps[:, -1:] + 1], dim=1),
+        "mask": torch.ones_like(batch.mask) if all_ones else batch.mask,
     }
+
+
+def slot_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Sum of ``x`` where ``mask`` is True over *all* slots of ``mask`` (the reference's ``(x * mask).mean()``)."""
+    return torch.where(mask, x, torch.zeros_like(x)).sum() / mask.numel()
 
 
 def _backward(loss_fn, args: tuple, zero_grad, key: str) -> dict[str, torch.Tensor]:
@@ -231,7 +272,7 @@ class ODTTD3(ODTFamily):
             with eval_mode(actor):
                 return self.target_actions(batch)
         cfg = self.cfg
-        nxt = next_window(batch)
+        nxt = next_window(batch, all_ones=cfg.target_padding_mask == "all_ones")
         with autocast(self.device_type, self.amp_dtype):
             dist = actor(nxt["states"], nxt["actions"], nxt["rtg"], nxt["timesteps"], nxt["mask"])
         a = torch.tanh(dist.mean.float())
@@ -242,7 +283,8 @@ class ODTTD3(ODTFamily):
     def td_target(self, batch: ContextBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """(y, w): TD targets at every context position and where they are defined (real step, td_ok).
 
-        Only ``terminal`` stops the bootstrap; a timeout bootstraps from its next observation.
+        Only a stored ``terminal`` stops the bootstrap (``online_terminals`` decides whether an online
+        episode's time-limit cut is stored as one).
         """
         x = batch.extra
         q1_next, q2_next = self.critic_target(x["next_obs"], self.target_actions(batch))
@@ -250,10 +292,12 @@ class ODTTD3(ODTFamily):
         return y, batch.mask & x["td_ok"]
 
     def critic_loss(self, batch: ContextBatch) -> dict[str, torch.Tensor]:
-        """TD3's clipped double-Q loss over every real position whose TD target is defined."""
+        """TD3's clipped double-Q loss over every real position whose TD target is defined, divided by
+        all B x K slots or by those positions (``critic_loss_mean``)."""
         y, w = self.td_target(batch)
         q1, q2 = self.critic(batch.states, batch.actions)
-        loss = masked_mean((q1 - y).pow(2), w) + masked_mean((q2 - y).pow(2), w)
+        mean = slot_mean if self.cfg.critic_loss_mean == "all_slots" else masked_mean
+        loss = mean((q1 - y).pow(2) + (q2 - y).pow(2), w)
         return {"critic_loss": loss, "q_mean": masked_mean(q1.detach(), w),
                 "td_error": masked_mean((q1.detach() - y).abs(), w), "target_q": masked_mean(y, w)}
 
@@ -300,16 +344,31 @@ class ODTTD3(ODTFamily):
         return _copy_out(terms, self.ACTOR_TERMS)
 
     # -- one iteration --------------------------------------------------------------------------------
+    def _online_last_terminal(self) -> bool:
+        return self.cfg.online_terminals == "last_step"
+
+    def warm_up_critic(self) -> MeanTerms:
+        """``critic_warmup_updates`` critic steps, the target critic Polyak-updated after every
+        ``policy_delay``-th (the reference's pretraining schedule; the DT and its target stay as loaded)."""
+        acc = MeanTerms()
+        for i in range(self.cfg.critic_warmup_updates):
+            acc.add(self._critic_step(self.buffer.sample(self.cfg.batch_size)))
+            if i % self.cfg.policy_delay == 0:
+                soft_update(self.critic_target, self.critic, self.cfg.tau)
+        self.ctx.counters.critic_updates += self.cfg.critic_warmup_updates
+        return acc
+
     def _before_first_iteration(self) -> dict[str, float]:
         if self.warmed_up:
             return {}
-        n = self.cfg.critic_warmup_updates
-        acc = MeanTerms()
-        for _ in range(n):
-            acc.add(self._critic_step(self.buffer.sample(self.cfg.batch_size)))
+        acc = self.warm_up_critic()
         self.warmed_up = True
-        self.ctx.counters.critic_updates += n
         acc.check(self.CRITIC_FAULT_KEYS, "the critic warmup")
+        # The online phase starts from hard copies of the critic and the DT, as the reference's online
+        # trainer deep-copies both into its targets (trainer.py:47, 51).
+        self.critic_target.load_state_dict(self.critic.state_dict())
+        if self.target is not None:
+            self.target.load_state_dict(self.model.state_dict())
         return acc.means(prefix="warmup_")
 
     def _update_many(self, n: int) -> dict[str, float]:

@@ -308,3 +308,116 @@ def test_odt_td3_run_writes_documented_outputs(tmp_path):
 
 def test_odt_td3_resumes_to_the_same_result(tmp_path, capsys):
     assert_resumes_to_the_same_result(tmp_path, "odt_td3", TD3_FAST, capsys)
+
+
+# -- the critic's warm start (issue 18 item 4) --------------------------------------------------------
+
+
+def test_warmup_polyak_updates_the_target_critic_and_online_starts_from_hard_copies(td3):
+    """The reference's pretraining soft-updates the target critic after every policy_delay-th critic step
+    (trainer.py:187, 979-981); its online trainer starts from deep copies of critic and DT (trainer.py:47, 51)."""
+    td3.cfg = dataclasses.replace(td3.cfg, critic_warmup_updates=5)
+    before = [p.detach().clone() for p in td3.critic_target.parameters()]
+    after_step, step = [], td3._critic_step
+
+    def recorded(batch):
+        out = step(batch)
+        after_step.append([p.detach().clone() for p in td3.critic.parameters()])
+        return out
+
+    td3._critic_step = recorded
+    td3.warm_up_critic()
+    expected = before
+    for i, critic in enumerate(after_step):
+        if i % td3.cfg.policy_delay == 0:  # steps 0, 2, 4
+            expected = [(1 - td3.cfg.tau) * e + td3.cfg.tau * c for e, c in zip(expected, critic)]
+    target = list(td3.critic_target.parameters())
+    assert all(torch.allclose(t, e, rtol=0, atol=1e-7) for t, e in zip(target, expected))
+    assert any(not torch.equal(t, b) for t, b in zip(target, before))  # it moved
+    assert any(not torch.equal(t, c) for t, c in zip(target, td3.critic.parameters()))  # but lags the critic
+
+    # the first iteration: warm-up, then the targets are the critic and the DT themselves
+    td3.cfg = dataclasses.replace(td3.cfg, critic_warmup_updates=2)
+    td3.warmed_up = False
+    with torch.no_grad():
+        next(td3.target.parameters()).add_(1.0)  # a target DT that differs, to see the copy
+    diag = td3._before_first_iteration()
+    assert td3.warmed_up and "warmup_critic_loss" in diag
+    assert all(torch.equal(t, c) for t, c in zip(td3.critic_target.parameters(), td3.critic.parameters()))
+    assert all(torch.equal(t, p) for t, p in zip(td3.target.parameters(), td3.model.parameters()))
+
+
+# -- the TD target as the reference builds it (issue 18 item 5) -------------------------------------------
+
+
+def _reference_td(m, traj, si: int, last_terminal: bool, all_ones: bool, all_slots: bool):
+    """RL_as_Vitamin's TD target and critic loss for the window of ``traj`` starting at ``si``, written out from
+    its code (data.py:88-151 window and padding, trainer.py:609-640 next window, 759-798 target and loss) with
+    dtrl's networks (which normalise states and scale the RTG themselves). Returns (y, mask, loss, a')."""
+    K, T = m.K, len(traj)
+    tlen = min(K, T - si)
+    pad = K - tlen
+
+    def front(x, value=0.0):
+        x = torch.as_tensor(np.asarray(x, np.float64), dtype=torch.float32)
+        return torch.cat([torch.full((pad, *x.shape[1:]), value), x])
+
+    term = traj.terminals.astype(np.float64)
+    if last_terminal:
+        term[-1] = 1.0  # evaluation.py:250-252
+    rtg = np.cumsum(traj.rewards[si:][::-1].astype(np.float64))[::-1][:tlen + 1]
+    if len(rtg) <= tlen:
+        rtg = np.concatenate([rtg, [0.0]])
+    ss, ns, aa = front(traj.observations[si:si + tlen]), front(traj.next_observations[si:si + tlen]), \
+        front(traj.actions[si:si + tlen])
+    rr, dd, rtg = front(traj.rewards[si:si + tlen]), front(term[si:si + tlen], 2.0), front(rtg)
+    ts, mask = front(np.arange(si, si + tlen)).long(), front(np.ones(tlen)).bool()
+    na = torch.cat([aa, torch.zeros(1, aa.shape[1])])[1:]
+    nts = torch.cat([ts, ts[-1:] + 1])[1:]
+    tmask = torch.ones(K, dtype=torch.bool) if all_ones else mask  # decision_transformer.py:295-304
+    with torch.no_grad():
+        a_next = torch.tanh(m.target(ns[None], na[None], rtg[None, 1:], nts[None], tmask[None]).mean)[0]
+        q_next = torch.min(*m.critic_target(ns, a_next.clamp(-1, 1)))
+        y = rr + (1 - dd) * m.cfg.gamma * q_next
+        q1, q2 = m.critic(ss, aa)
+        err = ((q1 - y) ** 2 + (q2 - y) ** 2) * mask
+        loss = err.mean() if all_slots else err.sum() / mask.sum()
+    return y, mask, loss, a_next
+
+
+@pytest.mark.parametrize("online_terminals", ["last_step", "env"])
+@pytest.mark.parametrize("target_padding_mask", ["all_ones", "real"])
+@pytest.mark.parametrize("critic_loss_mean", ["all_slots", "real"])
+def test_td_target_and_critic_loss_match_the_reference_per_switch(tmp_path, online_terminals, target_padding_mask,
+                                                                  critic_loss_mean):
+    """An online episode cut by the time limit, its last window padded: dtrl's target and critic loss equal the
+    reference's formulas, switch by switch (the defaults are the reference's)."""
+    if (online_terminals, target_padding_mask, critic_loss_mean) == ("last_step", "all_ones", "all_slots"):
+        cfg = ODTTD3Config()
+        assert (cfg.online_terminals, cfg.target_padding_mask, cfg.critic_loss_mean) == \
+            (online_terminals, target_padding_mask, critic_loss_mean)
+    m = method_instance(ODTTD3, tmp_path, **TD3_FAST, policy_noise=0.0, online_terminals=online_terminals,
+                        target_padding_mask=target_padding_mask, critic_loss_mean=critic_loss_mean)
+    assert m.K == 4 and m.buffer.sampler.anchor == "start"
+    cut = _hopper_traj([1.0, 2.0, 4.0], "timeout", next_obs=True, seed=5)  # time-limit cut, s' known
+    cut.next_observations[:-1] = cut.observations[1:]  # as an online episode records them
+    m.buffer.add(cut)
+    n = m.buffer.num_transitions
+    b = m.buffer.sampler.contexts([n - 2])  # starts at step 1: real steps 1, 2 after 2 padded slots
+    assert b.mask.tolist() == [[False, False, True, True]]
+    for q in (m.critic_target.q1, m.critic_target.q2, m.critic.q1, m.critic.q2):
+        torch.nn.init.normal_(q[-1].bias, 5.0)  # Q values away from 0, so a missing bootstrap shows
+    m.model.eval()
+    y, w = m.td_target(b)
+    y_ref, mask, loss_ref, a_ref = _reference_td(m, cut, 1, online_terminals == "last_step",
+                                          target_padding_mask == "all_ones", critic_loss_mean == "all_slots")
+    assert torch.equal(w[0], mask)
+    torch.testing.assert_close(m.target_actions(b)[0][mask], a_ref[mask])
+    torch.testing.assert_close(y[0][mask], y_ref[mask])
+    torch.testing.assert_close(m.critic_loss(b)["critic_loss"], loss_ref)
+    # each switch changes what it says it changes
+    other_y, _, other_loss, other_a = _reference_td(m, cut, 1, online_terminals != "last_step",
+                                                    target_padding_mask != "all_ones", critic_loss_mean != "all_slots")
+    assert (y[0][-1] - other_y[-1]).abs() > 1.0  # the cut: bootstrapped or not
+    assert (a_ref[2] - other_a[2]).abs().max() > 1e-3  # a real step whose target DT saw (or not) the padding
+    assert not torch.allclose(loss_ref, other_loss)
