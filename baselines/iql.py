@@ -26,18 +26,24 @@ Choices for details the paper leaves open (each also a Config field where it is 
   the "deterministic" action use tanh-mean. The log-likelihood of the buffer's actions is that of the
   unsquashed Gaussian (dataset actions are clipped to +-(1 - 1e-5) first, as the reference loader does).
 - Weights: orthogonal init with gain sqrt(2) and zero biases for every layer (flax ``default_init``).
-- Learning rates: constant Adam 3e-4 for the actor in both phases, as the reference finetuning script
-  runs (ikostrikov/implicit_q_learning @09d7002: ``train_finetune.py:100-103`` builds the Learner
-  without ``max_steps``, so its default cosine schedule, ``learner.py:85-86``, has no length; the
-  finetuning config turns it off, ``configs/antmaze_finetune_config.py:21``). ``actor_lr_schedule:
-  cosine`` is ``train_offline.py:88-92``'s decay over the offline phase (the offline-only paper
-  numbers); online the actor then uses ``online_actor_lr``.
+- Learning rates: constant Adam 3e-4 for the actor in both phases. What the reference locomotion
+  finetuning would do cannot be run as written: ``train_finetune.py:100-103`` builds the Learner
+  from ``configs/mujoco_config.py`` (which sets no ``opt_decay_schedule``) and no ``max_steps``, so
+  the Learner's default ``opt_decay_schedule="cosine"`` (``learner.py:63``) calls
+  ``optax.cosine_decay_schedule(-actor_lr, None)`` (``learner.py:85-86``), which refuses a decay
+  length that is not a positive number. The one finetuning config the repository ships turns the
+  schedule off (``configs/antmaze_finetune_config.py:21``, constant Adam), and that is what dtrl
+  runs. ``actor_lr_schedule: cosine`` is ``train_offline.py:88-92``'s decay over the offline phase
+  (the offline-only paper numbers); online the actor then uses ``online_actor_lr``.
 - Reward normalisation (locomotion): rewards * 1000 / (max - min) of the dataset's trajectory returns
-  (``train_finetune.py:42-59``), the factor fixed from the offline data and applied to online rewards
-  too (the reference script normalises only the dataset, ``train_finetune.py:123`` stores raw online
-  rewards, which mixes two reward scales in one buffer). The reference normalises hopper,
-  halfcheetah and walker2d only (``train_finetune.py:80-82``): config/config.yaml switches ant to
-  ``none`` with an ``overrides`` entry. If every trajectory has the same return the factor is 1.
+  (``train_finetune.py:42-59``), on the dataset only; online rewards are stored raw, as the reference
+  stores them (``train_finetune.py:123``), so locomotion finetuning mixes two reward scales in one
+  buffer (``online_reward_scale: raw``). ``online_reward_scale: offline`` applies the dataset's factor
+  to online rewards too, one scale in the buffer. The reference normalises hopper, halfcheetah and
+  walker2d only (``train_finetune.py:80-82``): config/config.yaml switches ant to ``none`` with an
+  ``overrides`` entry. If every trajectory has the same return the factor is 1. ``reward_shift``
+  (AntMaze's -1) applies to every sampled reward, offline and online, as the reference's
+  ``train_finetune.py:137-142``.
 - Evaluation uses the shared harness's protocol (``eval.final_episodes``, ODT's 10) rather than the
   reference's 100 episodes every 100k steps (``train_finetune.py:22,25``), so every method is scored alike.
 - Transitions: a trajectory without ``next_observations`` takes s' from the next row; its last row is
@@ -93,9 +99,11 @@ class IQLConfig:
                                              "dropout (reference configs/mujoco_config.py:11,17).")
     actor_lr: float = doc(3e-4, "Adam learning rate of the actor in the offline phase (mujoco_config.py:7).")
     actor_lr_schedule: Literal["cosine", "constant"] = doc(
-        "constant", "Offline actor lr schedule. constant = the reference finetuning run (train_finetune.py:100-103 "
-                    "passes no max_steps; antmaze_finetune_config.py:21 opt_decay_schedule None); cosine = decay to 0 "
-                    "over offline_updates as train_offline.py:88-92 (offline-only training).")
+        "constant", "Offline actor lr schedule. constant = the finetuning run that the reference can run: "
+                    "antmaze_finetune_config.py:21 sets opt_decay_schedule None; with mujoco_config.py the Learner's "
+                    "default cosine schedule gets no max_steps (train_finetune.py:100-103, learner.py:63,85-86) and "
+                    "optax refuses it. cosine = decay to 0 over offline_updates as train_offline.py:88-92 "
+                    "(offline-only training).")
     online_actor_lr: float = doc(3e-4, "Constant actor lr online (the reference finetuning run: Adam 3e-4, no decay).")
     critic_lr: float = doc(3e-4, "Adam learning rate of the twin critic (mujoco_config.py:9).")
     value_lr: float = doc(3e-4, "Adam learning rate of the value net (mujoco_config.py:8).")
@@ -111,9 +119,13 @@ class IQLConfig:
                                "(mujoco_config.py:19 `tau`).")
     # Data.
     reward_normalization: Literal["minmax", "none"] = doc(
-        "minmax", "minmax: rewards * 1000 / (max - min trajectory return of the dataset), the reference's for "
-                  "hopper, halfcheetah, walker2d (train_finetune.py:42-59,80-82), applied to online rewards too; "
-                  "none: raw rewards (the reference's for ant: config/config.yaml's overrides).")
+        "minmax", "minmax: dataset rewards * 1000 / (max - min trajectory return of the dataset), the reference's "
+                  "for hopper, halfcheetah, walker2d (train_finetune.py:42-59,80-82); none: raw rewards (the "
+                  "reference's for ant: config/config.yaml's overrides). Online rewards: online_reward_scale.")
+    online_reward_scale: Literal["raw", "offline"] = doc(
+        "raw", "Online rewards next to the normalised offline ones. raw = the reference's: stored as the env pays "
+               "them (train_finetune.py:123), two reward scales in one buffer on the normalised tasks; offline = "
+               "multiplied by the dataset's normalisation factor, one scale.")
     reward_shift: float = doc(0.0, "Added to every reward after scaling (IQL's AntMaze uses -1; 0 for locomotion).")
     buffer_capacity: int = doc(0, "Replay capacity in transitions; 0 keeps the offline data and every online "
                                   "transition (the reference's 2M, train_finetune.py:30, holds both at its budgets). "
@@ -138,6 +150,7 @@ class IQLConfig:
         require(self.max_weight > 0, "iql.max_weight must be > 0")
         require(self.log_std_min <= self.log_std_max, "iql.log_std_min must be <= iql.log_std_max")
         require(self.buffer_capacity >= 0, "iql.buffer_capacity must be >= 0")
+        require(self.online_reward_scale in ("raw", "offline"), "iql.online_reward_scale must be 'raw' or 'offline'")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -566,7 +579,8 @@ class IQL(OnlineMethod):
         while steps < cfg.env_steps_per_iteration:
             noise = self.ctx.np_rng.standard_normal((st.n, self.ctx.act_dim))
             b = st.step(self.learner.act(st.obs, noise))
-            self.buffer.add(obs=b.obs, act=b.actions, rew=b.rewards * self.reward_scale + cfg.reward_shift,
+            scale = self.reward_scale if cfg.online_reward_scale == "offline" else 1.0
+            self.buffer.add(obs=b.obs, act=b.actions, rew=b.rewards * scale + cfg.reward_shift,
                             next_obs=b.next_obs, mask=1.0 - b.terminals.astype(np.float32))
             steps += st.n
             ep_returns += b.episode_returns

@@ -209,8 +209,14 @@ def test_online_transitions_mask_terminals_only(tmp_path):
     fell = np.abs(m.buffer.data["next_obs"][n0:m.buffer.size, 1].numpy()) > 0.2  # InvertedPendulum's terminal
     assert np.array_equal(mask == 0, fell)
     assert 0 < fell.sum() < diag["explore_episodes"]  # some episodes ended by the time limit: mask stays 1
-    # InvertedPendulum-v5 pays 1 per step and 0 on the step that drops the pole; scaled like the dataset.
-    assert m.reward_scale != 1.0
+    # InvertedPendulum-v5 pays 1 per step and 0 on the step that drops the pole; stored raw next to the
+    # normalised dataset rewards, as the reference (train_finetune.py:123) ...
+    assert m.reward_scale != 1.0 and m.cfg.online_reward_scale == "raw"
+    assert np.array_equal(m.buffer.data["rew"][n0:m.buffer.size].numpy(), mask)
+    # ... or scaled like the dataset (online_reward_scale: offline)
+    m = IQL(small_cfg(offline_updates=0, env_steps_per_iteration=200, utd=0.25, online_reward_scale="offline"), ctx)
+    m.train_iteration()
+    mask = m.buffer.data["mask"][n0:m.buffer.size].numpy()
     assert np.allclose(m.buffer.data["rew"][n0:m.buffer.size].numpy(), m.reward_scale * mask)
 
 
