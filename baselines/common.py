@@ -255,7 +255,9 @@ class ODTConfig:
                   "relative bias below transitions / 2^62); they use different random streams, so the same "
                   "seed draws different windows.")
     amp: Literal["off", "bf16"] = doc("bf16", "Autocast dtype of the DT on CUDA (ignored on CPU); pretrain.amp's "
-                                              "default and the same autocast code (dtrl.harness.pretrain.autocast).")
+                                              "default and the same autocast code (dtrl.harness.pretrain.autocast). "
+                                              "off = fp32, the reference's numerics (the online phase never enables "
+                                              "TF32).")
     compile: Literal["off", "default", "reduce-overhead"] = doc(
         "reduce-overhead", "torch.compile mode on CUDA (ignored on CPU) of the loss computations, as "
                            "pretrain.compile (its default, and the same code: dtrl.harness.pretrain.CompiledLoss): ODT's "

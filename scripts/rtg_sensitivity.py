@@ -25,12 +25,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dtrl.batching import ContextSampler  # noqa: E402
-from dtrl.checkpoint import load_pretrained_dt  # noqa: E402
+from dtrl.models.batching import ContextSampler  # noqa: E402
+from dtrl.models.checkpoint import load_pretrained_dt  # noqa: E402
 from dtrl.data.sources import load_task_dataset  # noqa: E402
-from dtrl.experiment import load_config, parse_overrides  # noqa: E402
-from dtrl.io import read_json  # noqa: E402
-from dtrl.pretrain import pretrain  # noqa: E402
+from dtrl.config.experiment import load_config, parse_overrides  # noqa: E402
+from dtrl.util.io import read_json  # noqa: E402
+from dtrl.harness.pretrain import pretrain  # noqa: E402
 from dtrl.tasks import get_task  # noqa: E402
 
 HEADS = ("gaussian", "deterministic")
@@ -61,12 +61,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], help="section.key=value overrides")
     p.add_argument("--task", required=True)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--heads", nargs="+", choices=HEADS, default=list(HEADS), help="action heads to pretrain")
     p.add_argument("--out", type=Path, required=True, help="where the pretraining runs go")
     args = p.parse_args(argv)
     base = parse_overrides(args.set)
     task = get_task(args.task)
     print("head           init    seed  final_loss  eval_norm_return  mean|a(x0.25)-a(x4)|")
-    for head in HEADS:
+    for head in args.heads:
         for init in INITS:
             over = {**base, "model": {**base.get("model", {}), "action_head": head, "init": init}}
             exp = load_config(args.config, over).for_task(task.name)

@@ -243,3 +243,17 @@ def test_trainer_falls_back_to_eager_when_compilation_fails(tiny_model_cfg):
     assert trainer.compile == "off" and trainer.updates == 1
     assert set(out) == set(SupervisedTrainer.TERMS) and all(torch.isfinite(v) for v in out.values())
     trainer.update(batch)  # and keeps going eagerly, without warning again
+
+
+def test_amp_off_is_fp32_throughout():
+    """amp: off = the reference's fp32 numerics on CUDA: no autocast, and TF32 matmuls off; bf16 (the default)
+    autocasts and lets the matmuls it leaves in fp32 use TF32."""
+    import contextlib
+
+    from dtrl.harness.pretrain import amp_dtype_of, autocast, fp32_matmul_precision
+
+    assert amp_dtype_of("off") is None and isinstance(autocast("cuda", amp_dtype_of("off")), contextlib.nullcontext)
+    assert fp32_matmul_precision("off") == "highest" and fp32_matmul_precision("bf16") == "high"
+    assert amp_dtype_of("bf16") is torch.bfloat16 and not isinstance(autocast("cuda", torch.bfloat16),
+                                                                       contextlib.nullcontext)
+    assert PretrainConfig().amp == "bf16"

@@ -47,7 +47,10 @@ class PretrainConfig:
     log_every: int = doc(100, "Updates between progress rows in pretrain.csv.")
     checkpoint_every: int = doc(1000, "Updates between resumable checkpoints.")
     eval_episodes: int = doc(10, "Evaluation episodes after pretraining (0 to skip).")
-    amp: Literal["off", "bf16"] = doc("bf16", "Autocast dtype on CUDA (ignored on CPU): bf16 or off.")
+    amp: Literal["off", "bf16"] = doc("bf16", "Autocast dtype on CUDA (ignored on CPU). bf16 (dtrl's, for speed): the "
+                                              "forward and loss in bf16 autocast and TF32 for the matmuls it leaves "
+                                              "in fp32. off: fp32 throughout with TF32 off, the reference's "
+                                              "numerics (docs/baselines.md, Numerics).")
     compile: Literal["off", "default", "reduce-overhead"] = doc(
         "reduce-overhead", "torch.compile mode of the training forward+loss on CUDA (ignored on CPU). A step of "
         "ODT's transformer is bound by kernel-launch overhead; 'reduce-overhead' (CUDA graphs) removes most of it "

@@ -78,6 +78,14 @@ def autocast(device_type: str, amp_dtype: torch.dtype | None):
     return contextlib.nullcontext()
 
 
+def fp32_matmul_precision(amp: str) -> str:
+    """torch's float32 matmul precision for training with ``amp``: TF32 ('high') for what bf16 autocast leaves in
+    fp32; true fp32 ('highest') with ``amp: off``, the numerics of the code behind the published numbers
+    (RL_as_Vitamin trains without autocast under torch 2.0.1, readme.md:46, whose TF32 matmuls are off by
+    default; online-dt pins torch 1.8.1, conda_env.yml, which had them on by default on Ampere GPUs)."""
+    return "highest" if amp_dtype_of(amp) is None else "high"
+
+
 def amp_dtype_of(amp: str) -> torch.dtype | None:
     """``pretrain.amp`` / an online method's ``amp`` field as the dtype :func:`autocast` takes."""
     if amp not in ("off", "bf16"):
@@ -281,8 +289,7 @@ def pretrain(exp, task: Task, seed: int, dataset: TrajectoryDataset, out_dir: st
         torch.set_num_threads(exp.threads)
     device = resolve_device(exp.device)
     if device.type == "cuda":
-        # TF32 matmuls for whatever autocast leaves in fp32 (and everything with amp: off).
-        torch.set_float32_matmul_precision("high")
+        torch.set_float32_matmul_precision(fp32_matmul_precision(cfg.amp))
 
     np_rng = seed_everything(seed)
     model = build_dt(exp.model, task, dataset).to(device)
