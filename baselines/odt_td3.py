@@ -119,9 +119,12 @@ class ODTTD3Config(ODTConfig):
     critic_weight_decay: float = doc(0.01, "AdamW weight decay of the critic: torch's default, which the reference "
                                            "leaves in place (main.py:134 passes only the lr; torch 2.0.1).")
     critic_warmup_updates: int = doc(10_000, "Critic-only updates on the offline-seeded buffer before the first "
-                                             "online iteration (0 = off). The reference's critic gets its 10k "
-                                             "pretraining updates (5000 x 2 minibatches, main.py:424, 438) "
-                                             "alongside the DT's pretraining instead.")
+                                             "online iteration (0 = off), the target critic Polyak-updated after "
+                                             "every policy_delay-th; online training then starts with target critic "
+                                             "= critic and target DT = DT. The reference's critic gets its 10k "
+                                             "updates (5000 x 2 minibatches, main.py:424, 438; soft updates "
+                                             "trainer.py:187, 979-981; copies trainer.py:47, 51) alongside the "
+                                             "DT's pretraining instead.")
     target_dt: bool = doc(True, "Target actions a' from a Polyak-averaged target copy of the DT (TD3's target "
                                 "actor); false = from the current DT.")
     online_terminals: Literal["last_step", "env"] = doc(

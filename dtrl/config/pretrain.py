@@ -61,7 +61,7 @@ class PretrainConfig:
     context_anchor: Literal["start", "end"] = doc(
         "start", "How context windows are drawn. 'start' = the reference's: a uniform first step, the window cut "
                  "at the trajectory's end and left-padded there (online-dt data.py:72,103-115, sample_trajs "
-                 "data.py:183-193; RL_as_Vitamin data.py:89-151). 'end' = dtrl's alternative: each transition "
+                 "data.py:171-182; RL_as_Vitamin data.py:89-151). 'end' = dtrl's alternative: each transition "
                  "equally likely to be a context's last step, windows left-padded only at trajectory starts, as "
                  "a rollout's context is (the reference pads contexts that end a trajectory, which acting never "
                  "does). Either way trajectories are picked in proportion to their length.")

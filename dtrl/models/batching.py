@@ -8,7 +8,7 @@ DataLoader workers, and on CUDA no host-to-device copy beyond the B window ancho
 Windows. ``anchor="start"`` draws each context's *first* step uniformly over all stored
 transitions and cuts the window at the trajectory's end, left-padding what is missing: ODT's
 sampler (online-dt data.py:72,103-115 with trajectories drawn in proportion to their length,
-data.py:183-193), the default of pretraining, ODT and ODT+TD3 (their ``context_anchor``).
+data.py:171-182), the default of pretraining, ODT and ODT+TD3 (their ``context_anchor``).
 ``anchor="end"`` (this class's default) draws each context's *last* step instead
 and left-pads steps before the trajectory's start, so padding sits where a rollout has it (at
 episode starts) and never at episode ends. Either way trajectories are picked in proportion to
