@@ -40,7 +40,8 @@ class ModelConfig:
                "head's mean and log-std layers orthogonal with zero bias (decision_transformer.py:107-114). "
                "'normal' = every Linear and Embedding N(0, 0.02) with zero bias (dtrl before issue 18): the RTG "
                "embedding then has no bias, LayerNorm(w * rtg) keeps only the RTG's sign, and under LAMB a "
-               "zero-initialised bias stays near zero, so the DT barely conditions on the return's magnitude.")
+               "zero-initialised bias stays near zero, so the DT barely conditions on the return's magnitude. The DT "
+               "backbone only: Reinformer keeps PyTorch's defaults, as its reference does.")
     max_timestep: int = doc(1000, "Size of the timestep embedding table (used only with timestep_embedding); later "
                                   "timesteps share the last entry.")
     action_head: Literal["gaussian", "deterministic"] = doc(
