@@ -69,7 +69,8 @@ class PretrainConfig:
         "all", "Positions the entropy term (and the temperature's loss) averages over. 'all' = the reference's: "
                "every B x K slot, padding included (online-dt main.py:399-401 `a_hat_dist.entropy().mean()`, "
                "next to a masked log-likelihood). 'real' = only real steps, as the NLL, so the temperature does "
-               "not answer to what the model outputs on padding.")
+               "not answer to what the model outputs on padding. The DT backbone's loss only; Reinformer's "
+               "objective is its own.")
 
     def validate(self) -> None:
         require(self.updates >= 1, "pretrain.updates must be >= 1")
