@@ -365,6 +365,10 @@ class MeanTerms:
 class ODTFamily(DTMethod):
     """ODT's online phase; subclasses implement ``_update_many`` (the gradient updates of one iteration)."""
 
+    # Cannot change on a resume (dtrl.harness.online.OnlineMethod.resume_fixed): the optimizer's kind and the replay
+    # buffer's size and sampler are checkpointed state; continue_pretrain_optimizer acts only at the start.
+    resume_fixed = ("optimizer", "buffer_size", "sampler", "continue_pretrain_optimizer")
+
     Config = ODTConfig
     needs_dataset = True
     buffer_transitions = False  # keep the per-step arrays a critic needs in the buffer

@@ -76,6 +76,7 @@ from dtrl.envs.make import get_sim_state, set_sim_state
 from dtrl.util.guard import FiniteSince
 from dtrl.harness.online import Evaluation, OnlineMethod, RunContext, eval_seed
 from dtrl.envs.vec import VecStepper, evaluate_policy
+from dtrl.models.optim import load_optimizer_state
 
 ACTION_LIMIT = 1.0 - 1e-5  # dataset actions are clipped to this before their log-likelihood is taken
 
@@ -423,13 +424,9 @@ class IQLLearner(nn.Module):
         """Load optimiser states, possibly saved on another device or with/without a CUDA graph."""
         for k, v in state.items():
             opt = getattr(self, k)
-            opt.load_state_dict(v)
-            # Loading restores the saved run's group options; keep this learner's (graph or not).
-            for g in opt.param_groups:
-                g["capturable"] = self.use_graph
-                if opt is self.actor_opt:
-                    lr = float(g["lr"])
-                    g["lr"] = torch.tensor(lr, device=g["params"][0].device) if self.use_graph else lr
+            # The group options stay this learner's: the config's learning rates, graph or not (capturable, a
+            # tensor actor lr); the actor's lr is set again before every update anyway.
+            load_optimizer_state(opt, v)
             for p, st in opt.state.items():
                 if "step" in st:  # capturable Adam keeps its step count on the device, eager Adam on the CPU
                     st["step"] = st["step"].to(device=p.device if self.use_graph else "cpu", dtype=torch.float32)
@@ -492,6 +489,9 @@ class IQL(OnlineMethod):
     # trajectory at the file's end (implicit_q_learning dataset_utils.py:92); data.unflagged_tail overrides.
     reference_keeps_unflagged_tail = True
     fault_key = "critic_lr"
+    # Cannot change on a resume (dtrl.harness.online.OnlineMethod.resume_fixed): network sizes, the buffer, the envs
+    # stepped, and the reward transform the buffered rewards were stored under.
+    resume_fixed = ("hidden_dims", "n_envs", "buffer_capacity", "reward_normalization", "reward_shift")
     # Checked once per iteration (dtrl.util.guard), the term that broke first named; ties in update order.
     FAULT_KEYS = {"value_loss": "value_lr", "v_mean": "value_lr", "actor_loss": "actor_lr",
                   "log_std_mean": "actor_lr", "critic_loss": "critic_lr", "q_mean": "critic_lr"}

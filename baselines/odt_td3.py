@@ -94,6 +94,7 @@ from dtrl.models.losses import dt_mse_loss, masked_mean
 from dtrl.models.dt import DeterministicAction
 from dtrl.harness.online import RunContext
 from dtrl.harness.pretrain import CompiledLoss, amp_dtype_of, autocast
+from dtrl.models.optim import load_optimizer_state
 
 
 @dataclass
@@ -232,6 +233,7 @@ class ODTTD3(ODTFamily):
     ACTOR_FAULT_KEYS = {"loss_supervised": "lr", "nll": "lr", "entropy": "lr", "actor_q": "alpha", "loss": "alpha",
                         "grad_norm": "lr", "loss_temperature": "temperature_lr", "temperature": "temperature_lr"}
     pretrained_head = "deterministic"
+    resume_fixed = ODTFamily.resume_fixed + ("critic_hidden", "target_dt", "critic_warmup_updates")
     CRITIC_TERMS = ("critic_loss", "q_mean", "td_error", "target_q")
     ACTOR_TERMS = ("loss", "loss_supervised", "mse", "actor_q", "grad_norm")
 
@@ -405,7 +407,7 @@ class ODTTD3(ODTFamily):
         super().load_state_dict(state)
         self.critic.load_state_dict(state["critic"])
         self.critic_target.load_state_dict(state["critic_target"])
-        self.critic_opt.load_state_dict(state["critic_opt"])
+        load_optimizer_state(self.critic_opt, state["critic_opt"])  # the config's critic_lr, not the checkpoint's
         if self.target is not None:
             self.target.load_state_dict(state["target_dt"])
         self.minibatches = int(state["minibatches"])

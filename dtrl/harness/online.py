@@ -31,7 +31,7 @@ import torch
 
 from dtrl.config import ConfigError, to_dict
 from dtrl.data.trajectories import TrajectoryDataset
-from dtrl.util.guard import DivergenceError, check_parameters
+from dtrl.util.guard import DivergenceError, check_parameters, check_values
 from dtrl.config.device import resolve_device  # noqa: F401 - re-exported: dtrl.harness.online.resolve_device
 from dtrl.util.io import atomic_torch_save, read_json, torch_load
 from dtrl.util.logger import CORE_COLUMNS, RunLogger, Throughput, write_summary
@@ -68,6 +68,9 @@ class Evaluation:
     goal_steps: np.ndarray | None = None
 
 
+# Keys of a run's recorded config that no resume may change: what the run is, and the DT it started from.
+RESUME_FIXED = ("algo", "task", "seed", "pretrained_with")
+
 CHECKPOINT_COUNTERS = ("env_steps", "env_steps_eval", "policy_updates", "critic_updates", "iterations",
                        "wall_time", "extra")
 
@@ -103,6 +106,11 @@ class OnlineMethod:
     # is refused when it loads, with backbone_refusal as the reason.
     backbones: ClassVar[tuple[str, ...] | None] = ("dt",)
     backbone_refusal: ClassVar[str] = "it is written for the DT"
+    # Parameters that cannot change when a run resumes (--allow-config-change refuses them by name): they shape
+    # the checkpointed state (network sizes, buffers, the optimizer's kind) or act only when a run starts.
+    # Every other parameter applies from the resume on: it is read from the config, and the optimizers keep
+    # the config's hyperparameters when they load a checkpoint (dtrl.models.optim.load_optimizer_state).
+    resume_fixed: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, cfg: Any, ctx: RunContext):
         self.cfg, self.ctx = cfg, ctx
@@ -192,7 +200,8 @@ def run_online(method: OnlineMethod, ctx: RunContext, online: OnlineConfig, meta
     if ckpt_path.exists():  # read (and checked) before anything is written
         state = torch_load(ckpt_path, fix=f"delete it (or {out}) to start the run over")
         if config is not None:
-            diff = check_resume(state.get("config"), config, ckpt_path, allow_config_change)
+            fixed = RESUME_FIXED + tuple(f"params.{k}" for k in method.resume_fixed)
+            diff = check_resume(state.get("config"), config, ckpt_path, allow_config_change, fixed=fixed)
             config_changes = list(state.get("config_changes", []))
             if diff:
                 config_changes.append({"iteration": state["counters"]["iterations"], "changed": diff})
@@ -217,10 +226,13 @@ def run_online(method: OnlineMethod, ctx: RunContext, online: OnlineConfig, meta
 
     def evaluate(episodes: int, index: int) -> tuple[np.ndarray, np.ndarray | None]:
         out = method.evaluate(episodes, eval_seed(ctx.eval_cfg, ctx.seed, index))
+        goal = None
         if isinstance(out, Evaluation):
             goal = None if out.goal_steps is None else np.asarray(out.goal_steps, dtype=np.int64)
-            return np.asarray(out.returns, dtype=np.float64), goal
-        return np.asarray(out, dtype=np.float64), None
+            out = out.returns
+        returns = np.asarray(out, dtype=np.float64)
+        check_values(returns, "evaluation returns", "", "the evaluation")  # never a NaN score
+        return returns, goal
 
     saved = {"iteration": c.iterations if state is not None else None}  # of the checkpoint on disk
 
@@ -242,6 +254,9 @@ def run_online(method: OnlineMethod, ctx: RunContext, online: OnlineConfig, meta
         write_summary(summary_path, summary)
 
     def diverged(e: DivergenceError, iteration: int) -> DivergenceError:
+        if bar is not None:
+            bar.close()
+        e.key = e.key or method.fault_key  # a check of the policy's outputs leaves the key to the method
         kept = (f"its last checkpoint (iteration {saved['iteration']}, all finite) is kept"
                 if saved["iteration"] is not None else "no checkpoint had been written")
         e.qualify(str(meta.get("method", type(method).__name__)), iteration, key_prefix, kept)
@@ -253,6 +268,7 @@ def run_online(method: OnlineMethod, ctx: RunContext, online: OnlineConfig, meta
                 "budget_env_steps": online.env_steps})
         return e
 
+    bar = None
     try:  # a diverged starting point (a NaN pretrained DT) is caught before anything runs
         check_parameters(method, "pretrain.lr" if method.needs_pretrained_dt and state is None
                          else method.fault_key, "the starting model" if state is None else f"checkpoint {ckpt_path}")
@@ -264,54 +280,55 @@ def run_online(method: OnlineMethod, ctx: RunContext, online: OnlineConfig, meta
     t_start = time.perf_counter() - c.wall_time
     bar = _progress(online, c.env_steps)
     last_norm = float("nan")
-    while not method.finished() and c.env_steps < online.env_steps and \
-            (online.max_iterations == 0 or c.iterations < online.max_iterations):
-        steps_before = c.env_steps
-        try:
+    current = c.iterations  # the iteration a DivergenceError belongs to
+    try:
+        while not method.finished() and c.env_steps < online.env_steps and \
+                (online.max_iterations == 0 or c.iterations < online.max_iterations):
+            steps_before = c.env_steps
+            current = c.iterations + 1
             diag = method.train_iteration()
             check_parameters(method, method.fault_key, "the parameters after the update")
-        except DivergenceError as e:
+            if c.env_steps == steps_before and c.policy_updates == 0 and c.critic_updates == 0:
+                raise RuntimeError(f"{type(method).__name__}.train_iteration took no env step and no update; "
+                                   "the run would never end")
+            clash = sorted(set(diag) & set(CORE_COLUMNS))
+            if clash:
+                raise RuntimeError(f"{type(method).__name__}.train_iteration returned diagnostics named like the "
+                                   f"harness's columns {clash}; rename them (e.g. iter_<name>)")
+            c.iterations += 1
+            c.wall_time = time.perf_counter() - t_start
+            sps, ups = rate.rates(c.env_steps, c.policy_updates)
+            row = {"iteration": c.iterations, "env_steps": c.env_steps, "env_steps_eval": c.env_steps_eval,
+                   **update_counts(c), "wall_time": round(c.wall_time, 3),
+                   "env_steps_per_s": sps, "updates_per_s": ups, **{f"steps_{k}": v for k, v in c.extra.items()},
+                   **diag}
+            if c.env_steps >= next_eval:
+                r, goal = evaluate(ctx.eval_cfg.episodes, c.iterations)
+                last_norm = float(np.mean(ctx.task.normalize(r)))
+                row.update(eval_return=float(r.mean()), eval_norm_return=last_norm,
+                           **_success(ctx.task, r, goal, "eval_success"),
+                           eval_rtg=method.eval_rtg())
+                while next_eval <= c.env_steps:
+                    next_eval += online.eval_every_env_steps
+            logger.log(row)
             if bar is not None:
-                bar.close()
-            raise diverged(e, c.iterations + 1) from None
-        if c.env_steps == steps_before and c.policy_updates == 0 and c.critic_updates == 0:
-            raise RuntimeError(f"{type(method).__name__}.train_iteration took no env step and no update; "
-                               "the run would never end")
-        clash = sorted(set(diag) & set(CORE_COLUMNS))
-        if clash:
-            raise RuntimeError(f"{type(method).__name__}.train_iteration returned diagnostics named like the "
-                               f"harness's columns {clash}; rename them (e.g. iter_<name>)")
-        c.iterations += 1
-        c.wall_time = time.perf_counter() - t_start
-        sps, ups = rate.rates(c.env_steps, c.policy_updates)
-        row = {"iteration": c.iterations, "env_steps": c.env_steps, "env_steps_eval": c.env_steps_eval,
-               **update_counts(c), "wall_time": round(c.wall_time, 3),
-               "env_steps_per_s": sps, "updates_per_s": ups, **{f"steps_{k}": v for k, v in c.extra.items()},
-               **diag}
-        if c.env_steps >= next_eval:
-            r, goal = evaluate(ctx.eval_cfg.episodes, c.iterations)
-            last_norm = float(np.mean(ctx.task.normalize(r)))
-            row.update(eval_return=float(r.mean()), eval_norm_return=last_norm,
-                       **_success(ctx.task, r, goal, "eval_success"),
-                       eval_rtg=method.eval_rtg())
-            while next_eval <= c.env_steps:
-                next_eval += online.eval_every_env_steps
-        logger.log(row)
+                bar.update(c.env_steps - bar.n)
+                bar.set_postfix(sps=f"{sps:.0f}", score=f"{last_norm:.1f}")
+            if c.iterations % online.checkpoint_every_iterations == 0:
+                save_checkpoint()
         if bar is not None:
-            bar.update(c.env_steps - bar.n)
-            bar.set_postfix(sps=f"{sps:.0f}", score=f"{last_norm:.1f}")
-        if c.iterations % online.checkpoint_every_iterations == 0:
-            save_checkpoint()
-    if bar is not None:
-        bar.close()
-
-    r, goal = evaluate(ctx.eval_cfg.final_episodes, FINAL_EVAL_INDEX)
-    norm = ctx.task.normalize(r)
-    c.wall_time = time.perf_counter() - t_start
-    logger.log({"iteration": c.iterations, "env_steps": c.env_steps, "env_steps_eval": c.env_steps_eval,
-                **update_counts(c), "wall_time": round(c.wall_time, 3),
-                "eval_return": float(r.mean()), "eval_norm_return": float(np.mean(norm)), "final": 1,
-                **_success(ctx.task, r, goal, "eval_success"), "eval_rtg": method.eval_rtg()})
+            bar.close()
+            bar = None
+        current = c.iterations  # the final evaluation belongs to the last iteration
+        r, goal = evaluate(ctx.eval_cfg.final_episodes, FINAL_EVAL_INDEX)
+        norm = ctx.task.normalize(r)
+        c.wall_time = time.perf_counter() - t_start
+        logger.log({"iteration": c.iterations, "env_steps": c.env_steps, "env_steps_eval": c.env_steps_eval,
+                    **update_counts(c), "wall_time": round(c.wall_time, 3),
+                    "eval_return": float(r.mean()), "eval_norm_return": float(np.mean(norm)), "final": 1,
+                    **_success(ctx.task, r, goal, "eval_success"), "eval_rtg": method.eval_rtg()})
+    except DivergenceError as e:
+        raise diverged(e, current) from None
     summary = {
         **meta,
         "status": "completed",

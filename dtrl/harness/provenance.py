@@ -48,16 +48,25 @@ def changed_keys(old: dict[str, Any] | None, new: dict[str, Any], ignore: tuple[
 
 
 def check_resume(recorded: dict[str, Any] | None, current: dict[str, Any], path: Path, allow: bool,
-                 what: str = "run") -> list[str]:
+                 what: str = "run", fixed: tuple[str, ...] = ()) -> list[str]:
     """Refuse (ConfigError) to resume from ``path`` under a config other than the recorded one, unless ``allow``.
 
     Returns the changed keys (empty when none). A checkpoint that recorded no config (made before dtrl
-    recorded configs) cannot be checked and counts as changed.
+    recorded configs) cannot be checked and counts as changed. Keys under ``fixed`` (dotted prefixes) cannot
+    change mid-run (they shape the checkpointed state or act only when a run starts): a change of one is
+    refused by name even when ``allow``; every other changed key applies from the resume on.
     """
     if recorded is None:
         diff = ["(the checkpoint records no config: it was made by an older dtrl)"]
     else:
         diff = changed_keys(recorded, current)
+        frozen = [d for d in diff if any(f".{d.split(':', 1)[0]}.".startswith(f".{f}.") for f in fixed)]
+        if frozen and allow:
+            raise ConfigError(f"cannot resume the {what} from {path}: {'; '.join(frozen)}: "
+                              f"{'this key cannot' if len(frozen) == 1 else 'these keys cannot'} change mid-run "
+                              "(they shape the checkpointed state or act only when a run starts), even with "
+                              f"--allow-config-change. Restore the value it was started with, or delete {path} "
+                              "to start over")
     if diff and not allow:
         shown = "; ".join(diff[:8]) + (f"; and {len(diff) - 8} more" if len(diff) > 8 else "")
         raise ConfigError(f"cannot resume the {what} from {path}: its config differs from the current one "

@@ -32,6 +32,7 @@ import torch
 
 from dtrl.data.trajectories import Trajectory
 from dtrl.models.dt import DecisionTransformer
+from dtrl.util.guard import OutputCheck
 from dtrl.tasks import Task
 from dtrl.envs.workers import EnvSet
 
@@ -210,11 +211,13 @@ class RolloutEngine:
         taken = np.zeros(n, dtype=np.int64)
         books = [_EnvBook() for _ in range(n)]
         k_ctx = self.K if context_len is None else min(context_len, self.K)
+        outputs = OutputCheck(self.device)  # a policy emitting NaN is never scored (dtrl.util.guard)
         while self.active[:n].any():
             rows_np = np.flatnonzero(self.active[:n])
             rows = torch.as_tensor(rows_np, device=self.device)
             self.condition(model, rows_np, k_ctx)
             dist = self.policy(model, rows, k_ctx)
+            outputs.add(dist.mean, dist.log_std)
             sample = torch.as_tensor(sample_all | (taken[rows_np] < sample_budget[rows_np]), device=self.device)
             noise = torch.randn(dist.mean.shape, generator=self.generator, device=self.device)
             action = torch.where(sample[:, None], dist.action_from_noise(noise), dist.mode)
@@ -259,6 +262,7 @@ class RolloutEngine:
                 if terminated or timeout or taken[i] >= limit[i]:
                     self.active[i] = False
             self._shift(rows_np[self.active[rows_np]])
+        outputs.check("the policy's outputs in a rollout")
         return [self._finish(books[i], starts[i], record_contexts) for i in range(n)]
 
     def _shift(self, rows_np: np.ndarray) -> None:

@@ -42,10 +42,11 @@ import torch
 from dtrl.config import ConfigError, doc, require
 from dtrl.harness.critic import final_rtg
 from dtrl.harness.dt_method import DTMethod
-from dtrl.util.guard import check_terms
+from dtrl.util.guard import check_parameters, check_terms, check_values
 from dtrl.models.dt import DecisionTransformer, SquashedGaussian
 from dtrl.harness.online import RunContext
 from dtrl.harness.rollout import RolloutEngine, RolloutTrajectory, Start
+from dtrl.models.optim import load_optimizer_state
 
 CTX_KEYS = ("states", "actions", "rtg", "timesteps", "mask")
 
@@ -344,7 +345,9 @@ class PolicyGradientDT(DTMethod):
         return np.concatenate([getattr(tr, key) for tr in trajs]).astype(np.float64)
 
     def draw_states(self, action_var: np.ndarray, n: int, mode: str, temperature: float) -> np.ndarray:
-        """Indices of ``n`` candidate states (without replacement while there are enough)."""
+        """Indices of ``n`` candidate states (without replacement while there are enough). Non-finite
+        variances are a diverged policy (dtrl.util.guard), whatever the sampling mode."""
+        check_values(action_var, "reset-sampling variances", "lr", "the reset-point draw")
         p = selection_probs(action_var, mode, temperature)
         return self.ctx.np_rng.choice(len(p), size=n, replace=n > len(p), p=p)
 
@@ -409,6 +412,8 @@ class PolicyGradientDT(DTMethod):
                     acc["gn"].append(float(gn))
                 check_terms({"policy_loss": acc["loss"][-1], "entropy": acc["ent"][-1], "grad_norm": acc["gn"][-1]},
                             self.POLICY_FAULT_KEYS, "the policy update")
+                # The loop reads every minibatch's terms anyway: the weights are checked after each update too.
+                check_parameters(model, "lr", f"the DT's parameters after update {updates} of the iteration")
                 if cfg.target_kl is not None and kl > 1.5 * cfg.target_kl:
                     stop = True
                     break
@@ -444,6 +449,7 @@ class PolicyGradientDT(DTMethod):
             "grad_norm": float(np.mean(acc["gn"])),
             "grad_norm_max": float(np.max(acc["gn"])),
             "early_stop": float(stop),
+            "lr": float(self.opt.param_groups[0]["lr"]),  # the value in force (a resume may change it)
         }
 
     def empty_update_diag(self) -> dict[str, float]:
@@ -453,7 +459,8 @@ class PolicyGradientDT(DTMethod):
                                  "log_ratio_q05", "log_ratio_q50", "log_ratio_q95",
                                  "clip_frac", "grad_frac", *per_epoch, "approx_kl", "entropy", "gaussian_entropy",
                                  "policy_loss", "grad_norm", "grad_norm_max",
-                                 "early_stop")} | {"iter_policy_updates": 0, "grad_units": 0}
+                                 "early_stop")} | {"iter_policy_updates": 0, "grad_units": 0,
+                                                   "lr": float(self.opt.param_groups[0]["lr"])}
 
     # -- state -----------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -461,7 +468,7 @@ class PolicyGradientDT(DTMethod):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        self.opt.load_state_dict(state["opt"])
+        load_optimizer_state(self.opt, state["opt"])  # the config's lr, not the checkpoint's
         self.engine.generator.set_state(state["engine_rng"])
 
 
@@ -509,6 +516,11 @@ class GRPO(PolicyGradientDT):
         drop_zero_spread: bool = doc(True, "Leave zero-spread groups out of the update (as DAPO's dynamic sampling "
                                            "does): they carry no policy gradient, only the entropy bonus, which on "
                                            "its own made the policy drift once every group was saturated.")
+        zero_spread_warn_iterations: int = doc(
+            5, "Warn (once per streak) when every group has had zero spread for this many iterations in a row: "
+               "no update is made then, so the policy stands still (and a policy emitting NaN would score "
+               "whatever the simulator makes of it, which the output checks of dtrl.util.guard stop). progress.csv's "
+               "zero_spread_streak column counts the streak; 0 = never warn.")
 
         def validate(self) -> None:
             super().validate()
@@ -516,12 +528,14 @@ class GRPO(PolicyGradientDT):
             require(self.reset_points >= 1 and self.traj_len >= 1 and self.eval_len >= 0,
                     "reset_points and traj_len must be >= 1, eval_len >= 0")
             require(self.variance_temperature > 0, "variance_temperature must be > 0")
+            require(self.zero_spread_warn_iterations >= 0, "zero_spread_warn_iterations must be >= 0")
 
     def __init__(self, cfg: "GRPO.Config", ctx: RunContext):
         if not ctx.task.resettable:
             raise ValueError(f"task {ctx.task.name} cannot be reset to a saved simulator state (task.resettable is "
                              "false), which GRPO needs; use qgrpo")
         super().__init__(cfg, ctx)
+        self.zero_spread_streak = 0  # iterations in a row in which every group had zero spread
 
     def _engine_envs(self) -> int:
         c = self.cfg
@@ -603,6 +617,21 @@ class GRPO(PolicyGradientDT):
 
     def train_iteration(self) -> dict[str, float]:
         batch, diag = self.collect()
+        self.zero_spread_streak = self.zero_spread_streak + 1 if diag["zero_spread_frac"] == 1.0 else 0
+        diag["zero_spread_streak"] = self.zero_spread_streak
+        n = self.cfg.zero_spread_warn_iterations
+        if n and self.zero_spread_streak == n:
+            it = self.ctx.counters.iterations + 1
+            print(f"dtrl: warning: {self.ctx.out_dir}: every group has had zero spread for {n} iterations in a row "
+                  f"(iterations {it - n + 1}-{it}): no update since, the policy stands still (column "
+                  "zero_spread_streak of progress.csv)", file=sys.stderr)
         if batch is None:  # every group had zero spread: nothing to learn from this iteration
             return {**diag, **self.empty_update_diag()}
         return {**diag, **self.policy_update(batch, self.cfg.ratio)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "zero_spread_streak": self.zero_spread_streak}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.zero_spread_streak = int(state.get("zero_spread_streak", 0))  # absent in older checkpoints

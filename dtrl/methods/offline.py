@@ -13,6 +13,8 @@ from dtrl.harness.dt_method import DTMethod
 
 class OfflineDT(DTMethod):
     backbones = None  # any backbone: it only evaluates
+    fault_key = "pretrain.lr"  # it trains nothing: a policy emitting NaN was made so by its pretraining
+
     @dataclass
     class Config:
         """No parameters: the pretrained model is evaluated as it is."""

@@ -22,6 +22,7 @@ from dtrl.util.guard import check_terms
 from dtrl.methods.grpo import CTX_KEYS, LearnBatch, PGConfig, PolicyGradientDT, advantage_stats, stack_contexts
 from dtrl.harness.online import RunContext
 from dtrl.harness.rollout import RolloutTrajectory
+from dtrl.models.optim import load_optimizer_state
 
 
 def gae(rewards: np.ndarray, values: np.ndarray, next_value: float, terminal: bool, gamma: float, lam: float
@@ -42,6 +43,8 @@ def gae(rewards: np.ndarray, values: np.ndarray, next_value: float, terminal: bo
 
 
 class PPODT(PolicyGradientDT):
+    resume_fixed = ("value_hidden",)  # dtrl.harness.online.OnlineMethod.resume_fixed
+    resume_fixed = ("value_hidden",)
     @dataclass
     class Config(PGConfig):
         explore_episodes: int = doc(4, "On-policy episodes per iteration (about 4k steps on MuJoCo, a common PPO "
@@ -143,4 +146,4 @@ class PPODT(PolicyGradientDT):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.value.load_state_dict(state["value"])
-        self.value_opt.load_state_dict(state["value_opt"])
+        load_optimizer_state(self.value_opt, state["value_opt"])  # the config's value_lr, not the checkpoint's

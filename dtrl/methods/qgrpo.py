@@ -34,9 +34,11 @@ from dtrl.methods.grpo import (CTX_KEYS, LearnBatch, PGConfig, PolicyGradientDT,
                        last_slot_dist, stack_contexts)
 from dtrl.util.guard import check_terms
 from dtrl.harness.online import RunContext
+from dtrl.models.optim import load_optimizer_state
 
 
 class QGRPO(PolicyGradientDT):
+    resume_fixed = ("critic_hidden", "buffer_size")  # dtrl.harness.online.OnlineMethod.resume_fixed
     @dataclass
     class Config(PGConfig):
         explore_episodes: int = doc(1, "Exploration episodes per iteration (ODT's 1 rollout per iteration): the "
@@ -194,7 +196,7 @@ class QGRPO(PolicyGradientDT):
         super().load_state_dict(state)
         self.critic.load_state_dict(state["critic"])
         self.critic_target.load_state_dict(state["critic_target"])
-        self.critic_opt.load_state_dict(state["critic_opt"])
+        load_optimizer_state(self.critic_opt, state["critic_opt"])  # the config's critic_lr, not the checkpoint's
         self.buffer.load_state_dict(state["buffer"])
         self.critic_updates = int(state["critic_updates"])
         self.gen.set_state(state["gen"])

@@ -25,6 +25,7 @@ training step is never stalled by the optimizer.
 from __future__ import annotations
 
 import math
+import types
 from typing import Any, Iterable, Literal
 
 import torch
@@ -263,3 +264,33 @@ class _Warmup:
 
     def __call__(self, step: int) -> float:
         return min((step + 1) / self.warmup, 1.0)
+
+
+def load_optimizer_state(optimizer: Optimizer, state: dict[str, Any],
+                         scheduler: LambdaLR | None = None, scheduler_state: dict[str, Any] | None = None) -> None:
+    """Resume ``optimizer`` (and its ``scheduler``) from a checkpoint, keeping the hyperparameters it was built
+    with: the moments and step counts come from ``state``, the learning rates, weight decay, betas and eps and
+    the schedule's shape (a warmup length) stay the current config's.
+
+    ``load_state_dict`` alone would restore the checkpoint's hyperparameters too, so a run resumed with a
+    changed ``lr`` (``--allow-config-change``) would record the new value and keep training at the old one.
+    With an unchanged config the result is bit-identical to a plain load: the scheduled learning rate is
+    recomputed by LambdaLR's own formula, ``base_lr * lambda(last_epoch)``.
+    """
+    hyper = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    shapes = None if scheduler is None else [None if isinstance(f, types.FunctionType) else dict(vars(f))
+                                             for f in scheduler.lr_lambdas]
+    optimizer.load_state_dict(state)
+    for g, h in zip(optimizer.param_groups, hyper):
+        g.update(h)
+    if scheduler is None:
+        return
+    if scheduler_state is not None:
+        scheduler.load_state_dict(scheduler_state)
+    for f, shape in zip(scheduler.lr_lambdas, shapes):
+        if shape is not None:
+            vars(f).update(shape)
+    scheduler.base_lrs = [g["initial_lr"] for g in optimizer.param_groups]
+    for g, base, f in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        g["lr"] = base * f(scheduler.last_epoch)
+    scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]

@@ -10,6 +10,15 @@ or one stacked read per iteration of device-side sums, which are non-finite when
 is), naming each term with the config field most likely at fault (:func:`check_terms`). The
 harness also checks every parameter of the method's modules after each iteration
 (:func:`nonfinite_parameters`), which catches what no term shows.
+
+Finite losses and parameters are not enough: weights that are huge but finite can make the policy
+emit NaN action means while no loss is computed at all (GRPO-DT with every group at zero spread
+makes no update). So what the policy emits is checked too, where it is read anyway: the rollout
+engine flags non-finite action means and NaN / +inf log-stds of every step it takes
+(:class:`OutputCheck`; -inf is the deterministic head's), IQL's actor its actions, GRPO-DT the
+variances it draws reset points by (:func:`check_values`), and the harness every evaluation's
+returns. The config key of such a divergence is the method's ``fault_key`` (an empty ``key`` is
+filled in by the harness).
 """
 
 from __future__ import annotations
@@ -91,8 +100,10 @@ def all_finite(tensors: Iterable[torch.Tensor]) -> bool:
 
 
 def nonfinite_parameters(owner: Any) -> list[str]:
-    """Names of the non-finite parameters and buffers of the ``torch.nn.Module`` attributes of ``owner``."""
-    modules = {name: m for name, m in vars(owner).items() if isinstance(m, torch.nn.Module)}
+    """Names of the non-finite parameters and buffers of the ``torch.nn.Module`` attributes of ``owner``
+    (or of ``owner`` itself, named ``model``, when it is a module)."""
+    modules = ({"model": owner} if isinstance(owner, torch.nn.Module) else
+               {name: m for name, m in vars(owner).items() if isinstance(m, torch.nn.Module)})
     named = [(f"{mn}.{pn}", p) for mn, m in modules.items()
              for pn, p in [*m.named_parameters(), *m.named_buffers()]]
     named = [(n, p) for n, p in named if p.is_floating_point() and p.numel()]
@@ -106,6 +117,34 @@ def check_parameters(owner: Any, key: str, where: str) -> None:
     if bad:
         shown = ", ".join(bad[:3]) + (f" (+{len(bad) - 3} more)" if len(bad) > 3 else "")
         raise DivergenceError([f"parameters {shown}"], key, where)
+
+
+def check_values(values: Any, term: str, key: str, where: str) -> None:
+    """Raise :class:`DivergenceError` naming ``term`` if any of ``values`` (array-like) is not finite."""
+    import numpy as np
+
+    if not np.isfinite(np.asarray(values, dtype=np.float64)).all():
+        raise DivergenceError([term], key, where)
+
+
+class OutputCheck:
+    """Flags, kept on the device, of what a policy emitted over many forwards: a non-finite action mean, a
+    NaN or +inf log-std (-inf is the deterministic head's std 0). ``add`` launches two small kernels and
+    never syncs; ``check`` reads both flags once and raises :class:`DivergenceError` (key left to the caller)."""
+
+    TERMS = ("action means", "action log-stds")
+
+    def __init__(self, device: torch.device):
+        self.flags = torch.zeros(2, dtype=torch.bool, device=device)
+
+    def add(self, mean: torch.Tensor, log_std: torch.Tensor) -> None:
+        self.flags |= torch.stack([(~torch.isfinite(mean)).any(),
+                                   (torch.isnan(log_std) | (log_std == math.inf)).any()])
+
+    def check(self, where: str, key: str = "") -> None:
+        bad = [t for t, f in zip(self.TERMS, self.flags.tolist()) if f]
+        if bad:
+            raise DivergenceError(bad, key, where)
 
 
 class FiniteSince:
