@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pretrained model.pt (default: <results>/pretrain/<task>/seed<seed>/model.pt)")
     s.add_argument("--out", type=Path, default=None, help="run dir (default: <results>/runs/<method>/<task>/seed<seed>)")
     _allow_config_change(s)
+    s.add_argument("--restart-diverged", action="store_true",
+                   help="a run that diverged is recorded and not run again; with this flag its directory is "
+                        "emptied and the run starts over (e.g. after lowering the learning rate it blamed)")
 
     s = sub.add_parser("evaluate", help="evaluate a DT checkpoint with the mean action at the eval RTG")
     _common(s)
@@ -117,8 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _allow_config_change(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-config-change", action="store_true",
-                   help="resume a checkpoint even though the config differs from the one it was started with "
-                        "(the changed keys are recorded in the summary)")
+                   help="resume a checkpoint even though the config differs from the one it was started with: "
+                        "each changed key applies from the resume on (learning rates included), keys that cannot "
+                        "change mid-run are refused by name; the changes are recorded in the summary")
+    p.add_argument("--wait", action="store_true",
+                   help="if another process is training the same directory, wait for it to end instead of "
+                        "exiting with an error naming it")
 
 
 EXIT_INPUT = 2  # bad input: config, file, task
@@ -159,7 +166,23 @@ def _error_line(command: str, e: BaseException) -> None:
 def _load(args):
     from dtrl.config.experiment import load_config, parse_overrides
 
-    return load_config(args.config, parse_overrides(args.overrides))
+    return load_config(args.config, parse_overrides(args.overrides), args.overrides)
+
+
+# --out of each command: a directory (True) or a file (False).
+_OUT_IS_DIR = {"report": True, "finetune": True, "pretrain": True, "data": False}
+
+
+def _check_out(command: str, out: Path | None) -> None:
+    """Refuse an --out of the wrong kind before any work (one line, not a traceback mid-way)."""
+    from dtrl.config import ConfigError
+
+    if out is None or not out.exists() or command not in _OUT_IS_DIR:
+        return
+    if _OUT_IS_DIR[command] and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; give a directory (it is created if missing)")
+    if not _OUT_IS_DIR[command] and out.is_dir():
+        raise ConfigError(f"--out {out} is a directory; give the path of the summary JSON file to write")
 
 
 def _dispatch(args) -> int:
@@ -202,6 +225,7 @@ def _dispatch(args) -> int:
         return cmd_check_run(args.run_dir, args.task)
 
     exp = _load(args)
+    _check_out(args.command, getattr(args, "out", None))
     if args.command == "status":
         from dtrl.workflow.status import cmd_status
 
@@ -221,12 +245,12 @@ def _dispatch(args) -> int:
     if args.command == "pretrain":
         from dtrl.harness.pretrain import cmd_pretrain
 
-        return cmd_pretrain(exp, args.task, args.seed, args.out, args.allow_config_change, args.backbone)
+        return cmd_pretrain(exp, args.task, args.seed, args.out, args.allow_config_change, args.backbone, args.wait)
     if args.command == "finetune":
         from dtrl.workflow.finetune import cmd_finetune
 
         return cmd_finetune(exp, args.method, args.task, args.seed, args.pretrained, args.out,
-                            args.allow_config_change)
+                            args.allow_config_change, args.wait, args.restart_diverged)
     if args.command == "evaluate":
         from dtrl.harness.evaluate import cmd_evaluate
 

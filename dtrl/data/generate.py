@@ -30,14 +30,12 @@ piece cut by the data budget also ends with a timeout so D4RL readers split it o
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,6 +46,7 @@ from dtrl.data.sac import SAC, Actor, NumpyActor, actor_payload, load_actor
 from dtrl.data.trajectories import DataError, Trajectory, TrajectoryDataset
 from dtrl.config.device import resolve_device
 from dtrl.util.io import atomic_torch_save, atomic_write_json, read_json, torch_load
+from dtrl.util.lock import hold
 from dtrl.tasks import EnvFamily, Task, get_family
 from dtrl.envs.vec import StepBatch, VecStepper
 
@@ -93,22 +92,6 @@ def _check_settings(recorded: dict[str, Any] | None, gen: Any, keys: tuple[str, 
     if diff:
         raise DataError(f"{what} was made with other data.generator settings ({'; '.join(diff)}). Delete it to "
                         "make it again with the current settings, or use the settings it was made with")
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive lock file, so two `dtrl data` jobs of one family do not train SAC twice at once."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"dtrl: waiting for another process working in {path.parent}", file=sys.stderr)
-            fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _warn(msg: str) -> None:
@@ -229,7 +212,8 @@ def train_behaviour(exp: Any, family: str, until: str = "expert") -> dict[str, A
         raise ValueError(f"until must be 'medium' or 'expert', not {until!r}")
     fam = get_family(family)
     out = behaviour_dir(exp, fam.name)
-    with _locked(out / ".lock"):
+    resolve_device(exp.data.generator.device, "data.generator.device")  # a bad device leaves nothing behind
+    with hold(out, f"the {fam.name} behaviour policies", wait=True):  # dtrl data jobs of one family share it
         meta = load_behaviour_metadata(exp, fam.name)
         if meta is not None:
             _check_settings(meta.get("generator"), exp.data.generator, BEHAVIOUR_KEYS, out)

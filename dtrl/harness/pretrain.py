@@ -55,8 +55,9 @@ from dtrl.util.logger import RunLogger
 from dtrl.models.losses import dt_mse_loss, dt_supervised_loss
 from dtrl.models.dt import DecisionTransformer, ModelConfig, build_model
 from dtrl.harness.online import _rng_state, _set_rng_state, eval_seed, resolve_device, seed_everything
-from dtrl.models.optim import make_optimizer, warmup_schedule
+from dtrl.models.optim import load_optimizer_state, make_optimizer, warmup_schedule
 from dtrl.config.pretrain import PretrainConfig, pretrain_dir
+from dtrl.util.lock import hold
 from dtrl.tasks import Task
 
 PRETRAIN_COLUMNS = ["updates", "loss", "nll", "entropy", "temperature", "lr", "grad_norm", "updates_per_s",
@@ -239,10 +240,10 @@ class SupervisedTrainer:
                 "temperature_optimizer": None if temp is None else temp.state_dict(), "updates": self.updates}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        """Resume both optimizers and the schedule; their hyperparameters stay this trainer's (the config's)."""
+        load_optimizer_state(self.optimizer, state["optimizer"], self.scheduler, state["scheduler"])
         if self.temperature_optimizer is not None:
-            self.temperature_optimizer.load_state_dict(state["temperature_optimizer"])
+            load_optimizer_state(self.temperature_optimizer, state["temperature_optimizer"])
         self.updates = int(state["updates"])
         self.last_lr = self.scheduler.get_last_lr()[0]
 
@@ -263,31 +264,41 @@ def default_out_dir(results: str | Path, task_name: str, seed: int, head: str = 
 
 
 def pretrain(exp, task: Task, seed: int, dataset: TrajectoryDataset, out_dir: str | Path | None = None,
-             allow_config_change: bool = False) -> dict[str, Any]:
+             allow_config_change: bool = False, wait: bool = False) -> dict[str, Any]:
     """Pretrain a DT on ``dataset`` as ``exp.model`` / ``exp.pretrain`` say; resumable; returns the summary.
 
     A finished run (``model.pt`` present) is not redone: its summary is returned. The override
     entries matching ``task`` are applied first (``exp.for_task``), so ``model.pt`` records them.
     Resuming under another model/pretrain config raises ConfigError unless ``allow_config_change``.
     A non-finite loss term or parameter raises :class:`dtrl.util.guard.DivergenceError` after writing a
-    ``status: diverged`` summary (no model.pt; the last, finite checkpoint stays).
+    ``status: diverged`` summary (no model.pt; the last, finite checkpoint stays). One process at a time
+    pretrains a directory (dtrl.util.lock): another one raises LockHeld, or waits for it with ``wait``.
     """
-    from dtrl.harness.provenance import check_resume, code_version
-
     exp = exp.for_task(task.name)
-    cfg: PretrainConfig = exp.pretrain
     out = Path(out_dir) if out_dir is not None else default_out_dir(exp.results, task.name, seed,
                                                                       exp.model.action_head, exp.model.backbone)
-    model_path, summary_path, ckpt_path = out / "model.pt", out / "summary.json", out / "checkpoint.pt"
+    model_path, summary_path = out / "model.pt", out / "summary.json"
     if model_path.exists():
         return read_json(summary_path) if summary_path.exists() else {"task": task.name, "seed": seed}
     if len(dataset) == 0:
         raise DataError(f"{dataset.source}: the dataset holds no trajectories; nothing to pretrain on")
     dataset.validate()
+    device = resolve_device(exp.device)  # before anything is written: a bad device leaves no directory behind
+    with hold(out, f"the pretraining of {task.name} seed {seed}", wait):
+        if model_path.exists():  # finished by the process we waited for
+            return read_json(summary_path) if summary_path.exists() else {"task": task.name, "seed": seed}
+        return _pretrain(exp, task, seed, dataset, out, device, allow_config_change)
+
+
+def _pretrain(exp, task: Task, seed: int, dataset: TrajectoryDataset, out: Path, device: torch.device,
+              allow_config_change: bool) -> dict[str, Any]:
+    from dtrl.harness.provenance import check_resume, code_version
+
+    cfg: PretrainConfig = exp.pretrain
+    model_path, summary_path, ckpt_path = out / "model.pt", out / "summary.json", out / "checkpoint.pt"
     out.mkdir(parents=True, exist_ok=True)
     if exp.threads > 0:
         torch.set_num_threads(exp.threads)
-    device = resolve_device(exp.device)
     if device.type == "cuda":
         torch.set_float32_matmul_precision(fp32_matmul_precision(cfg.amp))
 
@@ -308,7 +319,7 @@ def pretrain(exp, task: Task, seed: int, dataset: TrajectoryDataset, out_dir: st
         _check_resumable(state, model, task, seed, ckpt_path)
         recorded = state.get("config")
         diff = check_resume(None if recorded is None else pretrain_config(recorded), run_config, ckpt_path,
-                            allow_config_change, "pretraining")
+                            allow_config_change, "pretraining", fixed=("model", "pretrain.optimizer"))
         config_changes = list(state.get("config_changes", []))
         if diff:
             config_changes.append({"updates": int(state["updates"]), "changed": diff})
@@ -438,7 +449,7 @@ def _check_resumable(state: dict[str, Any], model: DecisionTransformer, task: Ta
 
 
 def cmd_pretrain(exp, task_name: str, seed: int, out: str | Path | None, allow_config_change: bool = False,
-                 backbone: str | None = None) -> int:
+                 backbone: str | None = None, wait: bool = False) -> int:
     """``dtrl pretrain``: load the task's dataset and pretrain; a finished run is left alone. ``backbone``
     (default model.backbone) is the model to pretrain: the workflow passes the backbone of the method
     entries that finetune it (``methods.<m>.backbone``)."""
@@ -454,7 +465,7 @@ def cmd_pretrain(exp, task_name: str, seed: int, out: str | Path | None, allow_c
     from dtrl.data.sources import load_task_dataset
 
     dataset = load_task_dataset(exp, task)
-    s = pretrain(exp, task, seed, dataset, out_dir, allow_config_change)
+    s = pretrain(exp, task, seed, dataset, out_dir, allow_config_change, wait)
     line = (f"{task.name} seed {seed}: {s['updates']} updates in {s['wall_time']:.0f}s "
             f"({s['updates_per_s']:.1f}/s), final loss {s['final_loss']:.4f}")
     if "eval_return" in s:

@@ -10,6 +10,8 @@ import torch
 from dtrl.config.experiment import ExperimentConfig
 from dtrl.config.registry import get_algorithm
 from dtrl.harness.online import build_context, resolve_device, run_online
+from dtrl.util.io import read_json
+from dtrl.util.lock import hold
 from dtrl.tasks import get_task
 from dtrl.envs.workers import set_default_workers
 
@@ -42,7 +44,11 @@ def run_config(exp: ExperimentConfig, spec, task: str, seed: int, pretrained: Pa
 
 
 def finetune(exp: ExperimentConfig, method: str, task_name: str, seed: int, pretrained: Path | None = None,
-             out: Path | None = None, allow_config_change: bool = False) -> dict:
+             out: Path | None = None, allow_config_change: bool = False, wait: bool = False,
+             restart_diverged: bool = False) -> dict:
+    """Run (or resume) the run of ``method`` on ``task_name`` with ``seed``; returns its summary. One process
+    at a time trains a run directory (dtrl.lock): another raises LockHeld, or waits for it with ``wait``.
+    A finished or diverged run is not redone; ``restart_diverged`` deletes a diverged one and starts it over."""
     exp = exp.for_task(task_name, method)  # the override entries matching (task, method)
     spec = exp.method(method)
     task = get_task(task_name)
@@ -59,10 +65,43 @@ def finetune(exp: ExperimentConfig, method: str, task_name: str, seed: int, pret
     else:
         pretrained = None
     out = Path(out) if out else run_dir(exp, method, task_name, seed)
-    if (out / "summary.json").exists():  # a finished (or diverged) run is not redone
-        from dtrl.util.io import read_json
+    done = _finished(out, restart_diverged)
+    if done is not None:  # a finished (or diverged) run is not redone
+        return done
+    resolve_device(exp.device)  # before anything is written: a bad device leaves no directory behind
+    with hold(out, f"run {method}/{task_name}/seed{seed}", wait):
+        done = _finished(out, restart_diverged)  # finished by the process we waited for
+        if done is not None:
+            return done
+        if restart_diverged and (out / "summary.json").exists():
+            _start_over(out)
+        return _run(exp, spec, cls, method, task_name, task, seed, pretrained, out, allow_config_change)
 
-        return read_json(out / "summary.json", fix=f"delete {out} to run it again")
+
+def _finished(out: Path, restart_diverged: bool) -> dict | None:
+    """The summary of a run that is not to be run again (None: run it)."""
+    if not (out / "summary.json").exists():
+        return None
+    s = read_json(out / "summary.json", fix=f"delete {out} to run it again")
+    if restart_diverged and isinstance(s, dict) and s.get("status") == "diverged":
+        return None
+    return s
+
+
+def _start_over(out: Path) -> None:
+    """Remove what a diverged run left (every file but the lock this process holds)."""
+    import shutil
+
+    from dtrl.util.lock import LOCK_NAME
+
+    for p in out.iterdir():
+        if p.name != LOCK_NAME:
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    print(f"[dtrl] {out}: the diverged run was deleted (--restart-diverged); starting it over", file=sys.stderr)
+
+
+def _run(exp: ExperimentConfig, spec, cls, method: str, task_name: str, task, seed: int, pretrained: Path | None,
+         out: Path, allow_config_change: bool) -> dict:
     if spec.algo == "external":  # its own process: no harness config record, dataset or torch threads here
         from dtrl.methods.external import run_external
 
@@ -85,18 +124,22 @@ def finetune(exp: ExperimentConfig, method: str, task_name: str, seed: int, pret
 
 
 def cmd_finetune(exp: ExperimentConfig, method: str, task: str, seed: int, pretrained: Path | None,
-                 out: Path | None, allow_config_change: bool = False) -> int:
+                 out: Path | None, allow_config_change: bool = False, wait: bool = False,
+                 restart_diverged: bool = False) -> int:
     from dtrl.methods.external import ExternalRunError
 
     try:
-        s = finetune(exp, method, task, seed, pretrained, out, allow_config_change)
+        s = finetune(exp, method, task, seed, pretrained, out, allow_config_change, wait, restart_diverged)
     except ExternalRunError as e:
         print(f"dtrl finetune: error: {e}", file=sys.stderr)
         return 1
     if s.get("status", "completed") != "completed":
         from dtrl.util.guard import RecordedDivergence
 
-        raise RecordedDivergence((s.get("divergence") or {}).get("message", f"the run's status is {s.get('status')}"))
+        where = Path(out) if out else run_dir(exp, method, task, seed)
+        raise RecordedDivergence((s.get("divergence") or {}).get("message", f"the run's status is {s.get('status')}")
+                                 + f" [recorded in {where}/summary.json, so it is not run again: delete {where}, "
+                                   "or pass --restart-diverged, to start it over]")
     print(f"{s['method']} {s['task']} seed {s['seed']}: normalised return {s['final_norm_return']:.2f} "
           f"(raw {s['final_return']:.1f}) after {s['env_steps']} env steps, {s['policy_updates']} policy and "
           f"{s['critic_updates']} critic updates, "
