@@ -157,6 +157,8 @@ def load_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist")
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a directory; give a YAML file")
     try:
         with open(path) as f:
             data = yaml.safe_load(f)

@@ -118,11 +118,13 @@ class ExperimentConfig:
         if self.rollout_workers < 0:
             raise ConfigError(f"rollout_workers is {self.rollout_workers}; use 0 (in-process) or a number of "
                               "env worker processes")
-        for t in list(self.grid.tasks) + list(self.grid.ablation_tasks):
-            try:
-                get_task(t)
-            except KeyError as e:
-                raise ConfigError(f"grid.tasks: {e}") from None
+        for key in ("tasks", "ablation_tasks"):
+            for t in getattr(self.grid, key):
+                try:
+                    get_task(t)
+                except KeyError as e:
+                    raise ConfigError(f"grid.{key}: {e}") from None
+        self._validate_sources()
         for i, entry in enumerate(self.overrides):
             self._validate_override(i, entry)
         for name in list(self.grid.methods) + list(self.grid.ablations):
@@ -134,6 +136,29 @@ class ExperimentConfig:
             for t in self.grid.ablation_tasks:
                 for name in self.grid.ablations:
                     self.method(name, task=t)
+
+    def _validate_sources(self) -> None:
+        """Every ``data.sources`` key is a known task, and none is a near miss of a grid task without a source:
+        that task's dataset would be generated while the user believes it is read from the file they named."""
+        import difflib
+
+        from dtrl.tasks import get_task
+
+        grid = list(self.grid.tasks) + list(self.grid.ablation_tasks)
+        unsourced = [t for t in grid if t not in self.data.sources]
+        for name in self.data.sources:
+            try:
+                get_task(name)
+            except KeyError as e:
+                raise ConfigError(f"data.sources: {e}") from None
+            if name in grid:
+                continue
+            close = difflib.get_close_matches(name, unsourced, n=1)
+            if close:
+                raise ConfigError(f"data.sources: '{name}' is not a task of the grid (grid.tasks, grid.ablation_tasks)"
+                                  f" but close to '{close[0]}', which is and has no source, so its dataset would be "
+                                  f"generated instead of read. Did you mean '{close[0]}'? (A source of a task outside "
+                                  "the grid that is no near miss of one is allowed: an unused entry)")
 
     def _validate_override(self, i: int, entry: OverrideEntry) -> None:
         from dtrl.config.registry import ALGORITHMS, get_algorithm
@@ -305,24 +330,45 @@ class MethodSpec:
 
 
 def load_config(path: str | Path | list[str | Path] | tuple | None = None,
-                overrides: dict[str, Any] | None = None) -> ExperimentConfig:
+                overrides: dict[str, Any] | None = None, set_items: list[str] | None = None) -> ExperimentConfig:
     """Load and validate an experiment config; ``overrides`` is a nested mapping merged on top.
 
     ``path`` may be one file or a list of files merged in order (later files win key by key,
     mappings merge recursively, other values are replaced), as Snakemake merges ``configfile:``
-    and ``--configfile``.
+    and ``--configfile``. ``set_items``: the ``--set KEY=VALUE`` strings ``overrides`` was parsed from,
+    so an error a value of one of them causes names that ``--set``, not the files.
     """
     paths = [] if path is None else [path] if isinstance(path, (str, Path)) else list(path)
-    data: dict[str, Any] = {}
+    files: dict[str, Any] = {}
     for p in paths:
-        data = deep_merge(data, load_yaml(p))
-    if overrides:
-        data = deep_merge(data, overrides)
+        files = deep_merge(files, load_yaml(p))
+    data = deep_merge(files, overrides) if overrides else files
     where = " + ".join(str(p) for p in paths) or "<defaults>"
     try:
         return from_dict(ExperimentConfig, data)
     except ConfigError as e:
-        raise ConfigError(f"{where}: {e}") from None
+        culprit = _first_bad_set(files, set_items) if set_items else None
+        raise ConfigError(f"{culprit or where}: {e}") from None
+
+
+def _first_bad_set(files: dict[str, Any], items: list[str]) -> str | None:
+    """``--set ITEM`` of the first of ``items`` whose addition (in order) makes the config invalid; None when
+    the files are invalid on their own."""
+    def valid(data: dict[str, Any]) -> bool:
+        try:
+            from_dict(ExperimentConfig, data)
+            return True
+        except ConfigError:
+            return False
+
+    if not valid(files):
+        return None
+    data = files
+    for item in items:
+        data = deep_merge(data, parse_overrides([item]))
+        if not valid(data):
+            return f"--set {item}"
+    return None
 
 
 def deep_merge(base: dict, over: dict) -> dict:

@@ -73,6 +73,14 @@ def evaluate_checkpoint(exp, checkpoint: Path, task_name: str, episodes: int | N
 
 
 def cmd_evaluate(exp, checkpoint: Path, task_name: str, episodes: int | None, seed: int, rtg: float | None) -> int:
+    import math
+
+    from dtrl.config import ConfigError
+
+    if episodes is not None and episodes < 1:
+        raise ConfigError(f"--episodes is {episodes}; give at least 1 episode (default: eval.final_episodes)")
+    if rtg is not None and not math.isfinite(rtg):
+        raise ConfigError(f"--rtg is {rtg}; give a finite return-to-go target (default: eval.rtg, else the task's)")
     returns, first = evaluate_checkpoint(exp, checkpoint, task_name, episodes, seed, rtg)
     norm = get_task(task_name).normalize(returns)
     n = len(returns)

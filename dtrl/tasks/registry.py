@@ -32,8 +32,13 @@ QUALITIES = ("random", "medium", "medium-replay", "medium-expert", "expert")
 
 class UnknownTaskError(KeyError):
     def __init__(self, name: str, known: list[str]):
+        import difflib
+
         self.name = name
-        super().__init__(f"unknown task '{name}'. Known tasks: {', '.join(sorted(known))}")
+        close = difflib.get_close_matches(str(name), known, n=1)
+        self.closest = close[0] if close else None
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        super().__init__(f"unknown task '{name}'.{hint} Known tasks: {', '.join(sorted(known))}")
 
     def __str__(self) -> str:  # KeyError quotes its message; keep it readable.
         return self.args[0]
