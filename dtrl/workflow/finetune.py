@@ -47,7 +47,7 @@ def finetune(exp: ExperimentConfig, method: str, task_name: str, seed: int, pret
              out: Path | None = None, allow_config_change: bool = False, wait: bool = False,
              restart_diverged: bool = False) -> dict:
     """Run (or resume) the run of ``method`` on ``task_name`` with ``seed``; returns its summary. One process
-    at a time trains a run directory (dtrl.lock): another raises LockHeld, or waits for it with ``wait``.
+    at a time trains a run directory (dtrl.util.lock): another raises LockHeld, or waits for it with ``wait``.
     A finished or diverged run is not redone; ``restart_diverged`` deletes a diverged one and starts it over."""
     exp = exp.for_task(task_name, method)  # the override entries matching (task, method)
     spec = exp.method(method)
