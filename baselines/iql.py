@@ -73,7 +73,7 @@ from dtrl.config import doc, require
 from dtrl.harness.critic import mlp
 from dtrl.data.trajectories import DataError, TrajectoryDataset
 from dtrl.envs.make import get_sim_state, set_sim_state
-from dtrl.util.guard import FiniteSince
+from dtrl.util.guard import FiniteSince, check_values
 from dtrl.harness.online import Evaluation, OnlineMethod, RunContext, eval_seed
 from dtrl.envs.vec import VecStepper, evaluate_policy
 from dtrl.models.optim import load_optimizer_state
@@ -415,7 +415,9 @@ class IQLLearner(nn.Module):
         mean, log_std = self.actor(torch.as_tensor(obs, dtype=torch.float32, device=p.device))
         if noise is not None:
             mean = mean + torch.exp(log_std) * torch.as_tensor(noise, dtype=torch.float32, device=p.device)
-        return mean.clamp(-1.0, 1.0).cpu().numpy().astype(np.float64)
+        out = mean.clamp(-1.0, 1.0).cpu().numpy().astype(np.float64)
+        check_values(out, "actor actions", "actor_lr", "the actor's outputs")  # a NaN policy is never scored
+        return out
 
     def optim_state(self) -> dict[str, Any]:
         return {k: getattr(self, k).state_dict() for k in ("actor_opt", "critic_opt", "value_opt")}

@@ -56,12 +56,15 @@ def strict_json(path: Path):
 
 
 def tree_hash(root: Path) -> dict[str, str]:
-    """Path -> (mode, content hash) of every file under ``root``."""
+    """Path -> (mode, content hash) of every file under ``root``, and every directory (an empty one left behind
+    by a failed command is residue too)."""
     out = {}
     for p in sorted(root.rglob("*")):
         if p.is_file():
             out[str(p.relative_to(root))] = f"{stat.S_IMODE(p.stat().st_mode):o}:" + \
                 hashlib.sha256(p.read_bytes()).hexdigest()
+        elif p.is_dir():
+            out[str(p.relative_to(root))] = "dir"
     return out
 
 
@@ -254,9 +257,104 @@ def test_a_nan_loss_term_stops_each_method_with_one_error(tmp_path, dataset_file
     assert (run / "checkpoint.pt").read_bytes() == seen["checkpoint"]
     assert torch_load(run / "checkpoint.pt")["counters"]["iterations"] == 1
     assert_reported_not_scored(cfg, method)
-    # Asked again, the run is not redone: the same error, from its summary.
+    # Asked again, the run is not redone: the same error, from its summary, and how to start it over.
     rc, lines = run_cli(capsys, ["finetune", "--method", method, "--task", TASK, "--seed", 0, "--config", cfg])
-    assert rc == cli.EXIT_DIVERGED and assert_one_error_line(lines) == line
+    again = assert_one_error_line(lines)
+    assert rc == cli.EXIT_DIVERGED and again.startswith(line) and f"delete {run}, or pass --restart-diverged" in again
+
+
+# -- fault injection: finite losses, a policy that emits NaN ----------------------------------------------
+
+def _nan_dt_outputs(mp):
+    """Every DT forward the rollout engine makes (exploration, groups, evaluation) emits NaN action means."""
+    orig = RolloutEngine.policy
+    mp.setattr(RolloutEngine, "policy", lambda self, *a, **k: type(d := orig(self, *a, **k))(d.mean * NAN, d.log_std))
+
+
+def _nan_iql_actions(mp):
+    """The actor's means are NaN where it acts (no gradient); its loss, which needs one, stays finite."""
+    from baselines.iql import GaussianActor
+
+    orig = GaussianActor.forward
+
+    def forward(self, obs):
+        mean, log_std = orig(self, obs)
+        return (mean if torch.is_grad_enabled() else mean * NAN), log_std
+
+    mp.setattr(GaussianActor, "forward", forward)
+
+
+# method -> (fault, term named, config key named)
+OUTPUT_FAULTS = {m: (_nan_dt_outputs, "action means", f"methods.{m}.lr") for m in ("grpo", "qgrpo", "ppo_dt", "odt",
+                                                                                     "odt_td3")}
+OUTPUT_FAULTS["none"] = (_nan_dt_outputs, "action means", "pretrain.lr")
+OUTPUT_FAULTS["iql"] = (_nan_iql_actions, "actor actions", "methods.iql.actor_lr")
+
+
+@pytest.mark.parametrize("method", sorted(OUTPUT_FAULTS))
+def test_a_policy_emitting_nan_with_finite_losses_ends_diverged_and_unscored(tmp_path, dataset_file, capsys,
+                                                                            monkeypatch, method):
+    """No loss term goes non-finite; the policy's outputs do, from iteration 2 on (the offline DT: from the start)."""
+    cfg = config_file(tmp_path, dataset_file, method)
+    write_pretrained(pretrained_path(tmp_path, method), pretrained_dt_for(method))
+    run = tmp_path / f"results/runs/{method}/{TASK}/seed0"
+    patch, term, key = OUTPUT_FAULTS[method]
+    cls = get_algorithm(method)
+    if method == "none":
+        patch(monkeypatch)
+    else:
+        orig = cls.train_iteration
+
+        def train_iteration(self):
+            if self.ctx.counters.iterations == 1:
+                patch(monkeypatch)
+            return orig(self)
+
+        monkeypatch.setattr(cls, "train_iteration", train_iteration)
+    rc, lines = run_cli(capsys, ["finetune", "--method", method, "--task", TASK, "--seed", 0, "--config", cfg])
+    assert rc == cli.EXIT_DIVERGED
+    assert_one_error_line(lines, f"{method} diverged at iteration", f"non-finite {term}", key)
+    s = strict_json(run / "summary.json")
+    assert s["status"] == "diverged" and s["final_norm_return"] is None and s["final_returns"] == []
+    assert s["divergence"]["config_key"] == key
+    assert_reported_not_scored(cfg, method)
+
+
+@pytest.mark.parametrize("sampling", ["uniform", "variance"])
+def test_grpo_at_a_huge_lr_ends_diverged_whatever_its_reset_sampling(tmp_path, dataset_file, capsys, sampling):
+    """lr=1e10 leaves weights finite but the outputs NaN; with uniform reset points every group then had zero
+    spread, no loss was computed, and the run used to complete with a score; with active sampling it crashed on
+    NaN probabilities. Either way it now ends diverged."""
+    cfg = config_file(tmp_path, dataset_file, "grpo", online={"max_iterations": 4})
+    write_pretrained(pretrained_path(tmp_path), pretrained_dt_for("grpo"))
+    rc, lines = run_cli(capsys, ["finetune", "--method", "grpo", "--task", TASK, "--config", cfg, "--set",
+                                 "methods.grpo.lr=1e10", "--set", f"methods.grpo.reset_sampling={sampling}"])
+    assert rc == cli.EXIT_DIVERGED
+    assert_one_error_line(lines, "grpo diverged at iteration", "methods.grpo.lr")
+    assert strict_json(tmp_path / f"results/runs/grpo/{TASK}/seed0/summary.json")["status"] == "diverged"
+
+
+def test_draw_states_refuses_nan_variances():
+    from dtrl.methods.grpo import PolicyGradientDT
+    from dtrl.util.guard import DivergenceError
+
+    with pytest.raises(DivergenceError, match="reset-sampling variances"):
+        PolicyGradientDT.draw_states(None, np.array([1.0, NAN, 2.0]), 1, "variance", 1.0)
+
+
+def test_all_zero_spread_iterations_are_counted_and_warned(tmp_path, dataset_file, capsys):
+    import pandas as pd
+
+    cfg = config_file(tmp_path, dataset_file, "grpo")
+    write_pretrained(pretrained_path(tmp_path), pretrained_dt_for("grpo"))
+    rc, lines = run_cli(capsys, ["finetune", "--method", "grpo", "--task", TASK, "--config", cfg, "--set",
+                                 "methods.grpo.zero_spread_tol=1e9", "--set",
+                                 "methods.grpo.zero_spread_warn_iterations=2"])
+    assert rc == 0
+    warned = [ln for ln in lines if "zero spread for 2 iterations in a row" in ln]
+    assert len(warned) == 1 and "(iterations 1-2)" in warned[0]
+    progress = pd.read_csv(tmp_path / f"results/runs/grpo/{TASK}/seed0/progress.csv")
+    assert progress["zero_spread_streak"].dropna().tolist() == [1, 2, 3]
 
 
 def test_a_diverged_pretrained_model_is_not_evaluated(tmp_path, dataset_file, capsys):
@@ -433,6 +531,91 @@ def _setup_minari_download_without_hub(tmp_path, dataset, capsys, monkeypatch):
     return ["data", TASK, "--config", cfg], ["minari:mujoco/invertedpendulum/medium-v0", "huggingface_hub"]
 
 
+def _setup_config_is_a_directory(tmp_path, dataset, capsys):
+    return ["config", "--config", tmp_path], ["is a directory"]
+
+
+def _evaluate_argv(tmp_path, *extra):
+    write_pretrained(pretrained_path(tmp_path), tiny_dt(TASK, embed_dim=16, n_heads=2))
+    return ["evaluate", "--checkpoint", pretrained_path(tmp_path), "--task", TASK, *extra]
+
+
+def _setup_negative_episodes(tmp_path, dataset, capsys):
+    return _evaluate_argv(tmp_path, "--episodes", "-3"), ["--episodes is -3", "at least 1"]
+
+
+def _setup_zero_episodes(tmp_path, dataset, capsys):
+    return _evaluate_argv(tmp_path, "--episodes", "0"), ["--episodes is 0", "at least 1"]
+
+
+def _setup_nan_rtg(tmp_path, dataset, capsys):
+    return _evaluate_argv(tmp_path, "--rtg", "nan"), ["--rtg is nan", "finite"]
+
+
+def _finetune_argv(tmp_path, dataset, method="grpo", **over):
+    cfg = config_file(tmp_path, dataset, method, **over)
+    write_pretrained(pretrained_path(tmp_path, method), pretrained_dt_for(method))
+    return ["finetune", "--method", method, "--task", TASK, "--config", cfg]
+
+
+def _setup_device_mps(tmp_path, dataset, capsys):
+    return _finetune_argv(tmp_path, dataset) + ["--set", "device=mps"], ["device is 'mps'", "cpu or cuda"]
+
+
+def _setup_device_cuda(tmp_path, dataset, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    return _finetune_argv(tmp_path, dataset) + ["--set", "device=cuda"], ["CUDA is not available"]
+
+
+def _setup_behaviour_device_cuda(tmp_path, dataset, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    cfg = config_file(tmp_path, dataset, "none")
+    return (["behaviour", "pendulum", "--config", cfg, "--set", "data.generator.device=cuda"],
+            ["data.generator.device is 'cuda'"])
+
+
+def _setup_report_out_file(tmp_path, dataset, capsys):
+    cfg = config_file(tmp_path, dataset, "none")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results/afile").write_text("x")
+    return ["report", "--config", cfg, "--out", tmp_path / "results/afile"], ["--out", "afile is a file"]
+
+
+def _setup_finetune_out_file(tmp_path, dataset, capsys):
+    argv = _finetune_argv(tmp_path, dataset)
+    (tmp_path / "results/afile").write_text("x")
+    return argv + ["--out", tmp_path / "results/afile"], ["--out", "afile is a file"]
+
+
+def _setup_set_value_error(tmp_path, dataset, capsys):
+    return (_finetune_argv(tmp_path, dataset) + ["--set", "online.env_steps=abc"],
+            ["--set online.env_steps=abc: online.env_steps: expected an integer"])
+
+
+def _setup_unknown_source_task(tmp_path, dataset, capsys):
+    argv = _finetune_argv(tmp_path, dataset, data={"sources": {"pendulum-medum": {"d4rl": str(dataset)}}})
+    return argv, ["data.sources: unknown task 'pendulum-medum'", "Did you mean 'pendulum-medium'?"]
+
+
+def _setup_source_of_another_task(tmp_path, dataset, capsys):
+    argv = _finetune_argv(tmp_path, dataset, data={"sources": {"pendulum-medium-replay": {"d4rl": str(dataset)}}})
+    return argv, ["data.sources: 'pendulum-medium-replay' is not a task of the grid", "Did you mean 'pendulum-medium'?"]
+
+
+def _setup_unknown_ablation_task(tmp_path, dataset, capsys):
+    return (_finetune_argv(tmp_path, dataset) + ["--set", "grid.ablation_tasks=[pendulum-medum]"],
+            ["grid.ablation_tasks: unknown task 'pendulum-medum'", "Did you mean 'pendulum-medium'?"])
+
+
+def _setup_fixed_key_on_resume(tmp_path, dataset, capsys):
+    cfg = _finished_run(tmp_path, dataset, capsys, "odt")
+    (tmp_path / f"results/runs/odt/{TASK}/seed0/summary.json").unlink()  # as if killed
+    return (["finetune", "--method", "odt", "--task", TASK, "--config", cfg, "--set", "methods.odt.optimizer=adamw",
+             "--allow-config-change"], ["params.optimizer: 'lamb' -> 'adamw'", "cannot change mid-run"])
+
+
 BAD_INPUTS = {
     "finetune: truncated checkpoint.pt (resume)": _setup_truncated_resume_checkpoint,
     "finetune: truncated pretrained model.pt": _setup_truncated_pretrained,
@@ -448,6 +631,20 @@ BAD_INPUTS = {
     "report: truncated summary.json": _setup_truncated_summary,
     "finetune: resume under a changed config": _setup_changed_config_on_resume,
     "data: minari_download without huggingface_hub": _setup_minari_download_without_hub,
+    "-c <a directory>": _setup_config_is_a_directory,
+    "evaluate --episodes -3": _setup_negative_episodes,
+    "evaluate --episodes 0": _setup_zero_episodes,
+    "evaluate --rtg nan": _setup_nan_rtg,
+    "finetune --set device=mps": _setup_device_mps,
+    "finetune --set device=cuda without CUDA: no empty run dir left": _setup_device_cuda,
+    "behaviour --set data.generator.device=cuda: no .lock left": _setup_behaviour_device_cuda,
+    "report --out <a file>": _setup_report_out_file,
+    "finetune --out <a file>": _setup_finetune_out_file,
+    "an error of a --set value names the --set": _setup_set_value_error,
+    "data.sources keyed by an unknown task": _setup_unknown_source_task,
+    "data.sources keyed by a near miss of a grid task": _setup_source_of_another_task,
+    "grid.ablation_tasks: unknown task, closest named": _setup_unknown_ablation_task,
+    "resume --allow-config-change of a key that cannot change": _setup_fixed_key_on_resume,
 }
 
 
@@ -462,6 +659,8 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(tmp_path, dataset_file
     assert rc == cli.EXIT_INPUT, lines
     line = assert_one_error_line(lines, *fragments)
     assert line.startswith(f"dtrl {argv[0]}: error: ")
+    if any(a == "--set" for a in argv) and "exp.yaml" not in " ".join(fragments):
+        assert "exp.yaml" not in line  # a --set value's error names the --set, not the config file
     assert tree_hash(tmp_path / "results") == before
 
 
@@ -472,6 +671,26 @@ def test_resume_with_the_override_continues_and_records_the_change(tmp_path, dat
     s = strict_json(tmp_path / f"results/runs/grpo/{TASK}/seed0/summary.json")
     assert s["status"] == "completed" and s["config"]["params"]["group_size"] == 3
     assert s["config_changes"] == [{"iteration": 3, "changed": ["params.group_size: 2 -> 3"]}]
+
+
+@pytest.mark.parametrize("method,opt", [("odt", ("trainer", "optimizer")), ("grpo", ("opt",))])
+def test_resume_with_a_changed_lr_and_the_override_trains_at_the_new_lr(tmp_path, dataset_file, capsys, method, opt):
+    import pandas as pd
+
+    cfg = _finished_run(tmp_path, dataset_file, capsys, method)
+    run = tmp_path / f"results/runs/{method}/{TASK}/seed0"
+    (run / "summary.json").unlink()  # as if killed after iteration 3
+    rc, _ = run_cli(capsys, ["finetune", "--method", method, "--task", TASK, "--config", cfg, "--set",
+                             f"methods.{method}.lr=0.5", "--set", "online.max_iterations=5", "--allow-config-change"])
+    assert rc == 0
+    lr = pd.read_csv(run / "progress.csv").dropna(subset=["lr"]).set_index("iteration")["lr"]
+    assert lr.loc[3] < 0.01 and lr.loc[4] == lr.loc[5] == 0.5  # the column shows the value in force
+    state = torch_load(run / "checkpoint.pt")["method"]
+    for k in opt:
+        state = state[k]
+    assert state["param_groups"][0]["lr"] == 0.5  # and the optimizer stepped with it
+    s = strict_json(run / "summary.json")
+    assert s["config_changes"][0]["iteration"] == 3 and any("params.lr" in c for c in s["config_changes"][0]["changed"])
 
 
 def test_pretrain_resume_refuses_a_changed_key_unless_overridden(tmp_path, dataset_file, capsys, monkeypatch):
@@ -489,6 +708,49 @@ def test_pretrain_resume_refuses_a_changed_key_unless_overridden(tmp_path, datas
     s = strict_json(out / "summary.json")
     assert s["status"] == "completed" and s["config"]["pretrain"]["lr"] == 0.002
     assert s["config_changes"] == [{"updates": 10, "changed": ["pretrain.lr: 0.0001 -> 0.002"]}]
+    import pandas as pd
+
+    lr = pd.read_csv(out / "pretrain.csv").set_index("updates")["lr"]
+    assert lr.loc[10] == pytest.approx(1e-4) and lr.loc[15] == lr.loc[20] == 0.002  # the new lr, warmup done
+
+
+def test_a_second_process_on_a_locked_run_dir_exits_2_naming_the_holder(tmp_path, dataset_file, capsys):
+    argv = _finetune_argv(tmp_path, dataset_file, "odt")
+    run = tmp_path / f"results/runs/odt/{TASK}/seed0"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from dtrl.util.lock import hold\n"
+         f"with hold({str(run)!r}, 'a test run'):\n    print('held', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = tree_hash(tmp_path / "results")
+        rc, lines = run_cli(capsys, argv)
+        assert rc == cli.EXIT_INPUT and tree_hash(tmp_path / "results") == before
+        assert_one_error_line(lines, f"{run} is locked by another process", f"pid {holder.pid} on host",
+                              "scancel --name", "--wait")
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+    assert not (run / ".lock").exists()  # released with the holder, and removed
+    rc, _ = run_cli(capsys, argv)  # free again: it runs
+    assert rc == 0 and not (run / ".lock").exists()
+
+
+def test_a_waiting_lock_is_taken_when_the_holder_dies(tmp_path):
+    """kill -9 of the holder releases the lock (the kernel does); a waiter then holds it alone."""
+    from dtrl.util.lock import hold
+
+    d = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import time; from dtrl.util.lock import hold\n"
+         f"with hold({str(d)!r}, 'x'):\n    print('held', flush=True); time.sleep(600)"],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert holder.stdout.readline().strip() == "held"
+    holder.kill()
+    holder.wait(timeout=60)
+    with hold(d, "y"):  # no LockHeld: the dead holder's lock is gone though its file may remain
+        assert f"pid {os.getpid()}" in (d / ".lock").read_text()
+    assert not (d / ".lock").exists()
 
 
 def test_subprocess_one_line_and_debug_traceback(tmp_path, dataset_file):
