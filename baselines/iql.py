@@ -73,7 +73,7 @@ from dtrl.config import doc, require
 from dtrl.harness.critic import mlp
 from dtrl.data.trajectories import DataError, TrajectoryDataset
 from dtrl.envs.make import get_sim_state, set_sim_state
-from dtrl.util.guard import FiniteSince, check_values
+from dtrl.util.guard import FiniteSince, check_values, weight_absmax
 from dtrl.harness.online import Evaluation, OnlineMethod, RunContext, eval_seed
 from dtrl.envs.vec import VecStepper, evaluate_policy
 from dtrl.models.optim import load_optimizer_state
@@ -397,16 +397,21 @@ class IQLLearner(nn.Module):
         q_t = self.target_q(b)  # the target critic is fixed until the end of the update
         v_loss, info = self.value_loss(b, q_t)
         self._step(self.value_opt, v_loss)
+        # Each network's max |w| right after its step (dtrl.util.guard.weight_absmax): a step that blew the
+        # weights up is named before the losses of the networks that read them overflow.
+        sizes = {"value_weight_absmax": weight_absmax(self.value.parameters())}
         with torch.no_grad():  # the updated V, at s for the advantage and at s' for the TD target
             v, next_v = self.v(torch.cat([b["obs"], b["next_obs"]])).chunk(2)
         a_loss, a_info = self.actor_loss(b, q_t, v)
         self._step(self.actor_opt, a_loss)
+        sizes["actor_weight_absmax"] = weight_absmax(self.actor.parameters())
         c_loss, c_info = self.critic_loss(b, next_v)
         self._step(self.critic_opt, c_loss)
+        sizes["critic_weight_absmax"] = weight_absmax(self._critic_params)
         with torch.no_grad():
             torch._foreach_lerp_(self._target_params, self._critic_params, self.cfg.polyak)
         return {"value_loss": v_loss.detach(), "actor_loss": a_loss.detach(), "critic_loss": c_loss.detach(),
-                **info, **a_info, **c_info, "log_std_mean": self.actor.log_std.detach().mean()}
+                **info, **a_info, **c_info, "log_std_mean": self.actor.log_std.detach().mean(), **sizes}
 
     @torch.no_grad()
     def act(self, obs: np.ndarray, noise: np.ndarray | None = None) -> np.ndarray:
@@ -494,9 +499,11 @@ class IQL(OnlineMethod):
     # Cannot change on a resume (dtrl.harness.online.OnlineMethod.resume_fixed): network sizes, the buffer, the envs
     # stepped, and the reward transform the buffered rewards were stored under.
     resume_fixed = ("hidden_dims", "n_envs", "buffer_capacity", "reward_normalization", "reward_shift")
-    # Checked once per iteration (dtrl.util.guard), the term that broke first named; ties in update order.
-    FAULT_KEYS = {"value_loss": "value_lr", "v_mean": "value_lr", "actor_loss": "actor_lr",
-                  "log_std_mean": "actor_lr", "critic_loss": "critic_lr", "q_mean": "critic_lr"}
+    # Checked once per iteration (dtrl.util.guard), the term that broke first named; ties (one update) in the
+    # order the update computes them, so a network's blown-up weights are named before the losses reading them.
+    FAULT_KEYS = {"value_loss": "value_lr", "v_mean": "value_lr", "value_weight_absmax": "value_lr",
+                  "actor_loss": "actor_lr", "log_std_mean": "actor_lr", "actor_weight_absmax": "actor_lr",
+                  "critic_loss": "critic_lr", "q_mean": "critic_lr", "critic_weight_absmax": "critic_lr"}
 
     def __init__(self, cfg: IQLConfig, ctx: RunContext):
         super().__init__(cfg, ctx)

@@ -87,6 +87,7 @@ import torch
 import torch.nn as nn
 
 from baselines.common import MeanTerms, ODTConfig, ODTFamily
+from dtrl.util.guard import DivergenceError, weight_absmax
 from dtrl.models.batching import ContextBatch
 from dtrl.config import doc, require
 from dtrl.harness.critic import TwinQ, soft_update
@@ -222,20 +223,37 @@ def _copy_out(terms: dict[str, torch.Tensor], keys: tuple[str, ...]) -> dict[str
     return dict(zip(keys, values.unbind()))
 
 
+def _check_earliest(checks: list[tuple[MeanTerms, dict[str, str], str, list[int]]]) -> None:
+    """Raise the DivergenceError of the accumulator that broke first. Each check: (terms, fault keys, where,
+    the minibatch of each of its updates); a tie (one minibatch) goes to the first listed, which ran first."""
+    found = []
+    for order, (acc, keys, where, at) in enumerate(checks):
+        try:
+            acc.check(keys, where)
+        except DivergenceError as e:
+            found.append((at[min(e.finite_updates or 0, len(at) - 1)], order, e))
+    if found:
+        raise min(found, key=lambda f: f[:2])[2]
+
+
 class ODTTD3(ODTFamily):
     Config = ODTTD3Config
     needs_dataset = True
     buffer_transitions = True
     # Checked once per iteration (dtrl.util.guard): the critic's terms first, since a broken critic breaks the actor.
     CRITIC_FAULT_KEYS = {"critic_loss": "critic_lr", "q_mean": "critic_lr", "td_error": "critic_lr",
-                         "target_q": "critic_lr"}
+                         "target_q": "critic_lr", "critic_weight_absmax": "critic_lr"}
     # ODT's part broken -> lr; ODT's part finite but the total not -> the TD3 term's weight alpha.
     ACTOR_FAULT_KEYS = {"loss_supervised": "lr", "nll": "lr", "entropy": "lr", "actor_q": "alpha", "loss": "alpha",
-                        "grad_norm": "lr", "loss_temperature": "temperature_lr", "temperature": "temperature_lr"}
+                        "grad_norm": "lr", "loss_temperature": "temperature_lr", "temperature": "temperature_lr",
+                        "dt_weight_absmax": "lr"}
     pretrained_head = "deterministic"
     resume_fixed = ODTFamily.resume_fixed + ("critic_hidden", "target_dt", "critic_warmup_updates")
-    CRITIC_TERMS = ("critic_loss", "q_mean", "td_error", "target_q")
-    ACTOR_TERMS = ("loss", "loss_supervised", "mse", "actor_q", "grad_norm")
+    # *_weight_absmax: max |w| after the step (dtrl.util.guard.weight_absmax), so a step that blew a network's
+    # weights up is named, not the loss of the other network that reads them next (the critic's TD target reads
+    # the DT's actions; the DT's TD3 term reads the critic).
+    CRITIC_TERMS = ("critic_loss", "q_mean", "td_error", "target_q", "critic_weight_absmax")
+    ACTOR_TERMS = ("loss", "loss_supervised", "mse", "actor_q", "grad_norm", "dt_weight_absmax")
 
     def __init__(self, cfg: ODTTD3Config, ctx: RunContext):
         super().__init__(cfg, ctx)
@@ -319,6 +337,7 @@ class ODTTD3(ODTFamily):
         with eval_mode(self.target_actor()):
             terms = self.critic_compiled(lambda loss_fn: _backward(loss_fn, args, zero, "critic_loss"))
         self.critic_opt.step()
+        terms["critic_weight_absmax"] = weight_absmax(self.critic.parameters())
         return _copy_out(terms, self.CRITIC_TERMS)
 
     # -- the actor (the DT) ---------------------------------------------------------------------------
@@ -343,6 +362,7 @@ class ODTTD3(ODTFamily):
         args = (batch.states, batch.actions, batch.rtg, batch.timesteps, batch.mask)
         terms = self.actor_compiled(lambda loss_fn: _backward(loss_fn, args, tr.zero_grad, "loss"))
         terms["grad_norm"] = tr.step()
+        terms["dt_weight_absmax"] = weight_absmax(tr.policy_params)
         soft_update(self.critic_target, self.critic, self.cfg.tau)
         if self.target is not None:
             soft_update(self.target, self.model, self.cfg.tau)
@@ -380,20 +400,21 @@ class ODTTD3(ODTFamily):
         """``n`` DT updates: ``n * policy_delay`` minibatches, each a critic update, the DT learning on
         the first of every ``policy_delay`` (the reference's ``_ % actor_update_interval == 0``)."""
         critic_acc, actor_acc = MeanTerms(), MeanTerms()
-        n_actor = 0
+        actor_at: list[int] = []  # the minibatch (of this call) of each DT update
         n_minibatches = n * self.cfg.policy_delay
-        for _ in range(n_minibatches):
+        for i in range(n_minibatches):
             batch = self.buffer.sample(self.cfg.batch_size)
             critic_acc.add(self._critic_step(batch))
             if self.minibatches % self.cfg.policy_delay == 0:
                 actor_acc.add(self._actor_step(batch))
-                n_actor += 1
+                actor_at.append(i)
             self.minibatches += 1
+        n_actor = len(actor_at)
         c = self.ctx.counters
         c.critic_updates += n_minibatches
         c.policy_updates += n_actor
-        critic_acc.check(self.CRITIC_FAULT_KEYS, "the critic update")
-        actor_acc.check(self.ACTOR_FAULT_KEYS, "the actor (DT) update")
+        _check_earliest([(critic_acc, self.CRITIC_FAULT_KEYS, "the critic update", list(range(n_minibatches))),
+                         (actor_acc, self.ACTOR_FAULT_KEYS, "the actor (DT) update", actor_at)])
         return {**critic_acc.means(), **actor_acc.means()}
 
     # -- state --------------------------------------------------------------------------------------

@@ -357,6 +357,17 @@ def test_all_zero_spread_iterations_are_counted_and_warned(tmp_path, dataset_fil
     assert progress["zero_spread_streak"].dropna().tolist() == [1, 2, 3]
 
 
+@pytest.mark.parametrize("method,key", [("iql", "critic_lr"), ("iql", "value_lr"), ("iql", "actor_lr"),
+                                        ("odt_td3", "lr"), ("odt_td3", "critic_lr")])
+def test_a_huge_learning_rate_is_blamed_on_its_own_key(tmp_path, dataset_file, capsys, method, key):
+    """The loss that overflows first is often another network's (IQL's critic loss reads the new V, ODT+TD3's
+    TD target the DT's actions); the blown-up weights name the key whose step made them."""
+    argv = _finetune_argv(tmp_path, dataset_file, method)
+    rc, lines = run_cli(capsys, argv + ["--set", f"methods.{method}.{key}=1e10"])
+    assert rc == cli.EXIT_DIVERGED
+    assert_one_error_line(lines, f"most likely cause: methods.{method}.{key} too large")
+
+
 def test_a_diverged_pretrained_model_is_not_evaluated(tmp_path, dataset_file, capsys):
     """`none` trains nothing: a NaN pretrained DT (a diverged pretraining from before the checks) is refused."""
     cfg = config_file(tmp_path, dataset_file, "none")
