@@ -410,6 +410,14 @@ def test_a_nan_loss_term_stops_pretraining(tmp_path, dataset_file, capsys, monke
     assert not (out / "model.pt").exists()  # nothing downstream can start from it
     assert (out / "checkpoint.pt").read_bytes() == seen["checkpoint"]
     assert torch_load(out / "checkpoint.pt")["updates"] == 10
+    # A run that starts from it records why it cannot run (exit 3, as a diverged run), so a workflow goes on to
+    # the report, which lists it as not scored.
+    rc, lines = run_cli(capsys, ["finetune", "--method", "none", "--task", TASK, "--config", cfg])
+    assert rc == cli.EXIT_DIVERGED
+    assert_one_error_line(lines, "none was not run: the pretraining it starts from", "pretraining diverged at update 13")
+    s = strict_json(tmp_path / f"results/runs/none/{TASK}/seed0/summary.json")
+    assert s["status"] == "diverged" and s["divergence"]["config_key"] == "pretrain.lr"
+    assert_reported_not_scored(cfg, "none")
 
 
 # -- bad input: exit 2, one line, nothing under results changed -------------------------------------------

@@ -260,12 +260,7 @@ def run_online(method: OnlineMethod, ctx: RunContext, online: OnlineConfig, meta
         kept = (f"its last checkpoint (iteration {saved['iteration']}, all finite) is kept"
                 if saved["iteration"] is not None else "no checkpoint had been written")
         e.qualify(str(meta.get("method", type(method).__name__)), iteration, key_prefix, kept)
-        nan = None
-        record({**meta, "status": "diverged", "divergence": e.record(), "final_return": nan,
-                "final_norm_return": nan, "final_norm_return_std": nan, "final_returns": [], "eval_episodes": 0,
-                "env_steps": c.env_steps, "env_steps_eval": c.env_steps_eval, **update_counts(c),
-                "wall_time": c.wall_time, "iterations": c.iterations, "step_counts": dict(c.extra),
-                "budget_env_steps": online.env_steps})
+        record(diverged_summary(meta, e.record(), c, online.env_steps))
         return e
 
     bar = None
@@ -350,6 +345,15 @@ def run_online(method: OnlineMethod, ctx: RunContext, online: OnlineConfig, meta
     }
     record(summary)
     return summary
+
+
+def diverged_summary(meta: dict[str, Any], divergence: dict[str, Any], c: Counters, budget: int) -> dict[str, Any]:
+    """The summary of a diverged run (``status: diverged``, no score): the run contract's keys with null scores."""
+    return {**meta, "status": "diverged", "divergence": divergence, "final_return": None,
+            "final_norm_return": None, "final_norm_return_std": None, "final_returns": [], "eval_episodes": 0,
+            "env_steps": c.env_steps, "env_steps_eval": c.env_steps_eval, **update_counts(c),
+            "wall_time": c.wall_time, "iterations": c.iterations, "step_counts": dict(c.extra),
+            "budget_env_steps": budget}
 
 
 def _success(task: Task, returns: np.ndarray, goal_steps: np.ndarray | None, key: str) -> dict[str, float]:

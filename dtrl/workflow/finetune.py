@@ -56,7 +56,12 @@ def finetune(exp: ExperimentConfig, method: str, task_name: str, seed: int, pret
     kind = exp.pretrained_kind(method)  # as the workflow decides (common.smk)
     if kind is not None:
         head, backbone = kind
+        given = pretrained is not None
         pretrained = Path(pretrained) if pretrained else pretrained_path(exp, task_name, seed, head, backbone)
+        if not pretrained.exists() and not given:
+            failed = _diverged_pretraining(exp, spec, method, task_name, seed, pretrained, out)
+            if failed is not None:
+                return failed
         if not pretrained.exists():
             extra = "" if head == "gaussian" else f" --set model.action_head={head}"
             extra += "" if backbone == "dt" else f" --backbone {backbone}"
@@ -76,6 +81,31 @@ def finetune(exp: ExperimentConfig, method: str, task_name: str, seed: int, pret
         if restart_diverged and (out / "summary.json").exists():
             _start_over(out)
         return _run(exp, spec, cls, method, task_name, task, seed, pretrained, out, allow_config_change)
+
+
+def _diverged_pretraining(exp: ExperimentConfig, spec, method: str, task: str, seed: int, model: Path,
+                          out: Path | None) -> dict | None:
+    """When the pretraining this run starts from diverged (its summary says so, and it left no model.pt): the
+    run is recorded as diverged with that cause, so the report lists it as not scored and a workflow goes on
+    to the report (its finetune rule accepts exit 3) instead of stopping at a missing model.pt."""
+    path = model.parent / "summary.json"
+    pre = read_json(path, fix=f"delete {model.parent} and pretrain again") if path.exists() else None
+    if not isinstance(pre, dict) or pre.get("status") != "diverged":
+        return None
+    from dtrl.harness.online import Counters, diverged_summary
+    from dtrl.util.io import atomic_write_json
+
+    d = pre.get("divergence") or {}
+    out = Path(out) if out else run_dir(exp, method, task, seed)
+    msg = (f"{method} was not run: the pretraining it starts from ({model.parent}) diverged: "
+           f"{d.get('message', 'see its summary.json')}")
+    summary = diverged_summary({"method": method, "algo": spec.algo, "task": task, "seed": seed},
+                               {"iteration": 0, "terms": d.get("terms", []), "config_key": d.get("config_key"),
+                                "where": "the pretraining", "message": msg}, Counters(), spec.online.env_steps)
+    if not (out / "summary.json").exists():
+        with hold(out, f"run {method}/{task}/seed{seed}"):
+            atomic_write_json(out / "summary.json", summary)
+    return read_json(out / "summary.json")
 
 
 def _finished(out: Path, restart_diverged: bool) -> dict | None:

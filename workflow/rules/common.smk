@@ -178,7 +178,9 @@ def data_done(task):
 
 
 def pretrain_done(task, seed, pdir="pretrain"):
-    return f"{R}/{pdir}/{task}/seed{seed}/model.pt"
+    # summary.json, not model.pt: a pretraining that diverged writes its summary (status: diverged) and no
+    # model.pt; its finetuning runs then record themselves as diverged and the grid still reaches the report.
+    return f"{R}/{pdir}/{task}/seed{seed}/summary.json"
 
 
 def run_done(method, task, seed):
@@ -246,8 +248,8 @@ def cpus(wildcards, threads):
 # killed attempt. Every dtrl job therefore appends its output to `<log>.history` (undeclared, so
 # never deleted), each attempt headed by its start time and host, and copies that file to the
 # declared log when it ends: the log holds every attempt, and `<log>.history` is the live one.
-# dtrl finetune's exit code 3 (the run diverged; its summary.json records status: diverged, and the
-# report lists it as not scored) counts as success, so one diverged run does not stop the grid.
+# dtrl finetune's and dtrl pretrain's exit code 3 (it diverged; its summary.json records status: diverged, and
+# the report lists the runs as not scored) counts as success, so one diverged run does not stop the grid.
 
 EXIT_DIVERGED = 3
 

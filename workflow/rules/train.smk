@@ -1,16 +1,18 @@
 # Offline pretraining per (task, seed), action head and backbone, shared by every DT method of that task and
 # seed that finetunes that model (pretrain/: the stochastic DT; pretrain_det/: ODT+TD3's deterministic
 # one; pretrain_<backbone>/: another backbone, e.g. Reinformer; each made only when the grid runs a method
-# that needs it); online finetuning per (method, task, seed). The declared output of each is the file written last
-# (model.pt, summary.json); checkpoint.pt and progress.csv live in the same directory undeclared,
-# so Snakemake never deletes them and a rerun of a killed job resumes from the last checkpoint.
+# that needs it); online finetuning per (method, task, seed). The declared output of each is its
+# summary.json, written whether it completed or diverged (exit 3, accepted: a diverged pretraining's
+# finetuning runs record that and the report lists them as not scored); checkpoint.pt, model.pt and
+# progress.csv live in the same directory undeclared, so Snakemake never deletes them and a rerun of a
+# killed job resumes from the last checkpoint.
 
 
 rule pretrain:
     input:
         data=data_done("{task}"),
     output:
-        f"{R}/{{pdir}}/{{task}}/seed{{seed}}/model.pt",
+        f"{R}/{{pdir}}/{{task}}/seed{{seed}}/summary.json",
     wildcard_constraints:
         pdir="|".join(KIND_OF_DIR),
     log:
@@ -30,7 +32,7 @@ rule pretrain:
         "../envs/dtrl.yaml"
     shell:
         logged("python -m dtrl.cli pretrain --task {wildcards.task} --seed {wildcards.seed} {params.cfg}"
-               " --set threads={threads} --set model.action_head={params.head} --backbone {params.backbone}")
+               " --set threads={threads} --set model.action_head={params.head} --backbone {params.backbone}", ok_codes=(0, EXIT_DIVERGED))
 
 
 rule finetune:
