@@ -213,9 +213,14 @@ FAULTS = {
 
 
 def assert_reported_not_scored(cfg: Path, method: str, status: str = "diverged") -> None:
+    """The report lists the run as not scored, and dtrl check-run agrees: it follows the contract, not scored."""
+    from dtrl.harness.run_schema import check_run
     from dtrl.report.build import report
 
     exp = load_config(cfg)
+    run = Path(exp.results) / f"runs/{method}/{TASK}/seed0"
+    assert check_run(run) == [], check_run(run)
+    assert cli.main(["check-run", str(run)]) == cli.EXIT_DIVERGED
     res = report(exp, figures=False, reps=10)
     assert [(r["method"], r["seed"], r["status"]) for r in res["not_scored"]] == [(method, 0, status)]
     root = Path(exp.results) / "tables"

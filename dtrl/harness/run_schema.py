@@ -59,12 +59,28 @@ def _number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+# The score keys: a run that did not complete (diverged) records them as null.
+SCORE_KEYS = ("final_return", "final_norm_return", "final_norm_return_std")
+
+
+def completed(summary: Any) -> bool:
+    """A run that completed (a summary from before dtrl recorded a status counts as one); a diverged run's
+    summary holds no score but follows the rest of the contract, and is never scored (:func:`unscored_reason`)."""
+    return isinstance(summary, dict) and summary.get("status", "completed") == "completed"
+
+
 def check_summary(summary: Any, task: str | None = None) -> list[str]:
     if not isinstance(summary, dict):
         return ["summary.json must hold a JSON object"]
     errors = [f"summary.json lacks required key '{k}' ({SUMMARY_TYPES[k][1]})" for k in SUMMARY_TYPES if k not in summary]
+    if not completed(summary):  # diverged: no score, but the rest of the contract holds
+        errors += [f"summary.json '{k}' must be null in a run that did not complete (status "
+                   f"{summary.get('status')!r}), got {summary[k]!r}" for k in SCORE_KEYS if summary.get(k) is not None]
+        if not isinstance(summary.get("divergence"), dict):
+            errors.append(f"summary.json of a run with status {summary.get('status')!r} lacks 'divergence' (what "
+                          "broke, the config key at fault, the message)")
     for k, (tp, meaning) in SUMMARY_TYPES.items():
-        if k not in summary:
+        if k not in summary or (k in SCORE_KEYS and not completed(summary)):
             continue
         v = summary[k]
         if tp is str and not isinstance(v, str):
@@ -77,6 +93,8 @@ def check_summary(summary: Any, task: str | None = None) -> list[str]:
         return errors
     if task is not None and summary["task"] != task:
         errors.append(f"summary.json 'task' is '{summary['task']}' but the run is of task '{task}'")
+    if not completed(summary):
+        return errors
     try:
         from dtrl.tasks import get_task
 
@@ -105,6 +123,8 @@ def _float(v: str) -> float | None:
 
 
 def check_progress(path: Path, summary: dict | None) -> list[str]:
+    """The progress.csv rules. Of a run that did not complete (diverged) only the columns and counts are
+    checked: it may have stopped before its first evaluation, and its summary counts the iteration it broke in."""
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         columns = list(reader.fieldnames or [])
@@ -124,7 +144,8 @@ def check_progress(path: Path, summary: dict | None) -> list[str]:
         empty = [i + 2 for i, r in enumerate(rows) if _float(r[c]) is None]
         if empty:
             errors.append(f"progress.csv column '{c}' is empty on line(s) {empty[:5]}; it must be filled in every row")
-    if not any(_float(r["eval_norm_return"]) is not None for r in rows):
+    done = summary is None or completed(summary)
+    if done and not any(_float(r["eval_norm_return"]) is not None for r in rows):
         errors.append("progress.csv has no evaluation: column 'eval_norm_return' is empty in every row")
     if errors:
         return errors
@@ -132,7 +153,7 @@ def check_progress(path: Path, summary: dict | None) -> list[str]:
         vals = [_float(r[c]) for r in rows]
         if any(b < a for a, b in zip(vals, vals[1:])):
             errors.append(f"progress.csv column '{c}' decreases; it counts totals so far and never goes down")
-    if summary is not None and not errors:
+    if summary is not None and done and not errors:
         for c in ("env_steps", "policy_updates", "critic_updates", "grad_updates"):
             last = _float(rows[-1][c])
             if isinstance(summary.get(c), (int, float)) and last != summary[c]:
@@ -176,6 +197,8 @@ def check_run(run_dir: str | Path, task: str | None = None) -> list[str]:
                     errors.append(f"summary.json 'method' is {summary.get('method')!r} but the directory is of "
                                   f"method '{d.parent.parent.name}'")
     if not (d / "progress.csv").exists():
+        if not completed(summary) and summary is not None:
+            return errors  # diverged before its first row
         errors.append(f"progress.csv is missing (one row per iteration, columns {', '.join(PROGRESS_COLUMNS)})")
     else:
         errors += check_progress(d / "progress.csv", summary if isinstance(summary, dict) else None)
@@ -219,6 +242,10 @@ def cmd_check_run(run_dir: Path, task: str | None) -> int:
             print(f"  - {e}")
         return 1
     s = json.loads((Path(run_dir) / "summary.json").read_text())
+    if not completed(s):  # the report's rule (unscored_reason): listed apart, never scored
+        reason = unscored_reason(run_dir, s, s.get("task", ""))
+        print(f"{run_dir}: follows the run contract but is not scored ({s.get('status')}): {reason}")
+        return 3
     print(f"{run_dir}: ok ({s['method']} {s['task']} seed {s['seed']}: normalised return {s['final_norm_return']:.2f}, "
           f"{s['env_steps']} env steps, {s['grad_updates']} updates)")
     return 0
