@@ -15,9 +15,10 @@
 
 Every subcommand takes ``--config`` (default: the built-in defaults) and ``--set key=value``
 overrides (``--set pretrain.updates=100``). Errors in input (a bad config, an unreadable or unfitting
-file) are reported as one line and exit 2; a run that diverged (non-finite loss or weights) exits 3
-with one line naming the loss term and the config key most likely at fault. ``dtrl --debug ...``
-(or ``DTRL_DEBUG=1``) shows the traceback instead.
+file, a run directory another process is training) are reported as one line and exit 2, with nothing
+written; a run that diverged (a non-finite loss, blown-up weights, a policy emitting NaN) exits 3 with one
+line naming what broke and the config key most likely at fault (``dtrl check-run`` exits 3 for such a run
+too: not scored). ``dtrl --debug ...`` (or ``DTRL_DEBUG=1``) shows the traceback instead.
 """
 
 from __future__ import annotations
