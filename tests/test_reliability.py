@@ -592,6 +592,13 @@ def _setup_device_cuda(tmp_path, dataset, capsys):
     return _finetune_argv(tmp_path, dataset) + ["--set", "device=cuda"], ["CUDA is not available"]
 
 
+def _setup_pretrain_device_cuda(tmp_path, dataset, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    cfg = config_file(tmp_path, dataset, "none")
+    return ["pretrain", "--task", TASK, "--config", cfg, "--set", "device=cuda"], ["CUDA is not available"]
+
+
 def _setup_behaviour_device_cuda(tmp_path, dataset, capsys):
     if torch.cuda.is_available():
         pytest.skip("CUDA is available here")
@@ -661,6 +668,7 @@ BAD_INPUTS = {
     "evaluate --rtg nan": _setup_nan_rtg,
     "finetune --set device=mps": _setup_device_mps,
     "finetune --set device=cuda without CUDA: no empty run dir left": _setup_device_cuda,
+    "pretrain --set device=cuda without CUDA: no empty seed dir left": _setup_pretrain_device_cuda,
     "behaviour --set data.generator.device=cuda: no .lock left": _setup_behaviour_device_cuda,
     "report --out <a file>": _setup_report_out_file,
     "finetune --out <a file>": _setup_finetune_out_file,
