@@ -218,6 +218,9 @@ class RolloutEngine:
             self.condition(model, rows_np, k_ctx)
             dist = self.policy(model, rows, k_ctx)
             outputs.add(dist.mean, dist.log_std)
+            # Before any env receives the actions (the loop reads them back every step anyway): a NaN action
+            # never reaches the simulator, which would only warn and reset itself.
+            outputs.check("the policy's outputs in a rollout")
             sample = torch.as_tensor(sample_all | (taken[rows_np] < sample_budget[rows_np]), device=self.device)
             noise = torch.randn(dist.mean.shape, generator=self.generator, device=self.device)
             action = torch.where(sample[:, None], dist.action_from_noise(noise), dist.mode)
@@ -262,7 +265,6 @@ class RolloutEngine:
                 if terminated or timeout or taken[i] >= limit[i]:
                     self.active[i] = False
             self._shift(rows_np[self.active[rows_np]])
-        outputs.check("the policy's outputs in a rollout")
         return [self._finish(books[i], starts[i], record_contexts) for i in range(n)]
 
     def _shift(self, rows_np: np.ndarray) -> None:

@@ -141,9 +141,10 @@ def check_values(values: Any, term: str, key: str, where: str) -> None:
 
 
 class OutputCheck:
-    """Flags, kept on the device, of what a policy emitted over many forwards: a non-finite action mean, a
-    NaN or +inf log-std (-inf is the deterministic head's std 0). ``add`` launches two small kernels and
-    never syncs; ``check`` reads both flags once and raises :class:`DivergenceError` (key left to the caller)."""
+    """Flags, kept on the device, of what a policy emitted over one or more forwards: a non-finite action mean,
+    a NaN or +inf log-std (-inf is the deterministic head's std 0). ``add`` launches two small kernels and
+    never syncs; ``check`` reads both flags (one sync) and raises :class:`DivergenceError` (key left to the
+    caller). The rollout engine checks every step, where it reads the actions back anyway."""
 
     TERMS = ("action means", "action log-stds")
 
