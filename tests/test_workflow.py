@@ -80,7 +80,7 @@ def test_a_reinformer_entry_is_pretrained_apart_with_its_backbone(wf):
     out = snakemake(wf, "-n", "-p", "--configfile", "rf.yaml")
     assert out.returncode == 0, out.stderr
     assert job_counts(out.stdout)["pretrain"] == 2
-    assert "results/pretrain_reinformer/hopper-medium/seed0/model.pt" in out.stdout
+    assert "results/pretrain_reinformer/hopper-medium/seed0/summary.json" in out.stdout
     assert "--backbone reinformer" in out.stdout and "--backbone dt" in out.stdout
 
 
