@@ -264,6 +264,9 @@ class ODTConfig:
                            "supervised forward+loss; ODT+TD3's critic loss (target DT, target critic, critic) and "
                            "actor loss (DT, MSE, frozen critic). A failed compilation warns and goes on eagerly. "
                            "Eager ('off') resumes bit-exactly; compiled runs within float rounding.")
+    fused_forward: bool = doc(True, "On CPU, ODT's supervised update trains through pretrain.fused_forward's fused "
+                                    "DT forward (same losses to float rounding for a seed); false = the module's "
+                                    "forward. ODT+TD3's actor and critic losses keep the module's forward.")
 
     def validate(self) -> None:
         require(self.rollouts_per_iteration >= 1, "rollouts_per_iteration must be >= 1")
@@ -389,7 +392,8 @@ class ODTFamily(DTMethod):
             model, optimizer=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.eps,
             warmup_updates=cfg.warmup_updates, grad_clip=cfg.grad_clip, temperature_lr=cfg.temperature_lr,
             entropy_samples=cfg.entropy_samples, entropy_positions=cfg.entropy_positions,
-            amp_dtype=amp_dtype_of(cfg.amp), compile=cfg.compile)
+            amp_dtype=amp_dtype_of(cfg.amp), compile=cfg.compile,
+            fused_forward=cfg.fused_forward)
         self.pretrain_updates = (continue_pretraining(self.trainer, ctx.pretrained_path, cfg.optimizer)
                                  if cfg.continue_pretrain_optimizer else 0)
         self.buffer = TrajectoryReplay(cfg.buffer_size, self.K, ctx.dataset.top_k(cfg.buffer_size),

@@ -57,6 +57,11 @@ class PretrainConfig:
         "(H100, 4x512, K=20, B=256: ~2x the updates/s) for ~25 s of compilation up front. Falls back to eager with "
         "a warning if compilation fails. Eager ('off') resumes bit-exactly; compiled runs resume to within float "
         "rounding (inductor's reductions are not bitwise deterministic).")
+    fused_forward: bool = doc(
+        True, "On CPU, train through dtrl.models.fused_dt.fused_forward: the DT's forward with fewer, larger ops "
+              "(dropout masks drawn in one call, the last block at the state tokens only); the same distribution "
+              "and the same dropout masks for a seed, so the same losses to float rounding (tests/test_fused_dt.py). "
+              "false = the module's forward. Ignored on CUDA (compile covers it) and for other backbones.")
     eps: float = doc(1e-8, "Optimizer epsilon (ODT passes 1e-8 to LAMB).")
     context_anchor: Literal["start", "end"] = doc(
         "start", "How context windows are drawn. 'start' = the reference's: a uniform first step, the window cut "

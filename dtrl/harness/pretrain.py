@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import sys
 import time
 import warnings
@@ -54,6 +55,7 @@ from dtrl.util.io import atomic_torch_save, atomic_write_json, read_json, torch_
 from dtrl.util.logger import RunLogger
 from dtrl.models.losses import dt_mse_loss, dt_supervised_loss
 from dtrl.models.dt import DecisionTransformer, ModelConfig, build_model
+from dtrl.models.fused_dt import fused_forward
 from dtrl.harness.online import _rng_state, _set_rng_state, eval_seed, resolve_device, seed_everything
 from dtrl.models.optim import load_optimizer_state, make_optimizer, warmup_schedule
 from dtrl.config.pretrain import PretrainConfig, pretrain_dir
@@ -142,7 +144,8 @@ class SupervisedTrainer:
     def __init__(self, model: DecisionTransformer, *, optimizer: str = "lamb", lr: float = 1e-4,
                  weight_decay: float = 5e-4, eps: float = 1e-8, warmup_updates: int = 10_000,
                  grad_clip: float = 0.25, temperature_lr: float = 1e-4, entropy_samples: int = 1,
-                 entropy_positions: str = "all", amp_dtype: torch.dtype | None = None, compile: str = "off"):
+                 entropy_positions: str = "all", amp_dtype: torch.dtype | None = None, compile: str = "off",
+                 fused_forward: bool = True):
         self.model = model
         self.deterministic = bool(getattr(model, "deterministic", False))
         self.terms = self.DETERMINISTIC_TERMS if self.deterministic else self.TERMS
@@ -162,6 +165,9 @@ class SupervisedTrainer:
         # Autocast only where it pays: bf16 on CUDA (see autocast).
         self.amp_dtype = amp_dtype if self.device_type == "cuda" else None
         self.compiled = CompiledLoss(self._losses, compile, self.device_type)
+        # The fused training forward where it is the same function and it pays: a plain DT on CPU
+        # (on CUDA, torch.compile removes the overhead it is about; another backbone has its own forward).
+        self.fused_forward = bool(fused_forward) and self.device_type == "cpu" and type(model) is DecisionTransformer
         self.updates = 0
         self.last_lr = self.optimizer.param_groups[0]["lr"]
 
@@ -170,7 +176,8 @@ class SupervisedTrainer:
         return cls(model, optimizer=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.eps,
                    warmup_updates=cfg.warmup_updates, grad_clip=cfg.grad_clip, temperature_lr=cfg.temperature_lr,
                    entropy_samples=cfg.entropy_samples, entropy_positions=cfg.entropy_positions,
-                   amp_dtype=amp_dtype_of(cfg.amp), compile=cfg.compile)
+                   amp_dtype=amp_dtype_of(cfg.amp), compile=cfg.compile,
+                   fused_forward=cfg.fused_forward)
 
     @property
     def compile(self) -> str:
@@ -185,7 +192,8 @@ class SupervisedTrainer:
             terms["total"] = terms["loss"] + terms["loss_temperature"]
             return terms
         with autocast(self.device_type, self.amp_dtype):
-            dist = model(states, actions, rtg, timesteps, mask)
+            forward = functools.partial(fused_forward, model) if self.fused_forward else model
+            dist = forward(states, actions, rtg, timesteps, mask)
         if self.deterministic:
             terms = dt_mse_loss(dist, actions, mask)
             terms["total"] = terms["loss"]

@@ -235,6 +235,10 @@ class DecisionTransformer(nn.Module):
         for block in self.blocks:
             x = block(x, attn_mask)
         h = self.ln_f(x).reshape(B, T, 3, -1)[:, :, 1]  # hidden state at each state token
+        return self.action_distribution(h)
+
+    def action_distribution(self, h: torch.Tensor) -> SquashedGaussian:
+        """The action heads on the final hidden states of the state tokens (B, T, D)."""
         mean = self.mean_head(h)
         if self.deterministic:
             return DeterministicAction(mean)
