@@ -460,3 +460,30 @@ def test_warmup_schedule_and_optimizer_choice():
         make_optimizer([p], "sgd", 1e-3, 0.0)
     with pytest.raises(ValueError, match="learning rate"):
         Lamb([p], lr=-1.0)
+
+
+def test_lamb_flat_gradient_buffer_is_the_same_step():
+    """Lamb.flat_grad binds every .grad to a view of one buffer; zero_grad(set_to_none=False) zeroes it in
+    place and backward accumulates into it: the steps equal those with separate gradients (impl foreach)."""
+    torch.manual_seed(0)
+    w0 = [torch.randn(4, 3), torch.randn(3), torch.randn(())]
+    xs = [torch.randn(5, 4) for _ in range(4)]
+    out = {}
+    for flat in (True, False):
+        ps = [w.clone().requires_grad_() for w in w0]
+        opt = Lamb(ps, lr=0.01, weight_decay=5e-4, impl="auto" if flat else "foreach")
+        for i, x in enumerate(xs):
+            opt.zero_grad(set_to_none=not flat)
+            ((x @ ps[0] + ps[1]).tanh().sum() * ps[2]).backward()
+            if flat and i > 0:  # backward accumulated into the bound buffer itself
+                buf = opt._flat[0]["grad"].untyped_storage().data_ptr()
+                assert all(p.grad.untyped_storage().data_ptr() == buf for p in ps)
+            if flat:
+                g = opt.flat_grad()
+                assert g is not None and g.numel() == 16 and all(p.grad.data_ptr() >= g.data_ptr() for p in ps)
+                assert torch.equal(g[:12].view(4, 3), ps[0].grad)
+            opt.step()
+        out[flat] = ps
+    for a, b in zip(out[True], out[False]):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    assert Lamb([torch.zeros(2, requires_grad=True)], impl="foreach").flat_grad() is None

@@ -57,7 +57,7 @@ from dtrl.models.losses import dt_mse_loss, dt_supervised_loss
 from dtrl.models.dt import DecisionTransformer, ModelConfig, build_model
 from dtrl.models.fused_dt import fused_forward
 from dtrl.harness.online import _rng_state, _set_rng_state, eval_seed, resolve_device, seed_everything
-from dtrl.models.optim import load_optimizer_state, make_optimizer, warmup_schedule
+from dtrl.models.optim import Lamb, load_optimizer_state, make_optimizer, warmup_schedule
 from dtrl.config.pretrain import PretrainConfig, pretrain_dir
 from dtrl.util.lock import hold
 from dtrl.tasks import Task
@@ -170,6 +170,7 @@ class SupervisedTrainer:
         self.fused_forward = bool(fused_forward) and self.device_type == "cpu" and type(model) is DecisionTransformer
         self.updates = 0
         self.last_lr = self.optimizer.param_groups[0]["lr"]
+        self.flat_grad: torch.Tensor | None = None  # LAMB's flat gradient, once a step has bound it
 
     @classmethod
     def from_config(cls, model: DecisionTransformer, cfg: PretrainConfig) -> "SupervisedTrainer":
@@ -213,7 +214,8 @@ class SupervisedTrainer:
         return dict(zip(self.terms, values.unbind()))
 
     def zero_grad(self) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
+        # Kept bound to LAMB's flat gradient buffer (zeroed in place) so backward accumulates into it.
+        self.optimizer.zero_grad(set_to_none=self.flat_grad is None)
         if self.temperature_optimizer is not None:
             self.temperature_optimizer.zero_grad(set_to_none=True)
 
@@ -223,7 +225,13 @@ class SupervisedTrainer:
         Returns the policy gradient norm before clipping. Methods that add terms to ODT's loss
         (ODT+TD3) call zero_grad / backward / step themselves.
         """
-        if self.grad_clip > 0:
+        flat = self.optimizer.flat_grad() if isinstance(self.optimizer, Lamb) else None
+        self.flat_grad = flat
+        if flat is not None:  # clip_grad_norm_'s arithmetic, on one tensor
+            grad_norm = torch.linalg.vector_norm(flat)
+            if self.grad_clip > 0:
+                flat.mul_((self.grad_clip / (grad_norm + 1e-6)).clamp_max(1.0))
+        elif self.grad_clip > 0:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.policy_params, self.grad_clip, foreach=True)
         else:
             grads = [p.grad for p in self.policy_params if p.grad is not None]

@@ -84,6 +84,10 @@ class Lamb(Optimizer):
         """max(1, ||g|| / max_grad_norm) over every gradient of every group (lamb.py:108-127)."""
         if self.max_grad_norm is None:
             return None
+        flat = self._flat.get(0)
+        if (len(self.param_groups) == 1 and flat is not None
+                and all(p.grad is v for p, v in zip(self.param_groups[0]["params"], flat["grad_views"]))):
+            return (torch.linalg.vector_norm(flat["grad"]) / self.max_grad_norm).clamp_min(1.0)
         grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
         if not grads:
             return None
@@ -103,15 +107,8 @@ class Lamb(Optimizer):
                 continue
             if any(p.grad.is_sparse for p in params):
                 raise RuntimeError("Lamb does not support sparse gradients")
-            homogeneous = len({(p.device, p.dtype) for p in group["params"]}) == 1
-            impl = self.impl
-            if impl == "auto":
-                impl = "flat" if homogeneous and len(params) == len(group["params"]) else \
-                    "foreach" if homogeneous else "loop"
+            impl = self._layout(group)
             if impl == "flat":
-                if not homogeneous or len(params) != len(group["params"]):
-                    raise RuntimeError("Lamb(impl='flat') needs one device and dtype per group and a gradient "
-                                       "for every parameter; use impl='auto'")
                 flat = self._flat_state(gi, group)
             else:
                 for p in params:
@@ -128,12 +125,13 @@ class Lamb(Optimizer):
                 bc1 = bc2_sqrt = [1.0] * len(steps)
             kw = dict(lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
                       weight_decay=group["weight_decay"], bc1=bc1, bc2_sqrt=bc2_sqrt)
-            grads = [p.grad for p in params]
-            if divisor is not None:
-                grads = torch._foreach_div(grads, divisor)
             if impl == "flat":
-                _lamb_flat(params, grads, flat, **kw)
+                grad = self._bind_flat_grad(flat, params)
+                _lamb_flat(params, grad if divisor is None else grad / divisor, flat, **kw)
             else:
+                grads = [p.grad for p in params]
+                if divisor is not None:
+                    grads = torch._foreach_div(grads, divisor)
                 fn = _lamb_foreach if impl == "foreach" else _lamb_loop
                 fn(params, grads, [self.state[p]["exp_avg"] for p in params],
                    [self.state[p]["exp_avg_sq"] for p in params], **kw)
@@ -146,6 +144,45 @@ class Lamb(Optimizer):
             state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
+    def flat_grad(self) -> torch.Tensor | None:
+        """The gradients as one flat tensor, every parameter's ``.grad`` a view into it, or None where that
+        layout does not apply (several groups, mixed devices/dtypes, a parameter without a gradient,
+        ``impl`` not flat/auto). While the views stay bound (:meth:`zero_grad` with ``set_to_none=False``
+        zeroes the buffer in place and backward accumulates into it), clipping and the step each run as a
+        few kernels on one tensor instead of one kernel per parameter."""
+        if len(self.param_groups) != 1 or self._layout(self.param_groups[0]) != "flat":
+            return None
+        return self._bind_flat_grad(self._flat_state(0, self.param_groups[0]), self.param_groups[0]["params"])
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        flat = self._flat.get(0)
+        if (set_to_none or len(self.param_groups) != 1 or flat is None
+                or not all(p.grad is v for p, v in zip(self.param_groups[0]["params"], flat["grad_views"]))):
+            return super().zero_grad(set_to_none)
+        flat["grad"].zero_()
+
+    def _layout(self, group: dict[str, Any]) -> str:
+        """The kernel layout of a step of ``group`` (see the class docstring)."""
+        params = group["params"]
+        homogeneous = len({(p.device, p.dtype) for p in params}) == 1
+        all_grads = all(p.grad is not None for p in params)
+        if self.impl == "flat" and not (homogeneous and all_grads):
+            raise RuntimeError("Lamb(impl='flat') needs one device and dtype per group and a gradient "
+                               "for every parameter; use impl='auto'")
+        if self.impl != "auto":
+            return self.impl
+        return "flat" if homogeneous and all_grads else "foreach" if homogeneous else "loop"
+
+    @staticmethod
+    def _bind_flat_grad(flat: dict[str, Any], params: list[torch.Tensor]) -> torch.Tensor:
+        """The flat gradient buffer, after copying in any gradient that is not already its view."""
+        views = flat["grad_views"]
+        if not all(p.grad is v for p, v in zip(params, views)):
+            torch._foreach_copy_(views, [p.grad for p in params])
+            for p, v in zip(params, views):
+                p.grad = v
+        return flat["grad"]
+
     def _flat_state(self, gi: int, group: dict[str, Any]) -> dict[str, Any]:
         """The group's moments packed into flat buffers, existing state (fresh or loaded) copied in."""
         if gi in self._flat:
@@ -154,10 +191,10 @@ class Lamb(Optimizer):
         sizes = [p.numel() for p in params]
         like = params[0]
         out: dict[str, Any] = {"lengths": torch.tensor(sizes, device=like.device), "numel": sum(sizes)}
-        for key in ("exp_avg", "exp_avg_sq", "update"):
+        for key in ("exp_avg", "exp_avg_sq", "update", "grad"):
             buf = torch.zeros(out["numel"], device=like.device, dtype=like.dtype)
             views = [v.view_as(p) for v, p in zip(buf.split(sizes), params)]
-            if key != "update":
+            if key in ("exp_avg", "exp_avg_sq"):
                 for p, v in zip(params, views):
                     state = self.state[p]
                     if key in state:
@@ -174,12 +211,11 @@ def _trust_ratio(w_norm: torch.Tensor, u_norm: torch.Tensor) -> torch.Tensor:
     return torch.where(ok, w_norm / torch.where(ok, u_norm, torch.ones_like(u_norm)), torch.ones_like(w_norm))
 
 
-def _lamb_flat(params, grads, flat, *, lr, beta1, beta2, eps, weight_decay, bc1, bc2_sqrt):
+def _lamb_flat(params, grad, flat, *, lr, beta1, beta2, eps, weight_decay, bc1, bc2_sqrt):
+    """The step on the flat layout; ``grad`` is the flat gradient (the layout of ``flat``'s buffers)."""
     m, v, u = flat["exp_avg"], flat["exp_avg_sq"], flat["update"]
-    torch._foreach_mul_(flat["exp_avg_views"], beta1)
-    torch._foreach_add_(flat["exp_avg_views"], grads, alpha=1.0 - beta1)
-    torch._foreach_mul_(flat["exp_avg_sq_views"], beta2)
-    torch._foreach_addcmul_(flat["exp_avg_sq_views"], grads, grads, value=1.0 - beta2)
+    m.mul_(beta1).add_(grad, alpha=1.0 - beta1)
+    v.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
     torch.sqrt(v, out=u)
     same_step = len(set(bc1)) == 1  # the usual case: one scalar per group, no per-tensor kernels
     if same_step:
