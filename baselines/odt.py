@@ -21,7 +21,8 @@ episodes last the full 1000 steps, more when they end early.
 An update makes no host sync: the minibatch is drawn on the device (``sampler: device``), the
 forward+loss runs under pretraining's bf16 autocast and ``torch.compile`` switch (``amp``,
 ``compile``; the same ``SupervisedTrainer``), and the loss terms are summed on the device, read and
-checked for divergence once per iteration.
+checked for divergence once per iteration. On CPU the update is pretraining's fast one too: the fused
+forward (``fused_forward``, dtrl.models.fused_dt) and LAMB's flat gradient buffer (docs/performance.md).
 """
 
 from __future__ import annotations

@@ -23,7 +23,9 @@ checkpoint holds the model, both optimizers, the scheduler, every RNG (the numpy
 draws minibatches included) and the logging accumulators.
 
 Speed: minibatches are gathered on the training device (:mod:`dtrl.models.batching`), diagnostics stay
-on the device until a log row, LAMB packs its state into flat buffers, and on CUDA the forward and
+on the device until a log row, LAMB packs its state (and on CPU the gradients) into flat buffers, on CPU
+the forward is :func:`dtrl.models.fused_dt.fused_forward` (``pretrain.fused_forward``: the same function and
+dropout masks in fewer, larger ops; docs/performance.md), and on CUDA the forward and
 loss run in bf16 autocast and under ``torch.compile`` with CUDA graphs, since a step of this small
 transformer is otherwise bound by kernel-launch overhead rather than by the GPU.
 
@@ -225,7 +227,9 @@ class SupervisedTrainer:
         Returns the policy gradient norm before clipping. Methods that add terms to ODT's loss
         (ODT+TD3) call zero_grad / backward / step themselves.
         """
-        flat = self.optimizer.flat_grad() if isinstance(self.optimizer, Lamb) else None
+        # CPU: LAMB's gradients in one flat buffer, so clipping is three kernels, not three per parameter
+        # (CUDA keeps per-parameter gradients: its compiled step is unmeasured with the flat buffer).
+        flat = self.optimizer.flat_grad() if isinstance(self.optimizer, Lamb) and self.device_type == "cpu" else None
         self.flat_grad = flat
         if flat is not None:  # clip_grad_norm_'s arithmetic, on one tensor
             grad_norm = torch.linalg.vector_norm(flat)
