@@ -216,7 +216,9 @@ class SupervisedTrainer:
         return dict(zip(self.terms, values.unbind()))
 
     def zero_grad(self) -> None:
-        # Kept bound to LAMB's flat gradient buffer (zeroed in place) so backward accumulates into it.
+        # Kept bound to LAMB's flat gradient buffer (zeroed in place) so backward accumulates into it. A
+        # parameter no loss reaches would then step with a zero gradient instead of none; every parameter of
+        # the DT and of Reinformer gets one from these losses.
         self.optimizer.zero_grad(set_to_none=self.flat_grad is None)
         if self.temperature_optimizer is not None:
             self.temperature_optimizer.zero_grad(set_to_none=True)
