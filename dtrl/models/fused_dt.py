@@ -2,7 +2,7 @@
 ``DecisionTransformer.forward`` in train mode, the update's hot path on CPU.
 
 A training step of the CPU grid's DT (2 x 64, K 10, batch 64) is too small for its matmuls to
-dominate: half of an update went to torch's per-element dropout sampling, elementwise passes and
+dominate: much of an update goes to torch's per-element dropout sampling, elementwise passes and
 per-op overhead. :func:`fused_forward` reads the same parameters as the module (so state_dicts,
 optimizers and checkpoints are untouched) and computes the same action distribution:
 
@@ -11,14 +11,17 @@ optimizers and checkpoints are untouched) and computes the same action distribut
   global mt19937 generator, keeps the element iff ``(word & (2**53 - 1)) * 2**-53 < 1 - p``, and
   scales kept ones by ``1 / (1 - p)`` (ATen ``bernoulli_kernel``: a uniform double from
   ``random64()`` compared with ``p``; public builds use this kernel on every CPU since the MKL path
-  was disabled, pytorch issue 132395). The module's forward draws its seven masks in a fixed order
-  (embedding, then per block: attention, projection, MLP); here all words are drawn at once with
-  ``int64.random_()`` (the same ``random64()`` per element, low 63 bits) and compared as integers,
-  which gives the *same masks* from the same generator state at about half the cost, and leaves the
-  generator where the module's forward leaves it.
+  was disabled, pytorch issue 132395). The module's forward draws its 1 + 3 x n_layers masks in a
+  fixed order (embedding, then per block: attention, projection, MLP); here all words are drawn at
+  once with ``int64.random_()`` (the same ``random64()`` per element, low 63 bits) and compared as
+  integers: the *same masks* from the same generator state, and the generator left where the
+  module's forward leaves it. This costs about what the separate draws cost (the words dominate:
+  mt19937 is serial); what it buys is masks that exist before the forward, so the blocks below can
+  skip rows and tokens while the generator still advances by the module's full draw.
 * **The last block at the state tokens only.** The distribution is read from the state tokens of
   the last block, so its queries, output projection and MLP are computed for those T rows instead
-  of all 3T (keys and values still for all): ~28% fewer matmul FLOPs in a 2-block DT, same values.
+  of all 3T (keys and values still for all), and the last action token, which no output depends on
+  (causal mask), is not computed at all: ~30% fewer matmul FLOPs in a 2-block DT, same values.
 * **Attention written out** with an additive 0/-inf mask (built once per batch from the padding
   mask; the diagonal is always visible, so no row is empty and plain softmax is exact), dropout as
   a multiply by the mask, residual adds fused with the dropout multiply (``addcmul``), ReLU in place.
