@@ -20,7 +20,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 # pretrain: 12 tasks x 3 seeds stochastic DTs, and as many deterministic ones for ODT+TD3
-PAPER_JOBS = {"behaviour": 4, "data": 12, "pretrain": 72, "finetune": 180, "report": 1, "all": 1}
+PAPER_JOBS = {"behaviour": 4, "data": 12, "pretrain": 72, "finetune": 180, "report": 1, "report_html": 1, "all": 1}
 
 
 def snakemake(cwd: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -259,6 +259,10 @@ def test_tiny_grid_end_to_end(tmp_path):
     assert main_page and "<td>pendulum-medium-replay</td>" in main_page and "ODT" in main_page
     assert re.search(r"data:image/png;[^,]*base64,[A-Za-z0-9+/=]{1000}", page)  # at least one figure
     assert "learning_curves_pendulum-medium-replay" in page and "Learning curves" in page
+    # It opens on REPORT.md (workflow/report/workflow.rst): its findings and tables on the landing page.
+    landing = json.loads(re.search(r"workflow_desc = (\".*?(?<!\\)\")", page).group(1))
+    assert 'class="dtrl-report"' in landing and "<h2>Findings</h2>" in landing and "<h2>Main results</h2>" in landing
+    assert (res / "report" / "REPORT.html").exists()
 
     # A rerun after a completed run does nothing.
     out = snakemake(wf, "-n", "--configfile", "tiny.yaml")
@@ -271,10 +275,10 @@ def test_tiny_grid_end_to_end(tmp_path):
     (odt / "summary.json").unlink()
     out = snakemake(wf, "-n", "--quiet", "rules", "--configfile", "tiny.yaml")
     assert out.returncode == 0, out.stderr
-    assert job_counts(out.stdout) == {"finetune": 1, "report": 1, "all": 1}
+    assert job_counts(out.stdout) == {"finetune": 1, "report": 1, "report_html": 1, "all": 1}
     out = snakemake(wf, "--cores", "2", "--configfile", "tiny.yaml")
     assert out.returncode == 0, out.stderr[-3000:]
-    assert job_counts(out.stdout + out.stderr) == {"finetune": 1, "report": 1, "all": 1}
+    assert job_counts(out.stdout + out.stderr) == {"finetune": 1, "report": 1, "report_html": 1, "all": 1}
     log = (res / "logs" / "finetune" / "odt" / "pendulum-medium-replay" / "seed0.log").read_text()
     assert "resumed" in log
     assert log.count("== attempt ") == 2  # the first attempt's output survives the rerun (<log>.history)
@@ -284,4 +288,4 @@ def test_tiny_grid_end_to_end(tmp_path):
     shutil.rmtree(odt)
     out = snakemake(wf, "-n", "--quiet", "rules", "--configfile", "tiny.yaml")
     assert out.returncode == 0, out.stderr
-    assert job_counts(out.stdout) == {"finetune": 1, "report": 1, "all": 1}
+    assert job_counts(out.stdout) == {"finetune": 1, "report": 1, "report_html": 1, "all": 1}
