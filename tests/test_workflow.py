@@ -101,6 +101,33 @@ def test_deterministic_dt_is_pretrained_only_for_the_methods_that_need_it(wf):
     assert pre.returncode == 0 and "case $rc in 0|3) exit 0" in pre.stdout, pre.stdout[-2000:]
 
 
+def test_status_counts_the_jobs_of_the_dry_run(wf, tmp_path, capsys):
+    """`dtrl status` on a grid nothing has run for counts as pending exactly the jobs Snakemake's dry run
+    schedules: the quick grid pretrains 8 DTs (2 tasks x 2 seeds, the stochastic DT and ODT+TD3's
+    deterministic one), the paper grid 72; with nothing running it gives no ETA."""
+    from dtrl.cli import main
+    from dtrl.config.experiment import load_config
+    from dtrl.workflow.status import grid_status
+
+    fresh = tmp_path / "fresh.yaml"
+    fresh.write_text(f"results: {tmp_path / 'results'}\n")
+    out = snakemake(wf, "-n", "--quiet", "rules", "--configfile", "config/quick.yaml", str(fresh))
+    assert out.returncode == 0, out.stderr
+    dry = job_counts(out.stdout)
+    assert dry["pretrain"] == 8
+    files = [wf / "config/config.yaml", wf / "config/quick.yaml", fresh]
+    st = grid_status(load_config(files))
+    assert {rule: s.pending for rule, s in st.items()} == {rule: dry[rule] for rule in st}
+    assert all(s.done == s.running == s.stopped == 0 for s in st.values())
+    paper = grid_status(load_config([wf / "config/config.yaml", fresh]))
+    assert paper["pretrain"].pending == PAPER_JOBS["pretrain"] == 72
+
+    assert main(["status", *(a for f in files for a in ("-c", str(f)))]) == 0
+    text = capsys.readouterr().out
+    assert f"nothing is running now (0 job(s) stopped, {sum(dry[r] for r in st)} pending)" in text, text
+    assert "ETA" not in text
+
+
 def test_jobs_get_the_users_config_files_and_resources(wf):
     out = snakemake(wf, "-n", "-p", "--cores", "4", "--configfile", "config/quick.yaml", "--",
                     "results/quick/runs/iql/pendulum-random/seed1/summary.json")
