@@ -7,8 +7,10 @@
 #   make shell   a shell with .venv active, where the README's dtrl/snakemake commands run as written
 PYTHON ?= python3
 VENV ?= .venv
-# CPU build from this machine's disk; a GPU user sets TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
-# or installs CUDA torch into the venv first (any torch>=2.4 satisfies pyproject.toml).
+# pip's choice of build: the CPU wheel where a local wheel cache holds it, else PyPI's default Linux wheel,
+# which is the CUDA build. CPU build anywhere: TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu";
+# a GPU user sets TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128" or installs CUDA
+# torch into the venv first (any torch>=2.4 satisfies pyproject.toml).
 TORCH ?= torch==2.13.0
 CORES ?= all
 BIN := $(VENV)/bin

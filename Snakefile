@@ -14,6 +14,10 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
+# The landing page of `snakemake --report`: REPORT.md's main table and findings (workflow/rules/report.smk).
+report: "workflow/report/workflow.rst"
+
+
 wildcard_constraints:
     family=r"[^/]+",
     task=r"[^/]+",
@@ -34,5 +38,6 @@ rule all:
     input:
         REPORT_MAIN,
         REPORT_MAIN_MD,
+        REPORT_HTML,
         report_inputs,
     localrule: True

@@ -611,6 +611,14 @@ class IQL(OnlineMethod):
         self.ctx.counters.env_steps_eval += int(lengths.sum())
         return Evaluation(returns, goal)
 
+    @classmethod
+    def checkpoint_policy(cls, state: dict[str, Any], cfg: IQLConfig, obs_dim: int, act_dim: int,
+                          device: torch.device):
+        """The tanh-mean actor of a checkpoint's networks: what :meth:`evaluate` acts with."""
+        learner = IQLLearner(obs_dim, act_dim, cfg, device)
+        learner.load_state_dict(state["nets"])
+        return learner.act
+
     def state_dict(self) -> dict[str, Any]:
         st = self.stepper
         return {

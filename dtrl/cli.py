@@ -7,7 +7,7 @@
     dtrl data TASK --config C                    make or check TASK's dataset, print its summary
     dtrl pretrain --task T --seed S --config C   offline pretraining of the DT
     dtrl finetune --method M --task T --seed S --config C
-    dtrl evaluate --checkpoint P --task T        evaluate a pretrained or finetuned DT
+    dtrl evaluate --checkpoint P --task T        score a pretrained DT or any method's run checkpoint
     dtrl report --config C                       tables and rliable figures from finished runs
     dtrl plan --config C                         the grid's jobs, env steps, updates and estimated hours
     dtrl status --config C                       progress of the grid (readable while Snakemake runs)
@@ -85,14 +85,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a run that diverged is recorded and not run again; with this flag its directory is "
                         "emptied and the run starts over (e.g. after lowering the learning rate it blamed)")
 
-    s = sub.add_parser("evaluate", help="evaluate a DT checkpoint with the mean action at the eval RTG")
+    s = sub.add_parser("evaluate", help="score a checkpoint as its run's final evaluation did (DT: mean action at the "
+                                        "eval RTG)")
     _common(s)
-    s.add_argument("--checkpoint", type=Path, required=True, help="model.pt from pretrain, or a run's checkpoint.pt")
+    s.add_argument("--checkpoint", type=Path, required=True,
+                   help="model.pt from pretrain, or a run's checkpoint.pt (any method's, IQL's included)")
     s.add_argument("--task", required=True)
     s.add_argument("--episodes", type=int, default=None)
-    s.add_argument("--seed", type=int, default=0,
+    s.add_argument("--seed", type=int, default=None,
                    help="the run's seed: evaluation uses that run's final-evaluation env seeds, so a run's "
-                        "checkpoint (with the run's --config) scores what its summary.json says")
+                        "checkpoint (with the run's --config) scores what its summary.json says (default: the "
+                        "seed the checkpoint records, else 0; the first line of the output names it)")
     s.add_argument("--rtg", type=float, default=None)
 
     s = sub.add_parser("status", help="progress of the grid: jobs done/running/pending per rule, env steps, ETA")

@@ -65,14 +65,18 @@ def test_evaluate_reproduces_the_runs_summary(tmp_path, capsys):
     model = write_pretrained(tmp_path / f"pretrain/{task}/seed{seed}/model.pt", tiny_dt(task, seed=3, init="normal"),
                              task)
     summary = finetune(exp, "none", task, seed)
-    returns, _ = evaluate_checkpoint(exp, model, task, seed=seed)
+    returns = evaluate_checkpoint(exp, model, task, seed=seed).returns
     assert returns.tolist() == summary["final_returns"]
-    other, _ = evaluate_checkpoint(exp, model, task, seed=0)  # another run seed: other env seeds
+    other = evaluate_checkpoint(exp, model, task, seed=0).returns  # another run seed: other env seeds
     assert other.tolist() != summary["final_returns"]
 
     assert main(["evaluate", "--checkpoint", str(model), "--task", task, "--seed", str(seed), "-c", str(cfg)]) == 0
     out = capsys.readouterr().out
     assert f"normalised {summary['final_norm_return']:.2f} " in out and "(3 episodes" in out
+    assert out.splitlines()[0].startswith(f"run seed {seed} (as --seed says)")
+    # Without --seed: the seed model.pt records (write_pretrained: 0), named on the first line.
+    assert main(["evaluate", "--checkpoint", str(model), "--task", task, "-c", str(cfg)]) == 0
+    assert capsys.readouterr().out.splitlines()[0].startswith("run seed 0 (recorded in the checkpoint")
     saved = json.loads((tmp_path / f"runs/none/{task}/seed{seed}/summary.json").read_text())
     assert np.mean(saved["final_returns"]) == pytest.approx(returns.mean(), rel=0, abs=0)
 

@@ -74,9 +74,13 @@ def test_slurm_requests_of_the_paper_grid(wf):
     call = sbatch(jobs["finetune"][0])
     assert "-t 1440" in call and "--mem 16000" in call and "--gpus=1" in call and "--cpus-per-task=4" in call, call
     assert "--gpus" not in sbatch(jobs["data"][0])
-    # A CPU device asks for no GPU, whatever the rule.
+    assert "--gpus=1" in sbatch(jobs["behaviour"][0])  # SAC follows device: auto
+    # `--config device=cpu` (a CPU-only cluster) reaches every rule: no job asks for a GPU, SAC's included
+    # (data.generator.device follows the experiment's device unless set).
     jobs = job_resources(wf, "--config", "device=cpu", "--", "results/runs/odt/hopper-medium/seed0/summary.json")
-    assert "--gpus" not in sbatch(jobs["finetune"][0]) and "--gpus" not in sbatch(jobs["pretrain"][0])
+    assert set(jobs) >= {"behaviour", "data", "pretrain", "finetune"}
+    for rule, rs in jobs.items():
+        assert all(r.get("gpu", "0") == "0" and "--gpus" not in sbatch(r) for r in rs), (rule, rs)
 
 
 def test_slurm_profile_sets_the_status_command_and_user_lines_add_to_it():

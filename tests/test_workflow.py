@@ -20,7 +20,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 # pretrain: 12 tasks x 3 seeds stochastic DTs, and as many deterministic ones for ODT+TD3
-PAPER_JOBS = {"behaviour": 4, "data": 12, "pretrain": 72, "finetune": 180, "report": 1, "all": 1}
+PAPER_JOBS = {"behaviour": 4, "data": 12, "pretrain": 72, "finetune": 180, "report": 1, "report_html": 1, "all": 1}
 
 
 def snakemake(cwd: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -99,6 +99,33 @@ def test_deterministic_dt_is_pretrained_only_for_the_methods_that_need_it(wf):
     # A diverged pretraining (exit 3, a summary.json and no model.pt) does not stop the grid before the report.
     pre = snakemake(wf, "-n", "-p", "--", "results/pretrain/hopper-medium/seed0/summary.json")
     assert pre.returncode == 0 and "case $rc in 0|3) exit 0" in pre.stdout, pre.stdout[-2000:]
+
+
+def test_status_counts_the_jobs_of_the_dry_run(wf, tmp_path, capsys):
+    """`dtrl status` on a grid nothing has run for counts as pending exactly the jobs Snakemake's dry run
+    schedules: the quick grid pretrains 8 DTs (2 tasks x 2 seeds, the stochastic DT and ODT+TD3's
+    deterministic one), the paper grid 72; with nothing running it gives no ETA."""
+    from dtrl.cli import main
+    from dtrl.config.experiment import load_config
+    from dtrl.workflow.status import grid_status
+
+    fresh = tmp_path / "fresh.yaml"
+    fresh.write_text(f"results: {tmp_path / 'results'}\n")
+    out = snakemake(wf, "-n", "--quiet", "rules", "--configfile", "config/quick.yaml", str(fresh))
+    assert out.returncode == 0, out.stderr
+    dry = job_counts(out.stdout)
+    assert dry["pretrain"] == 8
+    files = [wf / "config/config.yaml", wf / "config/quick.yaml", fresh]
+    st = grid_status(load_config(files))
+    assert {rule: s.pending for rule, s in st.items()} == {rule: dry[rule] for rule in st}
+    assert all(s.done == s.running == s.stopped == 0 for s in st.values())
+    paper = grid_status(load_config([wf / "config/config.yaml", fresh]))
+    assert paper["pretrain"].pending == PAPER_JOBS["pretrain"] == 72
+
+    assert main(["status", *(a for f in files for a in ("-c", str(f)))]) == 0
+    text = capsys.readouterr().out
+    assert f"nothing is running now (0 job(s) stopped, {sum(dry[r] for r in st)} pending)" in text, text
+    assert "ETA" not in text
 
 
 def test_jobs_get_the_users_config_files_and_resources(wf):
@@ -259,6 +286,10 @@ def test_tiny_grid_end_to_end(tmp_path):
     assert main_page and "<td>pendulum-medium-replay</td>" in main_page and "ODT" in main_page
     assert re.search(r"data:image/png;[^,]*base64,[A-Za-z0-9+/=]{1000}", page)  # at least one figure
     assert "learning_curves_pendulum-medium-replay" in page and "Learning curves" in page
+    # It opens on REPORT.md (workflow/report/workflow.rst): its findings and tables on the landing page.
+    landing = json.loads(re.search(r"workflow_desc = (\".*?(?<!\\)\")", page).group(1))
+    assert 'class="dtrl-report"' in landing and "<h2>Findings</h2>" in landing and "<h2>Main results</h2>" in landing
+    assert (res / "report" / "REPORT.html").exists()
 
     # A rerun after a completed run does nothing.
     out = snakemake(wf, "-n", "--configfile", "tiny.yaml")
@@ -271,10 +302,10 @@ def test_tiny_grid_end_to_end(tmp_path):
     (odt / "summary.json").unlink()
     out = snakemake(wf, "-n", "--quiet", "rules", "--configfile", "tiny.yaml")
     assert out.returncode == 0, out.stderr
-    assert job_counts(out.stdout) == {"finetune": 1, "report": 1, "all": 1}
+    assert job_counts(out.stdout) == {"finetune": 1, "report": 1, "report_html": 1, "all": 1}
     out = snakemake(wf, "--cores", "2", "--configfile", "tiny.yaml")
     assert out.returncode == 0, out.stderr[-3000:]
-    assert job_counts(out.stdout + out.stderr) == {"finetune": 1, "report": 1, "all": 1}
+    assert job_counts(out.stdout + out.stderr) == {"finetune": 1, "report": 1, "report_html": 1, "all": 1}
     log = (res / "logs" / "finetune" / "odt" / "pendulum-medium-replay" / "seed0.log").read_text()
     assert "resumed" in log
     assert log.count("== attempt ") == 2  # the first attempt's output survives the rerun (<log>.history)
@@ -284,4 +315,4 @@ def test_tiny_grid_end_to_end(tmp_path):
     shutil.rmtree(odt)
     out = snakemake(wf, "-n", "--quiet", "rules", "--configfile", "tiny.yaml")
     assert out.returncode == 0, out.stderr
-    assert job_counts(out.stdout) == {"finetune": 1, "report": 1, "all": 1}
+    assert job_counts(out.stdout) == {"finetune": 1, "report": 1, "report_html": 1, "all": 1}

@@ -63,9 +63,10 @@ class GeneratorConfig:
                                   "most rollout_envs, and one per 50k transitions, since each costs seconds to "
                                   "start). The data does not depend on it.")
     seed: int = doc(0, "Seed of the generator (SAC, rollouts). Datasets are shared by all methods and seeds.")
-    device: str = doc("auto", "Torch device for SAC training: auto (cuda if available), cpu, cuda, cuda:N. "
-                              "On the CPU it uses `threads` torch threads, or 1 when that is 0 (small "
-                              "MLPs lose from threading). Dataset rollouts run the policy in numpy.")
+    device: str = doc("", "Torch device for SAC training: auto (cuda if available), cpu, cuda, cuda:N; empty = the "
+                          "experiment's `device` (so `--config device=cpu` reaches SAC too). On the CPU it uses "
+                          "`threads` torch threads, or 1 when that is 0 (small MLPs lose from threading). "
+                          "Dataset rollouts run the policy in numpy.")
     progress: bool = doc(True, "Show progress bars (env steps/s, latest eval return) on stderr.")
 
     def validate(self) -> None:

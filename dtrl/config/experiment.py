@@ -113,6 +113,8 @@ class ExperimentConfig:
     def validate(self) -> None:
         from dtrl.tasks import get_task
 
+        if not self.data.generator.device:  # SAC follows the experiment's device unless it names its own
+            self.data.generator.device = self.device
         if not 1 <= self.jobs_per_gpu <= 32:
             raise ConfigError(f"jobs_per_gpu is {self.jobs_per_gpu}; use 1 (a GPU per job) up to 32 jobs per GPU")
         if self.rollout_workers < 0:

@@ -131,6 +131,15 @@ class OnlineMethod:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         raise NotImplementedError
 
+    @classmethod
+    def checkpoint_policy(cls, state: dict[str, Any], cfg: Any, obs_dim: int, act_dim: int,
+                          device: torch.device) -> Any:
+        """The evaluation policy (observations -> deterministic actions) in ``state``, this class's
+        ``state_dict()`` as a run's checkpoint.pt holds it, so `dtrl evaluate` scores an MLP method's
+        checkpoint as :meth:`evaluate` did. None (the default): the state holds a DT (``state["dt"]``,
+        which `dtrl evaluate` rebuilds itself) or no memoryless policy."""
+        return None
+
     def finished(self) -> bool:
         """True if the method has nothing more to do regardless of budget (the offline DT)."""
         return False

@@ -5,7 +5,7 @@ Per rule: jobs done (their completion file exists), running (partial outputs wri
 and pending (nothing yet). For finetuning, env steps done vs planned; an ETA from the runs' own
 throughput: each unfinished run's remaining env steps at its method's measured env steps per second
 (pretraining: remaining updates at the measured updates per second), summed and divided by the
-number of jobs running now (at least one).
+number of jobs running now. With nothing running there is no ETA, only the compute left.
 """
 
 from __future__ import annotations
@@ -165,16 +165,25 @@ def format_status(exp: Any, st: dict[str, RuleStatus]) -> str:
             progress = f"{100 * r.done / total:.0f}% of {total} jobs"
         lines.append(f"{name:<10} {r.done:>5} {r.running:>8} {r.stopped:>8} {r.pending:>8}  {progress}")
     running = sum(r.running for r in st.values())
+    waiting = {k: sum(getattr(r, k) for r in st.values()) for k in ("stopped", "pending")}
     remaining = sum(r.remaining_s for r in st.values())
     unknown = sum(r.unknown_eta for r in st.values())
-    if not any(r.running + r.stopped + r.pending for r in st.values()):
+    if not running and not any(waiting.values()):
         lines.append("every job of the grid is done")
+        return "\n".join(lines)
+    measured = "of compute for pretraining and finetuning at the measured throughput"
+    if not running:  # no ETA: nothing progresses until Snakemake runs again
+        line = (f"nothing is running now ({waiting['stopped']} job(s) stopped, {waiting['pending']} pending): start "
+                "snakemake to continue" + (f"; left: about {_duration(remaining)} {measured}" if remaining else ""))
+    elif remaining:
+        line = f"ETA about {_duration(remaining / running)} {measured}, over {running} job(s) running now"
+    elif unknown:
+        line = f"{running} job(s) running; no ETA yet: no measured throughput for the methods of {unknown} job(s)"
     else:
-        eta = f"ETA about {_duration(remaining / max(running, 1))} of compute for pretraining and finetuning " \
-              f"at the measured throughput, over {max(running, 1)} job(s) running now"
-        if unknown:
-            eta += f"; {unknown} job(s) of methods with no measured throughput yet are not counted"
-        lines.append(eta + " (behaviour and data jobs not included)")
+        line = f"{running} job(s) running, with no pretraining or finetuning work left"
+    if unknown and remaining:
+        line += f"; {unknown} job(s) of methods with no measured throughput yet are not counted"
+    lines.append(line + (" (behaviour and data jobs not included)" if remaining else ""))
     return "\n".join(lines)
 
 

@@ -189,11 +189,29 @@ def run_done(method, task, seed):
 
 REPORT_MAIN = f"{R}/tables/main.csv"
 REPORT_MAIN_MD = f"{R}/tables/main.md"
+REPORT_PAGE = f"{R}/REPORT.md"  # dtrl report's results page (dtrl/report/page.py)
+REPORT_HTML = f"{R}/report/REPORT.html"  # it as HTML, in Snakemake's report
+REPORT_FRONT = f"{R}/report/front.html"  # and as the report's landing page (workflow/report/workflow.rst)
 
 
-def figure_category(wildcards):
-    """Category of a figure in Snakemake's HTML report (--report), by kind."""
-    return "Learning curves" if wildcards.name.startswith("learning_curves_") else "Aggregate figures"
+# Categories of Snakemake's HTML report (--report), in menu order (it sorts them by name), and the
+# subcategories tables and figures are filed under by name.
+REPORT_CATEGORIES = {"page": "1. REPORT.md", "tables": "2. Tables", "figures": "3. Figures"}
+TABLE_SUBCATEGORIES = {"main": "Scores", "published": "Scores", "published_reference": "Scores",
+                       "aggregates": "Aggregates and comparisons", "probability_of_improvement": "Aggregates and comparisons",
+                       "findings": "Aggregates and comparisons", "ablations": "Ablations",
+                       "not_scored": "Runs not scored"}
+FIGURE_SUBCATEGORIES = {"learning_curves_": "Learning curves", "ratio_diagnostics_": "Ratio diagnostics"}
+
+
+def table_subcategory(wildcards):
+    return TABLE_SUBCATEGORIES.get(wildcards.name, "Other tables")
+
+
+def figure_subcategory(wildcards):
+    """Learning curves and ratio diagnostics (one figure per task) apart from the aggregate figures."""
+    return next((sub for prefix, sub in FIGURE_SUBCATEGORIES.items() if wildcards.name.startswith(prefix)),
+                "Aggregates")
 
 
 # -- input functions ---------------------------------------------------------------------------------
