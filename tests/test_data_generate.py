@@ -95,6 +95,28 @@ def test_medium_replay_is_the_buffer_up_to_medium(generated):
         np.testing.assert_array_equal(t.next_observations[:-1], t.observations[1:])
 
 
+def test_medium_is_the_first_eval_at_the_threshold_with_exact_step_accounting(generated):
+    """'medium' = the first evaluation (every eval_every env steps) whose return reaches medium_fraction x
+    ref max; SAC pauses right there and its replay up to that step is medium-replay, step for step."""
+    exp, paused = generated
+    task = get_task("pendulum-medium")
+    threshold = TINY["medium_fraction"] * task.ref_max_score
+    assert paused["medium_threshold"] == pytest.approx(threshold)
+    curve = paused["eval_curve"]
+    steps = [int(s) for s, _ in curve]
+    # step 0 is the random policy; then one evaluation per eval_every steps (a multiple of sac_envs here)
+    assert steps == [TINY["eval_every"] * k for k in range(len(curve))]
+    first = next(s for s, r in curve[1:] if r >= threshold)
+    assert paused["medium"]["sac_steps"] == first == steps[-1] == paused["sac_steps_done"]
+    assert all(r < threshold for s, r in curve[1:-1])
+    assert paused["medium"]["eval_return"] == curve[-1][1]
+    # the buffer cut: every transition SAC collected up to 'medium' and none after
+    assert paused["medium"]["replay_transitions"] == first
+    # the time to 'medium' is kept in wall and process-CPU seconds, within the run's totals
+    med = paused["medium"]
+    assert 0 < med["cpu_time_s"] <= paused["cpu_time_s"] and 0 < med["wall_time_s"] <= paused["wall_time_s"]
+
+
 def test_expert_resumes_the_paused_run_and_behaviour_reports(generated, capsys):
     exp, paused = generated
     assert cmd_data(exp, "pendulum-expert", None) == 0

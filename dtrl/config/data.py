@@ -43,7 +43,10 @@ class GeneratorConfig:
     sac_start_steps: int = doc(10_000, "Uniform-random env steps before SAC starts learning.")
     sac_cuda_graph: bool = doc(True, "On CUDA, capture the sac_envs*sac_utd updates of one env step as one CUDA "
                                      "graph (removes per-kernel launch cost, the bottleneck of small-MLP SAC).")
-    eval_every: int = doc(10_000, "SAC env steps between evaluations (each a candidate 'medium' checkpoint).")
+    eval_every: int = doc(10_000, "SAC env steps between evaluations (each a candidate 'medium' checkpoint). An "
+                                  "evaluation runs at the first multiple of sac_envs at or past each multiple of "
+                                  "this (a multiple of sac_envs: exactly there); 'medium' and medium-replay's "
+                                  "cut are the step of the first evaluation at the threshold.")
     sac_checkpoint_every: int = doc(50_000, "SAC env steps between resumable checkpoints of the behaviour run "
                                             "(sac_state.pt: networks, optimiser, replay buffer, env and RNG states, "
                                             "the medium-replay log so far). A killed run resumes from the last one "

@@ -249,6 +249,7 @@ class _BehaviourRun:
         self.log: EpisodeLog | None = EpisodeLog()
         self.warnings: list[str] = []
         self.wall = 0.0
+        self.cpu = 0.0  # process CPU-seconds (all threads): the cost on a shared machine, where wall time is not
         self.env_time = 0.0
         self.update_time = 0.0
         self.resumed_at: list[int] = []
@@ -266,9 +267,14 @@ class _BehaviourRun:
     def _state_path(self) -> Path:
         return self.out / "sac_state.pt"
 
-    def _save_state(self, wall: float | None = None) -> None:
+    def _elapsed(self) -> tuple[float, float]:
+        """Wall and process CPU seconds of the whole run so far (earlier sessions included)."""
+        return self.wall + time.perf_counter() - self._start_wall, self.cpu + time.process_time() - self._start_cpu
+
+    def _save_state(self, wall: float | None = None, cpu: float | None = None) -> None:
         state = {"agent": self.agent.state(), "step": self.step, "owed": self.owed, "curve": self.curve,
                  "medium": self.medium, "warnings": self.warnings, "wall": self.wall if wall is None else wall,
+                 "cpu": self.cpu if cpu is None else cpu,
                  "generator": _settings(self.gen, BEHAVIOUR_KEYS), "envs": self.envs.state_dict(),
                  "log": None if self.log is None else self.log.chunks, "best": vars(self.best),
                  "env_time": self.env_time, "update_time": self.update_time, "resumed_at": self.resumed_at,
@@ -286,6 +292,7 @@ class _BehaviourRun:
         self.agent.load_state(st["agent"])
         self.step, self.owed, self.curve = int(st["step"]), float(st["owed"]), st["curve"]
         self.medium, self.warnings, self.wall = st["medium"], st["warnings"], float(st["wall"])
+        self.cpu = float(st.get("cpu", 0.0))  # states written before CPU time was kept start it at 0
         self.env_time, self.update_time = float(st["env_time"]), float(st["update_time"])
         self.resumed_at = [*st["resumed_at"], self.step]
         self.rng.bit_generator.state = st["np_rng"]
@@ -312,7 +319,7 @@ class _BehaviourRun:
             "random": {"eval_return": self.curve[0][1] if self.curve else None},
             "medium": self.medium, "expert": expert, "ref_max_score": self.task.ref_max_score,
             "medium_threshold": self.threshold, "warnings": self.warnings, "resumed_at": self.resumed_at,
-            "wall_time_s": self.wall, "env_time_s": self.env_time, "update_time_s": self.update_time,
+            "wall_time_s": self.wall, "cpu_time_s": self.cpu, "env_time_s": self.env_time, "update_time_s": self.update_time,
             "env_steps_per_s": self.step / self.wall if self.wall > 0 else None,
             "updates_per_s": self.agent.updates / self.update_time if self.update_time > 0 else None,
             "obs_dim": self.obs_dim, "act_dim": self.act_dim,
@@ -330,8 +337,10 @@ class _BehaviourRun:
                                                     "sac_steps": step, "seed": self.gen.seed},
                                    source=str(self.out / "medium_replay.hdf5"))
         write_d4rl(self.out / "medium_replay.hdf5", replay)
+        wall, cpu = self._elapsed()
         self.medium = {"sac_steps": step, "eval_return": ret, "reached": reached,
-                       "replay_transitions": replay.num_transitions, "replay_episodes": len(replay)}
+                       "replay_transitions": replay.num_transitions, "replay_episodes": len(replay),
+                       "wall_time_s": wall, "cpu_time_s": cpu}
         self.log = None  # free the host copy; the buffer keeps what SAC learns from
 
     # the loop ----------------------------------------------------------------------------------------
@@ -354,7 +363,8 @@ class _BehaviourRun:
     def run(self, until: str) -> dict[str, Any]:
         gen, agent, envs = self.gen, self.agent, self.envs
         self.out.mkdir(parents=True, exist_ok=True)
-        start_wall = time.perf_counter()
+        self._start_wall = time.perf_counter()
+        self._start_cpu = time.process_time()
         if self.step == 0:
             self._save_policy("random", self._payload(self._evaluate()))
         next_eval = (self.step // gen.eval_every + 1) * gen.eval_every
@@ -397,13 +407,14 @@ class _BehaviourRun:
                         paused = True
                         break
                 if next_ckpt is not None and self.step >= next_ckpt and self.step < gen.sac_steps:
-                    self._save_state(wall=self.wall + time.perf_counter() - start_wall)
+                    self._save_state(*self._elapsed())
                     next_ckpt = (self.step // every + 1) * every
         finally:
             bar.close()
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
-            self.wall += time.perf_counter() - start_wall
+            self.wall, self.cpu = self._elapsed()
+            self._start_wall, self._start_cpu = time.perf_counter(), time.process_time()  # counted once
 
         if paused:
             self._save_state()
