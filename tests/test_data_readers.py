@@ -353,3 +353,39 @@ def test_cmd_data_on_configured_source_writes_summary(tmp_path, capsys):
     err = capsys.readouterr().err
     assert str(bad) in err and "missing key(s) actions" in err and len(err.strip().splitlines()) == 1
     assert os.path.exists(tmp_path / "res" / "data" / "hopper-medium.json")
+
+
+def test_cmd_data_prints_d4rls_row_and_warns_on_a_far_off_dataset(tmp_path, capsys):
+    from dtrl.cli import main
+    from dtrl.util.io import read_json
+    from dtrl.reference import d4rl_dataset_stats
+
+    ref = d4rl_dataset_stats("hopper-medium-v2")
+    assert (ref.size, ref.normalized_mean, ref.normalized_std) == (999906, 44.32, 12.27) and "Yan" in ref.source
+    assert d4rl_dataset_stats("pendulum-medium") is None and d4rl_dataset_stats(None) is None
+    task = get_task("hopper-medium")
+
+    def run(arrays, name):
+        path = write_h5(tmp_path / f"{name}.hdf5", arrays)
+        rc = main(["data", "hopper-medium", "--set", f"results={tmp_path / name}",
+                   "--set", "data.sources={hopper-medium: {d4rl: " + str(path) + "}}"])
+        assert rc == 0
+        out, err = capsys.readouterr()
+        return out, err, read_json(tmp_path / name / "data" / "hopper-medium.json")
+
+    # random rewards: episode returns near 0, i.e. about 0.6 normalised, far below 44.32 +- 12.27
+    out, err, s = run(d4rl_arrays(), "far")
+    assert "D4RL hopper-medium-v2: 999906 transitions, normalised return 44.32 ± 12.27" in out
+    assert f"ours {s['transitions']} transitions, {s['normalized_mean']:.2f} ± {s['normalized_std']:.2f}" in out
+    assert "below D4RL's hopper-medium-v2 (44.32 ± 12.27), more than its std" in err
+    assert s["d4rl_reference"]["normalized_mean"] == 44.32 and any("more than its std" in w for w in s["warnings"])
+
+    # every episode (rows 0-6, 7-16 and, where kept, the unflagged piece 17-24) returns D4RL's mean + 10
+    # normalised: within its std
+    arrays = d4rl_arrays()
+    target = task.ref_min_score + (44.32 + 10.0) / 100 * (task.ref_max_score - task.ref_min_score)
+    for lo, hi in ((0, 7), (7, 17), (17, 25)):
+        arrays["rewards"][lo:hi] = target / (hi - lo)
+    out, err, s = run(arrays, "near")
+    assert s["normalized_mean"] == pytest.approx(54.32, abs=1e-3) and s["normalized_std"] == pytest.approx(0, abs=1e-3)
+    assert "D4RL hopper-medium-v2" in out and "more than its std" not in err and not s.get("warnings")

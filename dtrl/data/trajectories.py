@@ -111,6 +111,7 @@ class TrajectoryDataset:
         }
         if task is not None:
             out["normalized_mean"] = float(task.normalize(r.mean()))
+            out["normalized_std"] = float(task.normalize(r.mean() + r.std()) - task.normalize(r.mean()))
             out["normalized_min"] = float(task.normalize(r.min()))
             out["normalized_max"] = float(task.normalize(r.max()))
         return out

@@ -19,6 +19,11 @@ its code repository (Dragon-Zhuang/Reinformer @61eaed9, README.md) lists no scor
 transcribed offline. Whoever does: a sibling file ``zhuang2024_reinformer_d4rl_v2.csv`` (task, reinformer)
 with its own label "published (Zhuang et al. 2024, offline, D4RL v2)", read by a loader like
 :func:`published_scores`, keyed by (algo none, backbone reinformer) in the report.
+
+``d4rl_dataset_stats.csv``: the D4RL datasets themselves (MuJoCo v2 and AntMaze v2), as Yan et al.
+tabulate them (Tables 4-6): number of transitions and episode return as a D4RL normalised score, mean
+and std over episodes. `dtrl data` prints the row beside a dataset of the same task, so a generated
+dataset can be checked against the recipe it follows. (Adroit rows there give the mean only; not held.)
 """
 
 from __future__ import annotations
@@ -80,6 +85,32 @@ class Published:
 
 def _rows(name: str) -> list[dict[str, str]]:
     return list(csv.DictReader(resources.files(__package__).joinpath(name).read_text().splitlines()))
+
+
+@dataclass(frozen=True)
+class DatasetStats:
+    dataset: str           # D4RL's dataset id, e.g. hopper-medium-replay-v2
+    size: int              # transitions
+    normalized_mean: float
+    normalized_std: float
+    source: str
+
+
+DATASET_STATS_FILE = "d4rl_dataset_stats.csv"
+
+
+def d4rl_dataset_stats(dataset: str | None) -> DatasetStats | None:
+    """The published statistics of D4RL dataset ``dataset`` (e.g. hopper-medium-v2); None if not held."""
+    if not dataset:
+        return None
+    rows = _rows(DATASET_STATS_FILE)
+    first_source = rows[0]["source"]
+    for r in rows:
+        if r["dataset"] == dataset:
+            source = first_source if r["source"] == "same table" else r["source"]
+            return DatasetStats(dataset, int(r["size"]), float(r["normalized_mean"]), float(r["normalized_std"]),
+                                source)
+    return None
 
 
 def published_scores() -> Published:
