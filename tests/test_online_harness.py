@@ -152,3 +152,79 @@ def test_diagnostics_may_not_shadow_the_harness_columns(tmp_path, with_random_wa
     exp = _exp(tmp_path, methods={"rw": {"algo": "random_walk"}}, grid={"methods": ["rw"], "tasks": ["hopper-medium"]})
     with pytest.raises(RuntimeError, match=r"columns \['critic_updates'\]"):
         finetune(exp, "rw", "hopper-medium", 0)
+
+
+class Busy(RandomWalk):
+    """RandomWalk that does a fixed amount of CPU work per iteration, so the compute axis has something to count."""
+
+    kill_at = None
+
+    def train_iteration(self):
+        if Busy.kill_at is not None and self.ctx.counters.iterations + 1 == Busy.kill_at:
+            raise KeyboardInterrupt  # a kill after the previous iteration's checkpoint
+        float(np.linalg.norm(np.random.default_rng(0).standard_normal((400, 400)) @ np.ones((400, 400))))
+        return super().train_iteration()
+
+
+def _cpu_column(run):
+    return [float(r["cpu_s"]) for r in csv.DictReader(open(run / "progress.csv"))]
+
+
+def test_cpu_seconds_are_monotone_and_continue_across_a_kill(tmp_path):
+    import time
+
+    import torch
+
+    from dtrl.harness.run_schema import check_run
+
+    register("busy", f"{__name__}:Busy")
+    try:
+        exp = _exp(tmp_path, methods={"b": {"algo": "busy", "steps_per_iteration": 30}},
+                   grid={"methods": ["b"], "tasks": ["hopper-medium"]})
+        run = tmp_path / "runs/b/hopper-medium/seed0"
+        Busy.kill_at = 4
+        t0 = time.process_time()
+        with pytest.raises(KeyboardInterrupt):
+            finetune(exp, "b", "hopper-medium", 0)
+        first = _cpu_column(run)
+        assert len(first) == 3 and all(b > a > 0 for a, b in zip(first, first[1:]))
+        assert first[-1] <= time.process_time() - t0  # this process's CPU time, from the run's start
+        ckpt = torch.load(run / "checkpoint.pt", weights_only=False)
+        assert ckpt["counters"]["iterations"] == 3 and round(ckpt["counters"]["cpu_time"], 3) == first[-1]
+
+        Busy.kill_at = None
+        t1 = time.process_time()
+        s = finetune(exp, "b", "hopper-medium", 0)
+        cpu = _cpu_column(run)
+        assert cpu[:3] == first and len(cpu) == 7 + 1  # 7 iterations (210 steps) and the final evaluation
+        assert all(b >= a for a, b in zip(cpu, cpu[1:])) and cpu[3] > first[-1]
+        # the resumed session adds only its own CPU time to the checkpoint's (no restart at 0, no double count)
+        assert cpu[-1] - first[-1] <= time.process_time() - t1
+        assert round(s["cpu_s"], 3) == cpu[-1]
+        assert check_run(run) == []
+    finally:
+        ALGORITHMS.pop("busy", None)
+        Busy.kill_at = None
+
+
+def test_run_contract_checks_cpu_seconds_when_present(tmp_path, with_random_walk):
+    from dtrl.harness.run_schema import check_run
+
+    exp = _exp(tmp_path, methods={"rw": {"algo": "random_walk", "steps_per_iteration": 50}},
+               grid={"methods": ["rw"], "tasks": ["hopper-medium"]})
+    finetune(exp, "rw", "hopper-medium", 0)
+    run = tmp_path / "runs/rw/hopper-medium/seed0"
+    rows = list(csv.DictReader(open(run / "progress.csv")))
+
+    def write(rows, cols):
+        with open(run / "progress.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(rows)
+
+    cols = list(rows[0])
+    write(rows, [c for c in cols if c != "cpu_s"])  # an external command may leave the column out
+    assert check_run(run) == []
+    rows[1]["cpu_s"] = str(float(rows[0]["cpu_s"]) - 1.0)
+    write(rows, cols)
+    assert any("'cpu_s' decreases" in e for e in check_run(run)), check_run(run)

@@ -1,6 +1,8 @@
 import csv
 import dataclasses
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -165,6 +167,10 @@ def test_resume_after_kill_gives_identical_weights(tmp_path, monkeypatch, optimi
     a, b = _rows(tmp_path / "whole/pretrain.csv"), _rows(run / "pretrain.csv")
     assert [r["updates"] for r in b] == [r["updates"] for r in a] == ["5", "10", "15", "20"]
     assert [r["loss"] for r in b] == [r["loss"] for r in a]
+    # the compute axis continues from the checkpoint's CPU-seconds: rising across the resume, not restarted
+    cpu = [float(r["cpu_s"]) for r in b]
+    assert cpu[0] > 0 and all(y > x for x, y in zip(cpu, cpu[1:]))
+    assert json.loads((run / "summary.json").read_text())["cpu_s"] >= cpu[-1]
 
 
 def test_resume_refuses_a_different_model(tmp_path, monkeypatch):

@@ -187,7 +187,7 @@ def test_pretrain_then_grpo_smoke_and_resume_equality(tmp_path):
     assert (out / "model.pt").exists() and not (tmp_path / "pretrain").exists()
     assert s["backbone"] == "reinformer" and np.isfinite(s["final_rtg_loss"]) and len(s["eval_returns"]) == 2
     header = (out / "pretrain.csv").read_text().splitlines()[0].split(",")
-    assert "rtg_loss" in header and header[-4:] == ["lr", "grad_norm", "updates_per_s", "wall_time"]
+    assert "rtg_loss" in header and header[-5:] == ["lr", "grad_norm", "updates_per_s", "wall_time", "cpu_s"]
 
     whole = finetune(_exp(tmp_path, 300), "grpo", "pendulum-medium", 0, out=tmp_path / "whole")
     assert whole["status"] == "completed" and whole["policy_updates"] > 0

@@ -34,7 +34,7 @@ from dtrl.data.trajectories import TrajectoryDataset
 from dtrl.util.guard import DivergenceError, check_parameters, check_values
 from dtrl.config.device import resolve_device  # noqa: F401 - re-exported: dtrl.harness.online.resolve_device
 from dtrl.util.io import atomic_torch_save, read_json, torch_load
-from dtrl.util.logger import CORE_COLUMNS, RunLogger, Throughput, write_summary
+from dtrl.util.logger import CORE_COLUMNS, CpuClock, RunLogger, Throughput, write_summary
 from dtrl.config.online import EvalConfig, OnlineConfig
 from dtrl.tasks import Task
 
@@ -47,6 +47,7 @@ class Counters:
     critic_updates: int = 0  # optimizer steps of critics / value functions
     iterations: int = 0
     wall_time: float = 0.0  # seconds spent in this run, summed over resumes
+    cpu_time: float = 0.0  # process CPU-seconds spent in this run, summed over resumes (progress.csv's cpu_s)
     extra: dict[str, int] = field(default_factory=dict)  # method-specific step counts, e.g. sampled vs scoring
 
     def add(self, name: str, n: int) -> None:
@@ -72,7 +73,9 @@ class Evaluation:
 RESUME_FIXED = ("algo", "task", "seed", "pretrained_with")
 
 CHECKPOINT_COUNTERS = ("env_steps", "env_steps_eval", "policy_updates", "critic_updates", "iterations",
-                       "wall_time", "extra")
+                       "wall_time", "cpu_time", "extra")
+# Counters a checkpoint of an older dtrl may lack, and what they resume from.
+_COUNTER_DEFAULTS = {"cpu_time": 0.0}
 
 
 @dataclass
@@ -224,7 +227,7 @@ def run_online(method: OnlineMethod, ctx: RunContext, online: OnlineConfig, meta
                               f"it cannot be resumed with policy/critic update counts. Delete {out} to rerun")
         method.load_state_dict(state["method"])
         for k in CHECKPOINT_COUNTERS:
-            setattr(c, k, state["counters"][k])
+            setattr(c, k, state["counters"][k] if k in state["counters"] else _COUNTER_DEFAULTS[k])
         _set_rng_state(state["rng"], ctx.np_rng)
         logger.truncate_after(c.iterations)
         next_eval = state["next_eval"]
@@ -282,6 +285,7 @@ def run_online(method: OnlineMethod, ctx: RunContext, online: OnlineConfig, meta
     rate = Throughput()
     rate.steps, rate.updates = c.env_steps, c.policy_updates
     t_start = time.perf_counter() - c.wall_time
+    cpu = CpuClock(c.cpu_time)
     bar = _progress(online, c.env_steps)
     last_norm = float("nan")
     current = c.iterations  # the iteration a DivergenceError belongs to
@@ -300,10 +304,10 @@ def run_online(method: OnlineMethod, ctx: RunContext, online: OnlineConfig, meta
                 raise RuntimeError(f"{type(method).__name__}.train_iteration returned diagnostics named like the "
                                    f"harness's columns {clash}; rename them (e.g. iter_<name>)")
             c.iterations += 1
-            c.wall_time = time.perf_counter() - t_start
+            c.wall_time, c.cpu_time = time.perf_counter() - t_start, cpu()
             sps, ups = rate.rates(c.env_steps, c.policy_updates)
             row = {"iteration": c.iterations, "env_steps": c.env_steps, "env_steps_eval": c.env_steps_eval,
-                   **update_counts(c), "wall_time": round(c.wall_time, 3),
+                   **update_counts(c), "wall_time": round(c.wall_time, 3), "cpu_s": round(c.cpu_time, 3),
                    "env_steps_per_s": sps, "updates_per_s": ups, **{f"steps_{k}": v for k, v in c.extra.items()},
                    **diag}
             if c.env_steps >= next_eval:
@@ -326,9 +330,9 @@ def run_online(method: OnlineMethod, ctx: RunContext, online: OnlineConfig, meta
         current = c.iterations  # the final evaluation belongs to the last iteration
         r, goal = evaluate(ctx.eval_cfg.final_episodes, FINAL_EVAL_INDEX)
         norm = ctx.task.normalize(r)
-        c.wall_time = time.perf_counter() - t_start
+        c.wall_time, c.cpu_time = time.perf_counter() - t_start, cpu()
         logger.log({"iteration": c.iterations, "env_steps": c.env_steps, "env_steps_eval": c.env_steps_eval,
-                    **update_counts(c), "wall_time": round(c.wall_time, 3),
+                    **update_counts(c), "wall_time": round(c.wall_time, 3), "cpu_s": round(c.cpu_time, 3),
                     "eval_return": float(r.mean()), "eval_norm_return": float(np.mean(norm)), "final": 1,
                     **_success(ctx.task, r, goal, "eval_success"), "eval_rtg": method.eval_rtg()})
     except DivergenceError as e:
@@ -346,6 +350,7 @@ def run_online(method: OnlineMethod, ctx: RunContext, online: OnlineConfig, meta
         "env_steps_eval": c.env_steps_eval,
         **update_counts(c),
         "wall_time": c.wall_time,
+        "cpu_s": c.cpu_time,
         "iterations": c.iterations,
         "step_counts": dict(c.extra),
         "budget_env_steps": online.env_steps,
@@ -361,7 +366,7 @@ def diverged_summary(meta: dict[str, Any], divergence: dict[str, Any], c: Counte
     return {**meta, "status": "diverged", "divergence": divergence, "final_return": None,
             "final_norm_return": None, "final_norm_return_std": None, "final_returns": [], "eval_episodes": 0,
             "env_steps": c.env_steps, "env_steps_eval": c.env_steps_eval, **update_counts(c),
-            "wall_time": c.wall_time, "iterations": c.iterations, "step_counts": dict(c.extra),
+            "wall_time": c.wall_time, "cpu_s": c.cpu_time, "iterations": c.iterations, "step_counts": dict(c.extra),
             "budget_env_steps": budget}
 
 

@@ -54,7 +54,7 @@ from dtrl.config import ConfigError, to_dict
 from dtrl.data.trajectories import DataError, TrajectoryDataset
 from dtrl.util.guard import SUPERVISED_FAULT_KEYS, DivergenceError, FiniteSince, check_parameters
 from dtrl.util.io import atomic_torch_save, atomic_write_json, read_json, torch_load
-from dtrl.util.logger import RunLogger
+from dtrl.util.logger import CpuClock, RunLogger
 from dtrl.models.losses import dt_mse_loss, dt_supervised_loss
 from dtrl.models.dt import DecisionTransformer, ModelConfig, build_model
 from dtrl.models.fused_dt import fused_forward
@@ -65,8 +65,8 @@ from dtrl.util.lock import hold
 from dtrl.tasks import Task
 
 PRETRAIN_COLUMNS = ["updates", "loss", "nll", "entropy", "temperature", "lr", "grad_norm", "updates_per_s",
-                    "wall_time"]
-PRETRAIN_COLUMNS_DETERMINISTIC = ["updates", "loss", "mse", "lr", "grad_norm", "updates_per_s", "wall_time"]
+                    "wall_time", "cpu_s"]
+PRETRAIN_COLUMNS_DETERMINISTIC = ["updates", "loss", "mse", "lr", "grad_norm", "updates_per_s", "wall_time", "cpu_s"]
 # A backbone with its own loss (dtrl.models.backbone: supervised_terms) logs its extra terms after the DT's.
 BACKBONE_TERMS = {"reinformer": ("rtg_loss",)}
 
@@ -333,7 +333,7 @@ def _pretrain(exp, task: Task, seed: int, dataset: TrajectoryDataset, out: Path,
     # Per-update diagnostics summed on the device between log rows (one host sync per row, not per update).
     acc_terms = [k for k in trainer.terms if k != "loss_temperature"]
     acc = torch.zeros(len(acc_terms), device=device)
-    n_acc, updates, wall_before = 0, 0, 0.0
+    n_acc, updates, wall_before, cpu_before = 0, 0, 0.0, 0.0
     run_config = pretrain_config(exp)
     config_changes: list[dict[str, Any]] = []
     if ckpt_path.exists():
@@ -349,6 +349,7 @@ def _pretrain(exp, task: Task, seed: int, dataset: TrajectoryDataset, out: Path,
         trainer.load_state_dict(state["trainer"])
         _set_rng_state(state["rng"], np_rng)
         updates, wall_before = int(state["updates"]), float(state["wall_time"])
+        cpu_before = float(state.get("cpu_s", 0.0))  # a checkpoint of an older dtrl kept no CPU time
         acc.copy_(state["log_acc"].to(device))
         n_acc = int(state["log_n"])
         logger.rows = [r for r in logger.rows if isinstance(r.get("updates"), int) and r["updates"] <= updates]
@@ -357,7 +358,7 @@ def _pretrain(exp, task: Task, seed: int, dataset: TrajectoryDataset, out: Path,
         logger.rows = []
     logger.columns = list(PRETRAIN_COLUMNS_DETERMINISTIC if trainer.deterministic else PRETRAIN_COLUMNS)
     extra = [k for k in acc_terms if k not in logger.columns]
-    logger.columns = logger.columns[:-4] + extra + logger.columns[-4:]  # before lr, grad_norm, speed, wall
+    logger.columns = logger.columns[:-5] + extra + logger.columns[-5:]  # before lr, grad_norm, speed, wall, CPU
 
     saved = {"updates": updates if ckpt_path.exists() else None}  # of the checkpoint on disk
 
@@ -365,7 +366,7 @@ def _pretrain(exp, task: Task, seed: int, dataset: TrajectoryDataset, out: Path,
         saved["updates"] = updates
         atomic_torch_save(ckpt_path, {
             "model": model.state_dict(), "model_cfg": to_dict(model.cfg), "trainer": trainer.state_dict(),
-            "rng": _rng_state(np_rng), "updates": updates, "wall_time": wall, "log_acc": acc.cpu(),
+            "rng": _rng_state(np_rng), "updates": updates, "wall_time": wall, "cpu_s": cpu(), "log_acc": acc.cpu(),
             "log_n": n_acc, "task": task.name, "seed": seed, "config": to_dict(exp),
             "config_changes": config_changes,
         })
@@ -393,6 +394,7 @@ def _pretrain(exp, task: Task, seed: int, dataset: TrajectoryDataset, out: Path,
 
     model.train()
     t_start = time.perf_counter()
+    cpu = CpuClock(cpu_before)  # process CPU-seconds, continued across resumes (the compute axis)
     t_row, u_row = t_start, updates
     while updates < cfg.updates:
         out_terms = trainer.update(sampler.sample(cfg.batch_size))
@@ -406,7 +408,7 @@ def _pretrain(exp, task: Task, seed: int, dataset: TrajectoryDataset, out: Path,
             now = time.perf_counter()
             logger.log({"updates": updates, **dict(zip(acc_terms, means)), "lr": trainer.last_lr,
                         "updates_per_s": (updates - u_row) / max(now - t_row, 1e-9),
-                        "wall_time": round(wall_before + now - t_start, 3)})
+                        "wall_time": round(wall_before + now - t_start, 3), "cpu_s": round(cpu(), 3)})
             t_row, u_row = now, updates
             acc.zero_()
             n_acc = 0
@@ -418,7 +420,7 @@ def _pretrain(exp, task: Task, seed: int, dataset: TrajectoryDataset, out: Path,
     last = logger.rows[-1] if logger.rows else {}
 
     summary: dict[str, Any] = {
-        "task": task.name, "seed": seed, "updates": updates, "wall_time": wall,
+        "task": task.name, "seed": seed, "updates": updates, "wall_time": wall, "cpu_s": cpu(),
         "updates_per_s": updates / max(wall, 1e-9), "device": str(device),
         "final_loss": last.get("loss"), "final_nll": last.get("nll"), "final_entropy": last.get("entropy"),
         "final_temperature": last.get("temperature"), "final_mse": last.get("mse"),

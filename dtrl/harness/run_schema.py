@@ -6,9 +6,9 @@ nothing else. docs/CONTRACTS.md documents the same schema for people.
 
     <runs>/<method>/<task>/seed<seed>/
       progress.csv    one row per iteration (or evaluation); columns PROGRESS_COLUMNS first (any
-                      order), then the method's own diagnostics. PROGRESS_FILLED must be filled in
-                      every row, eval_norm_return in at least one; env_steps and grad_updates never
-                      decrease, and the last row's equal summary.json's.
+                      order; OPTIONAL_COLUMNS may be left out), then the method's own diagnostics. PROGRESS_FILLED must be filled in
+                      every row, eval_norm_return in at least one; the MONOTONE counters (env
+                      steps, updates, CPU-seconds) never decrease, and the last row's equal summary.json's.
       summary.json    SUMMARY_TYPES keys (more are allowed); written last: its presence marks the
                       run complete. final_norm_return is the task's D4RL normalisation of
                       final_return (mean over the final evaluation's episodes).
@@ -25,9 +25,13 @@ from typing import Any
 
 from dtrl.util.logger import CORE_COLUMNS, SUMMARY_KEYS
 
-PROGRESS_COLUMNS = list(CORE_COLUMNS)
+# Columns the harness writes that an external command may leave out (added after external commands
+# existed); where present they are checked like the others.
+OPTIONAL_COLUMNS = ["cpu_s"]
+PROGRESS_COLUMNS = list(CORE_COLUMNS)  # every column the contract describes (docs/CONTRACTS.md's table)
+REQUIRED_COLUMNS = [c for c in PROGRESS_COLUMNS if c not in OPTIONAL_COLUMNS]
 PROGRESS_FILLED = ["iteration", "env_steps", "env_steps_eval", "policy_updates", "critic_updates", "grad_updates"]
-MONOTONE = ["env_steps", "env_steps_eval", "policy_updates", "critic_updates", "grad_updates"]
+MONOTONE = ["env_steps", "env_steps_eval", "policy_updates", "critic_updates", "grad_updates", "cpu_s"]
 
 # summary.json key -> (type, meaning). SUMMARY_KEYS of dtrl.util.logger is the same key list.
 SUMMARY_TYPES: dict[str, tuple[type, str]] = {
@@ -51,6 +55,7 @@ OPTIONAL_SUMMARY = {
     "final_returns": "list of the final evaluation's raw returns (length eval_episodes)",
     "budget_env_steps": "the configured env-step budget",
     "step_counts": "method-specific step counts",
+    "cpu_s": "process CPU-seconds the run took, summed over resumes (progress.csv's last cpu_s)",
 }
 assert list(SUMMARY_TYPES) == list(SUMMARY_KEYS), "dtrl.util.logger.SUMMARY_KEYS and the schema must list the same keys"
 
@@ -129,14 +134,15 @@ def check_progress(path: Path, summary: dict | None) -> list[str]:
         reader = csv.DictReader(f)
         columns = list(reader.fieldnames or [])
         rows = list(reader)
-    missing = [c for c in PROGRESS_COLUMNS if c not in columns]
+    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
     if missing:
         return [f"progress.csv lacks required column '{c}'" for c in missing] + \
-               [f"progress.csv must have the columns {', '.join(PROGRESS_COLUMNS)} (then any diagnostics)"]
+               [f"progress.csv must have the columns {', '.join(REQUIRED_COLUMNS)} (then any diagnostics)"]
+    present = [c for c in PROGRESS_COLUMNS if c in columns]
     if not rows:
         return ["progress.csv has no rows"]
     errors = []
-    for c in PROGRESS_COLUMNS:
+    for c in present:
         bad = [i + 2 for i, r in enumerate(rows) if (v := _float(r[c])) is not None and not math.isfinite(v)]
         if bad:
             errors.append(f"progress.csv column '{c}' is not numeric on line(s) {bad[:5]}")
@@ -149,8 +155,8 @@ def check_progress(path: Path, summary: dict | None) -> list[str]:
         errors.append("progress.csv has no evaluation: column 'eval_norm_return' is empty in every row")
     if errors:
         return errors
-    for c in MONOTONE:
-        vals = [_float(r[c]) for r in rows]
+    for c in (m for m in MONOTONE if m in columns):
+        vals = [v for r in rows if (v := _float(r[c])) is not None]  # optional columns may be empty
         if any(b < a for a, b in zip(vals, vals[1:])):
             errors.append(f"progress.csv column '{c}' decreases; it counts totals so far and never goes down")
     if summary is not None and done and not errors:

@@ -27,6 +27,7 @@ CORE_COLUMNS = [
     "eval_return",
     "eval_norm_return",
     "wall_time",
+    "cpu_s",  # process CPU-seconds (all threads of the run's process), summed over resumes: the compute axis
     "env_steps_per_s",
     "updates_per_s",
 ]
@@ -78,6 +79,20 @@ def write_summary(path: str | Path, summary: dict[str, Any]) -> None:
     if missing:
         raise ValueError(f"summary is missing {missing}")
     atomic_write_json(path, summary)
+
+
+class CpuClock:
+    """Cumulative process CPU-seconds of a run, continued across resumes.
+
+    ``time.process_time`` counts every thread of this process (torch's intra-op pool included), not
+    the wall time a shared machine stretches; env worker processes (``rollout_workers`` > 0) are
+    separate processes and not counted. ``start`` is what earlier sessions of the run used."""
+
+    def __init__(self, start: float = 0.0) -> None:
+        self.offset = float(start) - time.process_time()
+
+    def __call__(self) -> float:
+        return self.offset + time.process_time()
 
 
 class Throughput:
