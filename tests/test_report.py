@@ -44,7 +44,7 @@ def write_run(root, method, task, seed, score, env_steps, updates, n_points=4):
     rows = [{"iteration": i + 1, "env_steps": int(s), "env_steps_eval": 100 * (i + 1),
              "policy_updates": int(updates * (i + 1) / len(steps)), "critic_updates": int(2 * updates * (i + 1) / len(steps)),
              "grad_updates": int(updates * (i + 1) / len(steps)), "eval_return": float(c) * 10,
-             "eval_norm_return": float(c), "wall_time": float(i), "env_steps_per_s": 1.0, "updates_per_s": 1.0}
+             "eval_norm_return": float(c), "wall_time": float(i), "cpu_s": 3.0 * (i + 1), "env_steps_per_s": 1.0, "updates_per_s": 1.0}
             for i, (s, c) in enumerate(zip(steps, curve))]
     rows[-1]["final"] = 1
     pd.DataFrame(rows, columns=CORE_COLUMNS + ["final"]).to_csv(d / "progress.csv", index=False)
@@ -392,6 +392,22 @@ def test_dataset_warnings_reach_the_report_and_the_terminal(tmp_path, capsys, mo
     assert f"warning: pendulum-medium-replay: {msg}" in capsys.readouterr().err
     md = (tmp_path / "tables" / "main.md").read_text()
     assert "## Warnings" in md and f"- pendulum-medium-replay: {msg}" in md
+
+
+def test_learning_curves_have_a_compute_axis(tmp_path):
+    """The third panel puts each method's return against its run's process CPU-seconds (progress.csv cpu_s)."""
+    from dtrl.report.figures import learning_curves_figure
+    from dtrl.report.runs import expected_runs, load_runs
+
+    exp = make_synthetic(tmp_path)
+    runs, _ = load_runs(tmp_path / "runs", expected_runs(exp))
+    fig = learning_curves_figure(exp, TASKS[0], runs, reps=20)
+    ax = fig.axes[2]
+    assert "CPU-seconds" in ax.get_xlabel()
+    curves = [line for line in ax.get_lines() if line.get_marker() == "."]  # not the offline DT's level line
+    assert len(curves) == sum(ENV_STEPS[m] > 0 for m in METHODS)  # every method that trained online
+    for line in curves:
+        assert list(line.get_xdata()) == [3.0, 6.0, 9.0, 12.0]  # write_run's cpu_s at its 4 evaluations
 
 
 # -- no interval without the runs for it; unmatched budgets said where compared -------------------------------

@@ -21,6 +21,8 @@ MAIN_ALGO = "grpo"  # the method the probability-of-improvement figure compares 
 # The update axis of every table and curve: optimizer steps of the acting policy (DT or actor),
 # counted the same way for every method (dtrl.harness.online); critic steps are reported apart.
 UPDATE_AXIS = "policy_updates"
+# The compute axis of the learning curves: cumulative process CPU-seconds of the run (progress.csv).
+COMPUTE_AXIS = "cpu_s"
 
 
 def algo_of(exp: ExperimentConfig, method: str) -> str:

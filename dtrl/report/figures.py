@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from dtrl.config.experiment import ExperimentConfig
-from dtrl.report.common import CI, MAIN_ALGO, UPDATE_AXIS, ablation_base, algo_of, method_label
+from dtrl.report.common import CI, COMPUTE_AXIS, MAIN_ALGO, UPDATE_AXIS, ablation_base, algo_of, method_label
 from dtrl.report.runs import method_settings
 from dtrl.report.stats import AGGREGATE_METRICS, CURVE_REPS, OPTIMALITY_GAMMA, learning_curve, series_mean
 from dtrl.util.io import atomic_savefig
@@ -132,15 +132,18 @@ def poi_figure(exp: ExperimentConfig, poi: pd.DataFrame):
 
 
 def learning_curves_figure(exp: ExperimentConfig, task: str, runs: dict, reps: int = CURVE_REPS):
-    """Evaluation return against env steps and against policy updates, mean over seeds; a method's
-    bootstrap band only where it has ``report.min_runs_for_ci`` seeds. None if no run has a curve."""
+    """Evaluation return against env steps, policy updates and the run's process CPU-seconds (``cpu_s``:
+    what each method gets for the same compute), mean over seeds; a method's bootstrap band only where it
+    has ``report.min_runs_for_ci`` seeds. Runs that log no ``cpu_s`` (older or external ones) are left out
+    of that panel only. None if no run has a curve."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import EngFormatter, LogLocator, NullFormatter
 
     colors = _colors(list(exp.grid.methods))
-    axes_keys = (("env_steps", "training env steps"), (UPDATE_AXIS, "policy (DT / actor) updates"))
-    fig = Figure(figsize=(11, 4))
-    axes = fig.subplots(1, 2)
+    axes_keys = (("env_steps", "training env steps"), (UPDATE_AXIS, "policy (DT / actor) updates"),
+                 (COMPUTE_AXIS, "finetuning CPU-seconds (process)"))
+    fig = Figure(figsize=(16, 4))
+    axes = fig.subplots(1, len(axes_keys))
     drawn = False
     for ax, (key, xlabel) in zip(axes, axes_keys):
         flat = []  # methods whose curve is a single point (the offline DT): drawn as a level line
@@ -152,7 +155,7 @@ def learning_curves_figure(exp: ExperimentConfig, task: str, runs: dict, reps: i
             x, y, lo, hi = c
             drawn = True
             band = len(rs) >= exp.report.min_runs_for_ci
-            if x.size == 1 and x[0] <= 0:
+            if x.size == 1:  # one evaluation (the offline DT): no curve to draw, a level to compare with
                 flat.append((m, y[0], lo[0], hi[0], band))
                 continue
             keep = x > 0  # a log axis: an evaluation before any step or update is left out of the curve
