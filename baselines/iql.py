@@ -73,7 +73,7 @@ from dtrl.config import doc, require
 from dtrl.harness.critic import mlp
 from dtrl.data.trajectories import DataError, TrajectoryDataset
 from dtrl.envs.make import get_sim_state, set_sim_state
-from dtrl.util.guard import FiniteSince, check_values, weight_absmax
+from dtrl.util.guard import WEIGHT_LIMIT, FiniteSince, check_values, weight_absmax
 from dtrl.harness.online import Evaluation, OnlineMethod, RunContext, eval_seed
 from dtrl.envs.vec import VecStepper, evaluate_policy
 from dtrl.models.optim import load_optimizer_state
@@ -116,6 +116,10 @@ class IQLConfig:
                            "`temperature`; AntMaze 10).")
     max_weight: float = doc(100.0, "Clip of the advantage weights (reference actor.py:16).")
     discount: float = doc(0.99, "Discount (mujoco_config.py:13).")
+    weight_limit: float = doc(WEIGHT_LIMIT, "Largest |weight| of a network after its step before the run counts "
+                                            "as diverged (a dtrl guard, not in the reference): the huge but finite "
+                                            "weights of a too-large learning rate are named at the step that made "
+                                            "them, before another network's loss overflows.")
     polyak: float = doc(0.005, "Target critic update rate: target <- (1 - polyak) target + polyak critic "
                                "(mujoco_config.py:19 `tau`).")
     # Data.
@@ -399,15 +403,15 @@ class IQLLearner(nn.Module):
         self._step(self.value_opt, v_loss)
         # Each network's max |w| right after its step (dtrl.util.guard.weight_absmax): a step that blew the
         # weights up is named before the losses of the networks that read them overflow.
-        sizes = {"value_weight_absmax": weight_absmax(self.value.parameters())}
+        sizes = {"value_weight_absmax": weight_absmax(self.value.parameters(), self.cfg.weight_limit)}
         with torch.no_grad():  # the updated V, at s for the advantage and at s' for the TD target
             v, next_v = self.v(torch.cat([b["obs"], b["next_obs"]])).chunk(2)
         a_loss, a_info = self.actor_loss(b, q_t, v)
         self._step(self.actor_opt, a_loss)
-        sizes["actor_weight_absmax"] = weight_absmax(self.actor.parameters())
+        sizes["actor_weight_absmax"] = weight_absmax(self.actor.parameters(), self.cfg.weight_limit)
         c_loss, c_info = self.critic_loss(b, next_v)
         self._step(self.critic_opt, c_loss)
-        sizes["critic_weight_absmax"] = weight_absmax(self._critic_params)
+        sizes["critic_weight_absmax"] = weight_absmax(self._critic_params, self.cfg.weight_limit)
         with torch.no_grad():
             torch._foreach_lerp_(self._target_params, self._critic_params, self.cfg.polyak)
         return {"value_loss": v_loss.detach(), "actor_loss": a_loss.detach(), "critic_loss": c_loss.detach(),

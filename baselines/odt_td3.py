@@ -87,7 +87,7 @@ import torch
 import torch.nn as nn
 
 from baselines.common import MeanTerms, ODTConfig, ODTFamily
-from dtrl.util.guard import DivergenceError, weight_absmax
+from dtrl.util.guard import WEIGHT_LIMIT, DivergenceError, weight_absmax
 from dtrl.models.batching import ContextBatch
 from dtrl.config import doc, require
 from dtrl.harness.critic import TwinQ, soft_update
@@ -103,6 +103,10 @@ class ODTTD3Config(ODTConfig):
     alpha: float = doc(0.1, "Weight of the TD3 actor term alpha * -Q1(s, pi(context)) in the DT's loss "
                             "(Yan et al. 2024: 0.1).")
     gamma: float = doc(0.99, "Discount of the critic's TD target (TD3: 0.99).")
+    weight_limit: float = doc(WEIGHT_LIMIT, "Largest |weight| of a network after its step before the run counts "
+                                            "as diverged (a dtrl guard, not in the reference): the huge but finite "
+                                            "weights of a too-large learning rate are named at the step that made "
+                                            "them, before another network's loss overflows.")
     tau: float = doc(0.005, "Polyak rate of the target critic and the target DT (TD3: 0.005).")
     policy_noise: float = doc(0.2, "Std of the target policy smoothing noise on a' (TD3: 0.2).")
     noise_clip: float = doc(0.5, "Clip of the target policy smoothing noise (TD3: 0.5).")
@@ -337,7 +341,7 @@ class ODTTD3(ODTFamily):
         with eval_mode(self.target_actor()):
             terms = self.critic_compiled(lambda loss_fn: _backward(loss_fn, args, zero, "critic_loss"))
         self.critic_opt.step()
-        terms["critic_weight_absmax"] = weight_absmax(self.critic.parameters())
+        terms["critic_weight_absmax"] = weight_absmax(self.critic.parameters(), self.cfg.weight_limit)
         return _copy_out(terms, self.CRITIC_TERMS)
 
     # -- the actor (the DT) ---------------------------------------------------------------------------
@@ -362,7 +366,7 @@ class ODTTD3(ODTFamily):
         args = (batch.states, batch.actions, batch.rtg, batch.timesteps, batch.mask)
         terms = self.actor_compiled(lambda loss_fn: _backward(loss_fn, args, tr.zero_grad, "loss"))
         terms["grad_norm"] = tr.step()
-        terms["dt_weight_absmax"] = weight_absmax(tr.policy_params)
+        terms["dt_weight_absmax"] = weight_absmax(tr.policy_params, self.cfg.weight_limit)
         soft_update(self.critic_target, self.critic, self.cfg.tau)
         if self.target is not None:
             soft_update(self.target, self.model, self.cfg.tau)

@@ -938,3 +938,17 @@ def test_stale_temp_files_of_killed_writes_are_removed(tmp_path):
     assert not stale.exists() and live.exists() and other.exists()
     assert remove_stale_temps(tmp_path / "x.json") == []
     assert strict_json(tmp_path / "x.json") == {"ok": True}
+
+
+def test_weight_limit_is_the_configured_bound():
+    """weight_absmax reads +inf past the method's weight_limit (IQL and ODT+TD3 fields), the value below it."""
+    import torch
+
+    from baselines.iql import IQLConfig
+    from baselines.odt_td3 import ODTTD3Config
+    from dtrl.util.guard import WEIGHT_LIMIT, weight_absmax
+
+    w = [torch.tensor([0.5, -2.0]), torch.tensor([[1.5]])]
+    assert float(weight_absmax(w, limit=3.0)) == 2.0
+    assert float(weight_absmax(w, limit=1.0)) == float("inf")
+    assert IQLConfig().weight_limit == ODTTD3Config().weight_limit == WEIGHT_LIMIT

@@ -119,17 +119,18 @@ def check_parameters(owner: Any, key: str, where: str) -> None:
         raise DivergenceError([f"parameters {shown}"], key, where)
 
 
-# Weights past this magnitude count as diverged. A learning rate orders of magnitude too large makes the
-# weights it steps huge but finite, and the loss that overflows first is often another network's, which reads
-# them (IQL's critic loss reads the new V); the weights themselves show the culprit at its own step.
+# Weights past a limit count as diverged (the `weight_limit` field of the methods that check it; default
+# WEIGHT_LIMIT). A learning rate orders of magnitude too large makes the weights it steps huge but finite, and
+# the loss that overflows first is often another network's, which reads them (IQL's critic loss reads the new
+# V); the weights themselves show the culprit at its own step.
 WEIGHT_LIMIT = 1e6
 
 
-def weight_absmax(params: Iterable[torch.Tensor]) -> torch.Tensor:
-    """max |w| over ``params`` as a 0-d tensor (no host sync), reading +inf once it exceeds WEIGHT_LIMIT, so a
+def weight_absmax(params: Iterable[torch.Tensor], limit: float = WEIGHT_LIMIT) -> torch.Tensor:
+    """max |w| over ``params`` as a 0-d tensor (no host sync), reading +inf once it exceeds ``limit``, so a
     running sum of it (:class:`FiniteSince`) names the update in which a network's weights blew up."""
     m = torch.stack(torch._foreach_norm([p.detach() for p in params], math.inf)).max().float()
-    return torch.where(m > WEIGHT_LIMIT, torch.full_like(m, math.inf), m)
+    return torch.where(m > limit, torch.full_like(m, math.inf), m)
 
 
 def check_values(values: Any, term: str, key: str, where: str) -> None:
