@@ -536,6 +536,7 @@ class GRPO(PolicyGradientDT):
                              "false), which GRPO needs; use qgrpo")
         super().__init__(cfg, ctx)
         self.zero_spread_streak = 0  # iterations in a row in which every group had zero spread
+        self._warned_no_spread = False  # the first all-flat iteration of a run is said once
 
     def _engine_envs(self) -> int:
         c = self.cfg
@@ -562,7 +563,6 @@ class GRPO(PolicyGradientDT):
 
         returns = np.array([m.total_return for m in members]).reshape(cfg.reset_points, cfg.group_size)
         adv, flat = group_advantages(returns, cfg.adv_eps, cfg.zero_spread_tol)
-        self._warn_no_spread_once(flat)
         keep = np.repeat(~flat if cfg.drop_zero_spread else np.ones_like(flat), cfg.group_size)
         batch = (self.learn_batch([m for m, k in zip(members, keep) if k], adv.reshape(-1)[keep])
                  if keep.any() else None)
@@ -580,21 +580,6 @@ class GRPO(PolicyGradientDT):
             "reset_t_mean": float(np.mean([cand[i][1] for i in chosen])),
         }
         return batch, diag
-
-    def _warn_no_spread_once(self, flat: np.ndarray) -> None:
-        """Say on the terminal, once per run, that an iteration's groups all had zero spread.
-
-        On a sparse-reward task before any success every member scores the same and GRPO learns nothing;
-        progress.csv's zero_spread_frac records it per iteration, but a user watching the run should not
-        have to look there to find out.
-        """
-        if not flat.all() or getattr(self, "_warned_no_spread", False):
-            return
-        self._warned_no_spread = True
-        print(f"dtrl: warning: GRPO on {self.ctx.task.name}, iteration {self.ctx.counters.iterations + 1}: all "
-              f"{len(flat)} groups had zero return spread (every member scored the same, as a sparse reward gives "
-              f"before any success), so this iteration has nothing to learn from; progress.csv's "
-              f"zero_spread_frac counts such groups per iteration (this warning is not repeated)", file=sys.stderr)
 
     def learn_batch(self, members: list[RolloutTrajectory], advantages: np.ndarray) -> LearnBatch:
         """One unit per member: its sampled steps (the first ones), their recorded contexts and log-probs."""
@@ -617,17 +602,33 @@ class GRPO(PolicyGradientDT):
 
     def train_iteration(self) -> dict[str, float]:
         batch, diag = self.collect()
-        self.zero_spread_streak = self.zero_spread_streak + 1 if diag["zero_spread_frac"] == 1.0 else 0
-        diag["zero_spread_streak"] = self.zero_spread_streak
-        n = self.cfg.zero_spread_warn_iterations
-        if n and self.zero_spread_streak == n:
-            it = self.ctx.counters.iterations + 1
-            print(f"dtrl: warning: {self.ctx.out_dir}: every group has had zero spread for {n} iterations in a row "
-                  f"(iterations {it - n + 1}-{it}): no update since, the policy stands still (column "
-                  "zero_spread_streak of progress.csv)", file=sys.stderr)
+        diag["zero_spread_streak"] = self._count_zero_spread(diag["zero_spread_frac"] == 1.0)
         if batch is None:  # every group had zero spread: nothing to learn from this iteration
             return {**diag, **self.empty_update_diag()}
         return {**diag, **self.policy_update(batch, self.cfg.ratio)}
+
+    def _count_zero_spread(self, all_flat: bool) -> int:
+        """Count iterations in a row whose groups all had zero return spread, and say so on the terminal.
+
+        On a sparse-reward task before any success every member scores the same and GRPO learns nothing;
+        progress.csv records it (zero_spread_frac, zero_spread_streak), but a user watching the run should not
+        have to look there: the first such iteration of a run is said once, and a streak of
+        ``zero_spread_warn_iterations`` (the policy has stood still that long) is said when it is reached.
+        """
+        self.zero_spread_streak = self.zero_spread_streak + 1 if all_flat else 0
+        it = self.ctx.counters.iterations + 1
+        if all_flat and not self._warned_no_spread:
+            self._warned_no_spread = True
+            print(f"dtrl: warning: GRPO on {self.ctx.task.name}, iteration {it}: all {self.cfg.reset_points} groups "
+                  f"had zero return spread (every member scored the same, as a sparse reward gives before any "
+                  f"success), so this iteration has nothing to learn from; progress.csv's zero_spread_frac counts "
+                  f"such groups per iteration (this warning is not repeated)", file=sys.stderr)
+        n = self.cfg.zero_spread_warn_iterations
+        if n and self.zero_spread_streak == n:
+            print(f"dtrl: warning: {self.ctx.out_dir}: every group has had zero spread for {n} iterations in a row "
+                  f"(iterations {it - n + 1}-{it}): no update since, the policy stands still (column "
+                  "zero_spread_streak of progress.csv)", file=sys.stderr)
+        return self.zero_spread_streak
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "zero_spread_streak": self.zero_spread_streak}
