@@ -88,3 +88,31 @@ def _write_text(path: Path, text: str) -> None:
 
 def _write_csv(path: Path, df: pd.DataFrame) -> None:
     _write_text(path, df.to_csv(index=False))
+
+
+def _data_uri(path: Path) -> str:
+    import base64
+    import mimetypes
+
+    mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode()}"
+
+
+def markdown_to_html(md: str, base: Path | None = None) -> str:
+    """HTML of ``md`` (CommonMark with pipe tables), the one converter of the report's markdown: each table's page
+    and REPORT.html. With ``base``, images under it are embedded as data URIs (a self-contained page)."""
+    from markdown_it import MarkdownIt
+
+    parser = MarkdownIt("commonmark", {"html": False}).enable("table")
+    if base is not None:
+        default_image = parser.renderer.rules["image"]
+
+        def image(self, tokens, idx, options, env):
+            src = tokens[idx].attrGet("src") or ""
+            path = base / src
+            if "://" not in src and not src.startswith("data:") and path.is_file():
+                tokens[idx].attrSet("src", _data_uri(path))
+            return default_image(tokens, idx, options, env)
+
+        parser.add_render_rule("image", image)
+    return parser.render(md)

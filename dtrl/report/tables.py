@@ -13,7 +13,9 @@ import pandas as pd
 
 from dtrl.config.experiment import ExperimentConfig, backbone_of
 from dtrl.reference import PUBLISHED_METHODS, published_scores
-from dtrl.report.common import UPDATE_AXIS, _fmt_count, ablation_base, algo_of, budgets_differ, method_label
+from dtrl.report.common import (
+    UPDATE_AXIS, _fmt_count, ablation_base, algo_of, budgets_differ, markdown_to_html, method_label,
+)
 from dtrl.report.runs import Run, ablation_rows, default_settings, method_settings
 from dtrl.report.stats import _mean, _std
 
@@ -550,48 +552,12 @@ def not_scored_markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def markdown_html(md: str, title: str) -> str:
-    """A standalone HTML page of the markdown the report writes (headings, pipe tables, lists,
-    paragraphs, **bold**, *italic*, `code`): what Snakemake's HTML report shows for each table."""
+    """A standalone HTML page of the markdown the report writes: what Snakemake's HTML report shows for each
+    table (the same converter as REPORT.html, :func:`dtrl.report.common.markdown_to_html`)."""
     import html
-    import re
 
-    def inline(text: str) -> str:
-        text = html.escape(text, quote=False)
-        text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text)
-        text = re.sub(r"(?<![\w*])\*(?!\s)(.+?)(?<!\s)\*(?![\w*])", r"<i>\1</i>", text)
-        return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
-
-    def cells(line: str) -> list[str]:
-        return [c.strip() for c in line.strip().strip("|").split("|")]
-
-    out, lines, i = [], md.splitlines(), 0
-    while i < len(lines):
-        line = lines[i]
-        if line.startswith("#"):
-            level = len(line) - len(line.lstrip("#"))
-            out.append(f"<h{level}>{inline(line.lstrip('#').strip())}</h{level}>")
-        elif line.startswith("|"):
-            block = []
-            while i < len(lines) and lines[i].startswith("|"):
-                block.append(lines[i])
-                i += 1
-            rows = [cells(r) for r in block if not re.fullmatch(r"[|\s:-]+", r)]
-            out.append("<table>\n<tr>" + "".join(f"<th>{inline(c)}</th>" for c in rows[0]) + "</tr>")
-            out += ["<tr>" + "".join(f"<td>{inline(c)}</td>" for c in r) + "</tr>" for r in rows[1:]]
-            out.append("</table>")
-            continue
-        elif line.startswith("- "):
-            out.append("<ul>")
-            while i < len(lines) and lines[i].startswith("- "):
-                out.append(f"<li>{inline(lines[i][2:])}</li>")
-                i += 1
-            out.append("</ul>")
-            continue
-        elif line.strip():
-            out.append(f"<p>{inline(line)}</p>")
-        i += 1
     style = ("body{font-family:sans-serif;font-size:14px} table{border-collapse:collapse} "
              "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right} td:first-child,th:first-child"
              "{text-align:left}")
     return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head><body>\n" + "\n".join(out) + "\n</body></html>\n")
+            f"<style>{style}</style></head><body>\n" + markdown_to_html(md) + "</body></html>\n")

@@ -18,10 +18,10 @@ data URIs, so the files stand alone (Snakemake's report is one self-contained HT
 # No `from __future__` import: Snakemake's `script:` directive puts its preamble above this file's code.
 
 import argparse
-import base64
 import html
-import mimetypes
 from pathlib import Path
+
+from dtrl.report.common import markdown_to_html
 
 STYLE = """
 .dtrl-report{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;font-size:14px;line-height:1.45;
@@ -81,29 +81,6 @@ def main_table_first(md: str) -> str:
     sections[at] = head + [line for t in rest for line in t]
     moved = ["##" + main[0][3:] if main[0].startswith("###") else main[0]] + main[1:]
     return "\n".join(preamble + moved + [line for s in sections for line in s]) + "\n"
-
-
-def _data_uri(path: Path) -> str:
-    mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-    return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode()}"
-
-
-def markdown_to_html(md: str, base: Path) -> str:
-    """HTML of ``md`` (CommonMark with pipe tables); images under ``base`` embedded as data URIs."""
-    from markdown_it import MarkdownIt
-
-    parser = MarkdownIt("commonmark", {"html": False}).enable("table")
-    default_image = parser.renderer.rules["image"]
-
-    def image(self, tokens, idx, options, env):
-        src = tokens[idx].attrGet("src") or ""
-        path = base / src
-        if "://" not in src and not src.startswith("data:") and path.is_file():
-            tokens[idx].attrSet("src", _data_uri(path))
-        return default_image(tokens, idx, options, env)
-
-    parser.add_render_rule("image", image)
-    return parser.render(md)
 
 
 def render(md_path: Path) -> tuple[str, str]:
