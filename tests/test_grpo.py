@@ -136,6 +136,26 @@ def test_reset_points_follow_the_policy_variance(tmp_path):
     assert np.mean([d["reset_var_mean"] for d in means]) > np.mean([d["candidate_var_mean"] for d in means])
 
 
+def test_mean_action_exploration_follows_the_evaluated_policy(tmp_path):
+    # explore_actions: mean draws reset points along the mean-action path evaluation plays: no sampled
+    # step, the same episode for the same env seed; sampled exploration differs between two plays.
+    def play(g):
+        g.ctx.np_rng = np.random.default_rng(5)
+        return g.explore(record_contexts=False, sample=g.cfg.explore_actions == "sample")[0]
+
+    m = make_method(GRPO, tmp_path, explore_actions="mean", **SMALL_GRPO)
+    a, b = play(m), play(m)
+    assert all(not t.sampled.any() for t in a) and len(a) == SMALL_GRPO["explore_episodes"]
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x.actions, y.actions)
+    assert m.train_iteration()["ratio_first_absdev"] < 1e-5  # the groups still sample: ratio 1 on-policy
+
+    s = make_method(GRPO, tmp_path, **SMALL_GRPO)
+    a, b = play(s), play(s)
+    assert all(t.sampled.all() for t in a)
+    assert any(len(x) != len(y) or not np.array_equal(x.actions, y.actions) for x, y in zip(a, b))
+
+
 # -- dropout and context length: behaviour policy == learner ----------------------------------------
 
 def test_dropout_off_makes_learner_and_behaviour_policy_identical(tmp_path):

@@ -319,8 +319,9 @@ class PolicyGradientDT(DTMethod):
         self.model.train(was)
 
     # -- rollouts --------------------------------------------------------------------------------------
-    def explore(self, record_contexts: bool) -> tuple[list[RolloutTrajectory], np.ndarray]:
-        """This iteration's exploration episodes and the observation after each one's last step."""
+    def explore(self, record_contexts: bool, sample: bool = True) -> tuple[list[RolloutTrajectory], np.ndarray]:
+        """This iteration's exploration episodes and the observation after each one's last step; their
+        actions are sampled from the policy, or its mean actions with ``sample=False``."""
         cfg, c = self.cfg, self.ctx.counters
         rtg = self.train_rtg()
         seeds = self.ctx.np_rng.integers(0, 2**31 - 1, size=cfg.explore_episodes)
@@ -328,7 +329,7 @@ class PolicyGradientDT(DTMethod):
         finals = []
         for lo in range(0, len(seeds), self.engine.n):
             starts = [Start(target_rtg=rtg, seed=int(s)) for s in seeds[lo:lo + self.engine.n]]
-            trajs += self.engine.run(self.model, starts, sample_steps=0, sample_all=True,
+            trajs += self.engine.run(self.model, starts, sample_steps=0, sample_all=sample,
                                      max_steps=cfg.explore_max_steps or None, record_sim_states=self.uses_resets,
                                      record_contexts=record_contexts, context_len=self.k)
             finals.append(self.engine.obs[:len(starts)].astype(np.float32))
@@ -498,6 +499,13 @@ class GRPO(PolicyGradientDT):
                         "(which is ~0 where tanh saturates however wide the Gaussian), or uniformly (ablation).")
         variance_temperature: float = doc(1.0, "Temperature of the softmax over log action-variance (1: probability "
                                                "proportional to the variance itself; larger is closer to uniform).")
+        explore_actions: Literal["sample", "mean"] = doc(
+            "sample", "Actions of the exploration episodes that reset points are drawn from: sampled from the "
+                      "policy, or its mean action, the policy evaluation scores. PAPER.md says only 'collect a "
+                      "trajectory with the current policy'. Sampled episodes of a noisy pretrained DT fall early "
+                      "(Hopper: ~80 steps against ~330 for the mean-action policy), so every reset point lies in "
+                      "the first part of the episodes evaluation plays; mean-action episodes put reset points "
+                      "along the evaluated policy's own path (docs/grpo-tuning.md measures both).")
         group_size: int = doc(8, "G: continuations per reset point (PAPER.md suggests 8).")
         reset_points: int = doc(16, "M: reset points per iteration (PAPER.md suggests 16), so M*G = 128 rollouts "
                                     "stepped together.")
@@ -545,7 +553,7 @@ class GRPO(PolicyGradientDT):
     def collect(self) -> tuple[LearnBatch, dict[str, float]]:
         """Explore, draw reset points, roll out the groups; the learner batch and rollout diagnostics."""
         cfg, c = self.cfg, self.ctx.counters
-        explore, _ = self.explore(record_contexts=False)
+        explore, _ = self.explore(record_contexts=False, sample=cfg.explore_actions == "sample")
         cand = [(j, t) for j, tr in enumerate(explore) for t in range(len(tr))]
         var = self.candidate_weights(explore, cfg.reset_sampling)
         chosen = self.draw_states(var, cfg.reset_points, cfg.reset_sampling, cfg.variance_temperature)
