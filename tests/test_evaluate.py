@@ -54,6 +54,11 @@ def test_evaluate_scores_an_iql_checkpoint_as_its_run_did(iql_run, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("run seed 2 (recorded in the checkpoint; --seed N for another)"), lines
     assert f"normalised {summary['final_norm_return']:.2f} " in lines[1]
+    # Episode lengths beside the return: what the return is made of (how long the policy stays up).
+    n = got.lengths
+    assert n.shape == got.returns.shape and n.min() >= 1
+    assert f"episode length {n.mean():.1f} +- {n.std():.1f} (min {n.min()}, max {n.max()}" in lines[2]
+    assert f"return per step {got.returns.sum() / n.sum():.3f}" in lines[2]
     # An RTG means nothing to an MLP policy: one error line, exit 2.
     assert main(["evaluate", "--checkpoint", str(ckpt), "--task", TASK, "-c", str(cfg), "--rtg", "100"]) == 2
     assert "holds no Decision Transformer, so --rtg does not apply" in capsys.readouterr().err

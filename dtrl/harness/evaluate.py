@@ -48,6 +48,7 @@ class CheckpointScore:
     first_env_seed: int  # episodes used env seeds first_env_seed, first_env_seed + 1, ...
     seed: int  # the run seed whose final evaluation this is
     seed_from: str  # where the run seed came from: "--seed", "the checkpoint" or "default"
+    lengths: np.ndarray  # steps of each episode (shorter than the time limit: it ended at a terminal)
 
 
 def checkpoint_seed(ckpt: Any) -> int | None:
@@ -83,16 +84,17 @@ def evaluate_checkpoint(exp, checkpoint: Path, task_name: str, episodes: int | N
     payload = (ckpt.get("dt") or (ckpt.get("method") or {}).get("dt")) if isinstance(ckpt, dict) else None
     if payload is not None:
         model = _dt(payload, checkpoint, task, device)
-        returns = evaluate_dt(model, task, episodes, seed=first, rtg=rtg if rtg is not None else exp.eval.rtg,
-                              n_envs=exp.eval.n_envs, device=device)
+        returns, lengths, _ = evaluate_dt_episodes(model, task, episodes, seed=first,
+                                                   rtg=rtg if rtg is not None else exp.eval.rtg,
+                                                   n_envs=exp.eval.n_envs, device=device)
     else:
         if rtg is not None:
             raise InputError(f"{checkpoint} holds no Decision Transformer, so --rtg does not apply")
         from dtrl.envs.vec import evaluate_policy
 
-        returns = evaluate_policy(_method_policy(ckpt, checkpoint, task, device), task, episodes, seed=first,
-                                  n_envs=exp.eval.n_envs)[0]
-    return CheckpointScore(returns, first, seed, seed_from)
+        returns, lengths, _ = evaluate_policy(_method_policy(ckpt, checkpoint, task, device), task, episodes,
+                                              seed=first, n_envs=exp.eval.n_envs)
+    return CheckpointScore(returns, first, seed, seed_from, lengths)
 
 
 def _dt(payload: dict, checkpoint: Path, task: Task, device: torch.device) -> DecisionTransformer:
@@ -153,4 +155,9 @@ def cmd_evaluate(exp, checkpoint: Path, task_name: str, episodes: int | None, se
     norm = get_task(task_name).normalize(returns)
     print(f"{task_name}: return {returns.mean():.1f} +- {returns.std():.1f}  normalised {norm.mean():.2f} "
           f"+- {norm.std():.2f}  ({n} episodes)")
+    # How long the policy stays up and how fast it earns: a faster gait that falls sooner can score
+    # below a slow one that lasts (docs/grpo-tuning.md), which the return alone does not show.
+    lengths = res.lengths
+    print(f"  episode length {lengths.mean():.1f} +- {lengths.std():.1f} (min {lengths.min()}, max {lengths.max()}; "
+          f"time limit {get_task(task_name).max_episode_steps}); return per step {returns.sum() / lengths.sum():.3f}")
     return 0
