@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from dtrl.models.checkpoint import load_pretrained_dt
+from dtrl.util.io import InputError
 from dtrl.config import ConfigError
 from dtrl.data.trajectories import DataError, Trajectory, TrajectoryDataset
 from dtrl.config.experiment import ExperimentConfig
@@ -120,6 +121,11 @@ def test_outputs_and_model_file(tmp_path, capsys):
     assert pretrain(_exp(tmp_path, updates=50), TASK, 3, ds, out) == s
     assert cmd_pretrain(_exp(tmp_path), TASK.name, 3, out) == 0
     assert "nothing to do" in capsys.readouterr().out
+    # A workflow rerun removes summary.json (the job's output) first: one clear error, the weights kept.
+    (out / "summary.json").unlink()
+    with pytest.raises(InputError, match="exists but its summary.json does not"):
+        cmd_pretrain(_exp(tmp_path), TASK.name, 3, out)
+    assert (out / "model.pt").exists()
 
 
 def test_same_seed_same_weights_other_seed_differs(tmp_path):

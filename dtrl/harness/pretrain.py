@@ -484,6 +484,14 @@ def cmd_pretrain(exp, task_name: str, seed: int, out: str | Path | None, allow_c
     out_dir = Path(out) if out is not None else default_out_dir(exp.results, task.name, seed, exp.model.action_head,
                                                                 exp.model.backbone)
     if (out_dir / "model.pt").exists():
+        if not (out_dir / "summary.json").exists():
+            # Snakemake deletes a job's outputs (summary.json) before it reruns it, e.g. when the config
+            # arguments changed; the weights are kept, and saying "done" would leave the job without its output.
+            from dtrl.util.io import InputError
+
+            raise InputError(f"{out_dir / 'model.pt'} exists but its summary.json does not (a workflow rerun "
+                             f"removes it first); move {out_dir / 'model.pt'} away to pretrain again, or rerun "
+                             "Snakemake with --rerun-triggers mtime to keep this pretraining")
         print(f"{out_dir / 'model.pt'} exists; pretraining of {task.name} seed {seed} is done, nothing to do")
         return 0
     from dtrl.data.sources import load_task_dataset
