@@ -840,6 +840,14 @@ def test_report_refuses_to_mix_method_configs_in_a_cell(tmp_path):
     _fake_run(tmp_path, 2, {**cfg, "seed": 2})
     res = report(exp, figures=False, reps=10)
     assert res["not_scored"] == []
+    # A parameter added after a run was made (it did not record it) is its default there: a run recording
+    # that default shares the cell's config, one recording another value does not.
+    _fake_run(tmp_path, 2, {**cfg, "seed": 2, "params": {**cfg["params"], "explore_actions": "sample"}})
+    assert report(exp, figures=False, reps=10)["not_scored"] == []
+    _fake_run(tmp_path, 2, {**cfg, "seed": 2, "params": {**cfg["params"], "explore_actions": "mean"}})
+    with pytest.raises(ConfigError, match=r"params.explore_actions: 'sample' -> 'mean'"):
+        report(exp, figures=False, reps=10)
+    _fake_run(tmp_path, 2, {**cfg, "seed": 2})
     # A diverged seed is left out, so its (different) config does not matter.
     _fake_run(tmp_path, 2, {**cfg, "params": {"lr": 1e10}}, score=NAN, status="diverged")
     res = report(exp, figures=False, reps=10)

@@ -79,7 +79,26 @@ def method_config(run_config: dict[str, Any] | None) -> dict[str, Any] | None:
     """The parts of a finetuning run's recorded config that a report cell's runs must share."""
     if not run_config:
         return None
-    return {k: run_config.get(k) for k in METHOD_PARTS}
+    out = {k: run_config.get(k) for k in METHOD_PARTS}
+    out["params"] = with_default_params(out.get("algo"), out.get("params"))
+    return out
+
+
+def with_default_params(algo: Any, params: Any) -> Any:
+    """A run's recorded algorithm parameters, with each parameter it did not record set to the default of
+    the algorithm's Config: a field added after the run was made has the default that keeps what the run
+    computed (a new switch defaults to the old behaviour), so runs made before and after it still share
+    their config. Parameters of an unknown algorithm are returned as recorded."""
+    import dataclasses
+
+    from dtrl.config.registry import ALGORITHMS, get_algorithm
+
+    if not isinstance(params, dict) or algo not in ALGORITHMS:
+        return params
+    fields = dataclasses.fields(get_algorithm(algo).Config)
+    defaults = {f.name: (f.default if f.default is not dataclasses.MISSING else f.default_factory())
+                for f in fields if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
+    return {**{k: v for k, v in defaults.items() if k not in params}, **params}
 
 
 def code_version() -> str:
