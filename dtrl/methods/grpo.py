@@ -503,8 +503,9 @@ class GRPO(PolicyGradientDT):
             "sample", "Actions of the exploration episodes that reset points are drawn from: sampled from the "
                       "policy, or its mean action, the policy evaluation scores. PAPER.md says only 'collect a "
                       "trajectory with the current policy'. Sampled episodes of a noisy pretrained DT fall early "
-                      "(Hopper: ~80 steps against ~330 for the mean-action policy), so every reset point lies in "
-                      "the first part of the episodes evaluation plays; mean-action episodes put reset points "
+                      "(Hopper medium-replay: 80-140 steps against the DT's 700-780 mean-action steps), so "
+                      "every reset point lies in the first part of the episodes evaluation plays; mean-action "
+                      "episodes put reset points "
                       "along the evaluated policy's own path (docs/grpo-tuning.md measures both).")
         group_size: int = doc(8, "G: continuations per reset point (PAPER.md suggests 8).")
         reset_points: int = doc(16, "M: reset points per iteration (PAPER.md suggests 16), so M*G = 128 rollouts "
