@@ -36,6 +36,14 @@ def doc(default: Any, text: str) -> Any:
     return dataclasses.field(default=default, metadata={"doc": text})
 
 
+def field_default(f: dataclasses.Field) -> Any:
+    """The default a config field takes when it is not given (a fresh copy of a mutable one);
+    ``dataclasses.MISSING`` for a field without one."""
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING
+
+
 def field_docs(cls: type) -> dict[str, str]:
     return {f.name: f.metadata.get("doc", "") for f in dataclasses.fields(cls)}
 

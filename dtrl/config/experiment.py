@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dtrl.config import ConfigError, doc, from_dict, load_yaml, to_dict
+from dtrl.config import ConfigError, doc, field_default, from_dict, load_yaml, to_dict
 from dtrl.config.data import DataConfig
 from dtrl.config.model import ModelConfig
 from dtrl.config.online import EvalConfig, OnlineConfig
@@ -413,8 +413,8 @@ def describe(cls: type = ExperimentConfig, prefix: str = "") -> list[tuple[str, 
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         key = f"{prefix}{f.name}"
-        default = (f.default if f.default is not dataclasses.MISSING
-                   else f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        default = field_default(f)
+        default = None if default is dataclasses.MISSING else default
         item = typing.get_args(hints[f.name])
         if dataclasses.is_dataclass(default):
             rows.append((key, "", f.metadata.get("doc", "")))

@@ -91,14 +91,14 @@ def with_default_params(algo: Any, params: Any) -> Any:
     their config. Parameters of an unknown algorithm are returned as recorded."""
     import dataclasses
 
+    from dtrl.config import field_default, to_dict
     from dtrl.config.registry import ALGORITHMS, get_algorithm
 
     if not isinstance(params, dict) or algo not in ALGORITHMS:
         return params
-    fields = dataclasses.fields(get_algorithm(algo).Config)
-    defaults = {f.name: (f.default if f.default is not dataclasses.MISSING else f.default_factory())
-                for f in fields if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
-    return {**{k: v for k, v in defaults.items() if k not in params}, **params}
+    missing = {f.name: field_default(f) for f in dataclasses.fields(get_algorithm(algo).Config) if f.name not in params}
+    # to_dict: the form a run records its parameters in (summary.json), so a default compares equal to it
+    return {**{k: to_dict(v) for k, v in missing.items() if v is not dataclasses.MISSING}, **params}
 
 
 def code_version() -> str:
