@@ -109,6 +109,34 @@ def test_new_method_path_budget_and_resume(tmp_path, with_random_walk):
     assert its == list(range(1, 11))
 
 
+def test_resume_reads_a_field_added_since_the_checkpoint_as_its_default(tmp_path, with_random_walk):
+    """A run killed under an older dtrl resumes under one that added config fields (at their defaults, which
+    keep what it computed); a recorded value that differs from today's is still a config change."""
+    import torch
+
+    exp = _exp(tmp_path, methods={"rw": {"algo": "random_walk", "steps_per_iteration": 30}},
+               grid={"methods": ["rw"], "tasks": ["hopper-medium"]})
+    first = finetune(exp, "rw", "hopper-medium", 0)
+    run = tmp_path / "runs/rw/hopper-medium/seed0"
+    ckpt = run / "checkpoint.pt"
+    state = torch.load(ckpt, weights_only=False)
+
+    def as_older_dtrl(drop_param: str | None) -> None:
+        old = json.loads(json.dumps(state["config"]))
+        del old["online"]["max_iterations"]  # a field "added later", at its default
+        if drop_param:
+            del old["params"][drop_param]
+        torch.save({**state, "config": old}, ckpt)
+        (run / "summary.json").unlink(missing_ok=True)
+
+    as_older_dtrl(None)
+    again = finetune(exp, "rw", "hopper-medium", 0)
+    assert again["env_steps"] == first["env_steps"] and "config_changes" not in again
+    as_older_dtrl("steps_per_iteration")  # recorded 30 under today's name; dropped, it reads as the default 50
+    with pytest.raises(ConfigError, match=r"params.steps_per_iteration: 50 -> 30"):
+        finetune(exp, "rw", "hopper-medium", 0)
+
+
 def test_unknown_method_and_bad_params_fail_before_running(tmp_path, with_random_walk):
     with pytest.raises(ConfigError, match="unknown method 'nope'"):
         _exp(tmp_path, grid={"methods": ["nope"], "tasks": ["hopper-medium"]})

@@ -4,5 +4,5 @@ from_dict, doc, ConfigError``); each section has its module (model, data, online
 """
 
 from dtrl.config.base import (  # noqa: F401  (the public API)
-    ConfigError, doc, field_default, field_docs, from_dict, load_yaml, require, to_dict,
+    ConfigError, doc, field_default, field_docs, from_dict, load_yaml, require, to_dict, with_defaults,
 )

@@ -44,6 +44,23 @@ def field_default(f: dataclasses.Field) -> Any:
     return f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING
 
 
+def with_defaults(cls: type, data: Any) -> Any:
+    """``data``, a config of ``cls`` as :func:`to_dict` recorded it (perhaps by an older dtrl), with each field it
+    lacks set to that field's default, through nested sections too: a field added after the record was made
+    defaults to what the record's run computed (a new switch defaults to the old behaviour), so a record made
+    before it compares equal to one made after. Anything but a mapping is returned as it is."""
+    if not isinstance(data, Mapping) or not dataclasses.is_dataclass(cls):
+        return data
+    hints = typing.get_type_hints(cls)
+    out = dict(data)
+    for f in dataclasses.fields(cls):
+        if f.name in out:
+            out[f.name] = with_defaults(hints.get(f.name), out[f.name])
+        elif (default := field_default(f)) is not dataclasses.MISSING:
+            out[f.name] = to_dict(default)
+    return out
+
+
 def field_docs(cls: type) -> dict[str, str]:
     return {f.name: f.metadata.get("doc", "") for f in dataclasses.fields(cls)}
 

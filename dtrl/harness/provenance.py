@@ -7,7 +7,8 @@ and the change is recorded). ``dtrl report`` compares the recorded method config
 a table cell and refuses to average runs made under different ones (or runs that recorded none,
 made before dtrl recorded configs, with runs that did).
 
-Keys in :data:`IGNORED` change nothing a run computes (progress bars, how often it checkpoints)
+Both comparisons read a config field the record lacks (added to dtrl after the run started) as its default,
+which keeps what the run computed. Keys in :data:`IGNORED` change nothing a run computes (progress bars, how often it checkpoints)
 and are left out of every comparison.
 """
 
@@ -51,15 +52,16 @@ def check_resume(recorded: dict[str, Any] | None, current: dict[str, Any], path:
                  what: str = "run", fixed: tuple[str, ...] = ()) -> list[str]:
     """Refuse (ConfigError) to resume from ``path`` under a config other than the recorded one, unless ``allow``.
 
-    Returns the changed keys (empty when none). A checkpoint that recorded no config (made before dtrl
-    recorded configs) cannot be checked and counts as changed. Keys under ``fixed`` (dotted prefixes) cannot
+    Returns the changed keys (empty when none). A field added to the config since the checkpoint was written
+    counts as unchanged at its default (:func:`with_recorded_defaults`). A checkpoint that recorded no config
+    (made before dtrl recorded configs) cannot be checked and counts as changed. Keys under ``fixed`` (dotted prefixes) cannot
     change mid-run (they shape the checkpointed state or act only when a run starts): a change of one is
     refused by name even when ``allow``; every other changed key applies from the resume on.
     """
     if recorded is None:
         diff = ["(the checkpoint records no config: it was made by an older dtrl)"]
     else:
-        diff = changed_keys(recorded, current)
+        diff = changed_keys(with_recorded_defaults(recorded), with_recorded_defaults(current))
         frozen = [d for d in diff if any(f".{d.split(':', 1)[0]}.".startswith(f".{f}.") for f in fixed)]
         if frozen and allow:
             raise ConfigError(f"cannot resume the {what} from {path}: {'; '.join(frozen)}: "
@@ -79,26 +81,33 @@ def method_config(run_config: dict[str, Any] | None) -> dict[str, Any] | None:
     """The parts of a finetuning run's recorded config that a report cell's runs must share."""
     if not run_config:
         return None
-    out = {k: run_config.get(k) for k in METHOD_PARTS}
-    out["params"] = with_default_params(out.get("algo"), out.get("params"))
-    return out
+    full = with_recorded_defaults(run_config)
+    return {k: full.get(k) for k in METHOD_PARTS}
 
 
-def with_default_params(algo: Any, params: Any) -> Any:
-    """A run's recorded algorithm parameters, with each parameter it did not record set to the default of
-    the algorithm's Config: a field added after the run was made has the default that keeps what the run
-    computed (a new switch defaults to the old behaviour), so runs made before and after it still share
-    their config. Parameters of an unknown algorithm are returned as recorded."""
-    import dataclasses
-
-    from dtrl.config import field_default, to_dict
+def with_recorded_defaults(config: Any) -> Any:
+    """A run's recorded config (a finetuning run's, or a pretraining's ``model`` / ``pretrain``) with each config
+    field it did not record set to its default (``dtrl.config.with_defaults``): a run made before a field was
+    added is compared, on resuming or in a report cell, as made under the field's default, which keeps what it
+    computed. Parameters of an unknown algorithm, and anything but a mapping, are left as recorded."""
+    from dtrl.config import with_defaults
+    from dtrl.config.model import ModelConfig
+    from dtrl.config.online import EvalConfig, OnlineConfig
+    from dtrl.config.pretrain import PretrainConfig
     from dtrl.config.registry import ALGORITHMS, get_algorithm
 
-    if not isinstance(params, dict) or algo not in ALGORITHMS:
-        return params
-    missing = {f.name: field_default(f) for f in dataclasses.fields(get_algorithm(algo).Config) if f.name not in params}
-    # to_dict: the form a run records its parameters in (summary.json), so a default compares equal to it
-    return {**{k: to_dict(v) for k, v in missing.items() if v is not dataclasses.MISSING}, **params}
+    if not isinstance(config, dict):
+        return config
+    out = dict(config)
+    parts = {"online": OnlineConfig, "eval": EvalConfig, "model": ModelConfig, "pretrain": PretrainConfig}
+    if out.get("algo") in ALGORITHMS:
+        parts["params"] = get_algorithm(out["algo"]).Config
+    for key, cls in parts.items():
+        if key in out:
+            out[key] = with_defaults(cls, out[key])
+    if isinstance(out.get("pretrained_with"), dict):
+        out["pretrained_with"] = with_recorded_defaults(out["pretrained_with"])
+    return out
 
 
 def code_version() -> str:
