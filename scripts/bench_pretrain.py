@@ -80,6 +80,9 @@ def run(argv: list[str] | None = None) -> float:
     p.add_argument("--act-dim", type=int, default=3)
     p.add_argument("--trajectories", type=int, default=200)
     p.add_argument("--length", type=int, default=1000)
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="also profile N updates (one batch reused) and print the self CPU ms per update of the "
+                        "matmuls, the random draws (dropout masks) and the 12 costliest ops")
     args = p.parse_args(argv)
 
     if args.threads > 0:
@@ -117,7 +120,29 @@ def run(argv: list[str] | None = None) -> float:
     print(f"updates/s {ups:.2f}  (update alone {step_only:.2f}/s, sampler alone {samples:.0f} batches/s; "
           f"{args.updates} timed updates after {args.warmup} warm-up updates "
           f"taking {warm_s:.1f}s)")
+    if args.profile > 0:
+        profile_update(lambda: trainer.update(batch), args.profile)
     return ups
+
+
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
+RANDOM_OPS = ("aten::random_", "aten::bernoulli_", "aten::uniform_", "aten::normal_")
+
+
+def profile_update(step, n: int) -> None:
+    """Self CPU time per update by op (torch.profiler): what an update's time goes to, on the CPU."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(n):
+            step()
+    ms = {e.key: e.self_cpu_time_total / n / 1e3 for e in prof.key_averages()}
+    total = sum(ms.values())
+    mm, rnd = sum(ms.get(k, 0.0) for k in MATMUL_OPS), sum(ms.get(k, 0.0) for k in RANDOM_OPS)
+    print(f"profile ({n} updates, self CPU ms per update): total {total:.2f}; matmuls {mm:.2f}; random draws "
+          f"{rnd:.2f}; everything else {total - mm - rnd:.2f}")
+    for key, v in sorted(ms.items(), key=lambda kv: -kv[1])[:12]:
+        print(f"  {key:44s} {v:7.3f}")
 
 
 if __name__ == "__main__":
