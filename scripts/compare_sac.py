@@ -51,17 +51,12 @@ def _sb3_run(exp, family: str, max_steps: int) -> dict:
     torch.set_num_threads(1)
     threshold = gen.medium_fraction * task.ref_max_score
 
-    def env_fn(i: int):
-        def make():
-            # dtrl's env (actions in [-1, 1]) under the family's time limit, which SB3 reads as truncation.
-            env = gym.wrappers.TimeLimit(make_env(task), task.max_episode_steps)
-            env.reset(seed=_seed(gen.seed, _PURPOSE["sac"], i))
-            env.action_space.seed(_seed(gen.seed, _PURPOSE["sac"], i))
-            return env
-        return make
+    def make():
+        # dtrl's env (actions in [-1, 1]) under the family's time limit, which SB3 reads as truncation.
+        return gym.wrappers.TimeLimit(make_env(task), task.max_episode_steps)
 
-    venv = DummyVecEnv([env_fn(i) for i in range(gen.sac_envs)])
-    venv.seed(_seed(gen.seed, _PURPOSE["sac"]))
+    # SB3 seeds its envs (env i: seed + i), its action space and its networks from `seed` itself.
+    venv = DummyVecEnv([make] * gen.sac_envs)
     model = SAC("MlpPolicy", venv, learning_rate=gen.sac_lr, buffer_size=max_steps + gen.sac_envs,
                 learning_starts=gen.sac_start_steps, batch_size=gen.sac_batch_size, tau=gen.sac_tau,
                 gamma=gen.sac_gamma, train_freq=1, gradient_steps=max(1, round(gen.sac_envs * gen.sac_utd)),
